@@ -1,0 +1,1 @@
+"""truthprobe_eval.model_adapters"""

@@ -1,0 +1,1 @@
+"""truthprobe_eval.tasks"""

@@ -1,0 +1,1 @@
+"""One module per ``truthprobe`` subcommand (discovered automatically by ``truthprobe_eval.cli``)."""

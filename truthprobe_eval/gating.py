@@ -1,0 +1,175 @@
+"""Soft head gating: ``g[l, h] = 1 + alpha * norm(s)[l, h]``, applied by hooks (``gate``) or baked into W_o.
+
+Sites:
+- ``o_proj_output`` (default, the published code): the attention block's output after the output
+  projection, split into H equal chunks, chunk h scaled by g[l, h]. Baking scales W_o's output rows and bias.
+- ``o_proj_input``: the true per-head outputs before the output projection (what the probes read).
+  Baking scales W_o's input columns.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .architectures import HeadSites, locate_heads, model_name
+from .errors import GateConfigError
+from .scores import TruthScores, load_scores
+
+NORMS = ("centered", "minmax", "raw")
+KINDS = ("truthprobe", "random", "inverse", "none")
+SITES = ("o_proj_output", "o_proj_input")
+
+
+def check_gate_settings(alpha: float, norm: str = "centered", site: str = "o_proj_output", kind: str = "truthprobe") -> float:
+    """Validate gate settings before anything heavy happens; returns alpha as a float."""
+    try:
+        alpha_f = float(alpha)
+    except (TypeError, ValueError):
+        raise GateConfigError(f"alpha: expected a finite number, found {alpha!r}") from None
+    if not math.isfinite(alpha_f):
+        raise GateConfigError(f"alpha: expected a finite number, found {alpha!r}")
+    if norm not in NORMS:
+        raise GateConfigError(f"norm: expected one of {', '.join(NORMS)}, found {norm!r}")
+    if site not in SITES:
+        raise GateConfigError(f"site: expected one of {', '.join(SITES)}, found {site!r}")
+    if kind not in KINDS:
+        raise GateConfigError(f"gate: expected one of {', '.join(KINDS)}, found {kind!r}")
+    return alpha_f
+
+
+def normalize(scores: np.ndarray, norm: str = "centered") -> np.ndarray:
+    """Per-layer normalization of a (layers, heads) array: ``centered``, ``minmax`` or ``raw``."""
+    s = np.asarray(scores, dtype=np.float64)
+    if norm == "centered":
+        return s - s.mean(axis=1, keepdims=True)
+    if norm == "minmax":
+        lo, hi = s.min(axis=1, keepdims=True), s.max(axis=1, keepdims=True)
+        return (s - lo) / (hi - lo + 1e-6)
+    if norm == "raw":
+        return s.copy()
+    raise GateConfigError(f"norm: expected one of {', '.join(NORMS)}, found {norm!r}")
+
+
+def gate_values(
+    scores: "TruthScores | np.ndarray | str | os.PathLike",
+    alpha: float,
+    norm: str = "centered",
+    kind: str = "truthprobe",
+    seed: int = 0,
+    warn_negative: bool = True,
+) -> np.ndarray:
+    """The (layers, heads) gate array.
+
+    ``truthprobe``: 1 + alpha * norm(s). ``inverse``: 1 - alpha * norm(s) (boosts the heads TruthProbe damps).
+    ``random``: 1 + alpha * u with u uniform in [-1, 1] from ``seed`` (same shape, scores ignored).
+    ``none``: all ones.
+    """
+    alpha = check_gate_settings(alpha, norm, "o_proj_output", kind)
+    s = load_scores(scores).values
+    if kind == "none":
+        g = np.ones_like(s)
+    elif kind == "random":
+        g = 1.0 + alpha * np.random.default_rng(seed).uniform(-1.0, 1.0, size=s.shape)
+    else:
+        sign = 1.0 if kind == "truthprobe" else -1.0
+        g = 1.0 + sign * alpha * normalize(s, norm)
+    negative = int((g < 0).sum())
+    if negative and warn_negative:
+        warnings.warn(
+            f"{negative} of {g.size} gates are negative (alpha={alpha}, norm={norm!r}, gate={kind!r}): "
+            "those heads' outputs are sign-flipped, not just damped",
+            stacklevel=2,
+        )
+    return g
+
+
+def _resolve(model: nn.Module, scores, alpha, norm, site, kind, seed) -> tuple[HeadSites, np.ndarray]:
+    alpha = check_gate_settings(alpha, norm, site, kind)
+    sites = locate_heads(model)
+    s = load_scores(scores)
+    s.check_fits(sites.num_layers, sites.num_heads, model_name(model))
+    return sites, gate_values(s, alpha, norm, kind, seed)
+
+
+def _feature_scale(gates_row: np.ndarray, width: int, like: torch.Tensor) -> torch.Tensor:
+    """Per-feature multipliers: each head's gate repeated over its chunk of ``width / H`` features."""
+    chunk = width // len(gates_row)
+    return torch.as_tensor(np.repeat(gates_row, chunk), dtype=like.dtype, device=like.device)
+
+
+@contextmanager
+def gate(
+    model: nn.Module,
+    scores: "TruthScores | np.ndarray | str | os.PathLike",
+    alpha: float = 4.5,
+    norm: str = "centered",
+    site: str = "o_proj_output",
+    kind: str = "truthprobe",
+    seed: int = 0,
+) -> Iterator[np.ndarray]:
+    """Gate every head of ``model`` while the block runs; yields the gate array. Hooks are removed on exit."""
+    sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
+    handles = []
+    try:
+        for layer, proj in enumerate(sites.out_projs):
+            if site == "o_proj_output":
+                scale = _feature_scale(gates[layer], sites.hidden_size, proj.weight)
+                handles.append(proj.register_forward_hook(lambda _m, _a, out, s=scale: out * s))
+            else:
+                scale = _feature_scale(gates[layer], sites.in_features, proj.weight)
+                handles.append(proj.register_forward_pre_hook(lambda _m, args, s=scale: (args[0] * s, *args[1:])))
+        yield gates
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def bake(
+    model: nn.Module,
+    scores: "TruthScores | np.ndarray | str | os.PathLike",
+    alpha: float = 4.5,
+    norm: str = "centered",
+    site: str = "o_proj_output",
+    kind: str = "truthprobe",
+    seed: int = 0,
+) -> nn.Module:
+    """Fold the gates into the output-projection weights in place (zero run-time cost); returns ``model``.
+
+    The gating is recorded in ``model.config.truthprobe_gating`` so that a saved checkpoint says how it was made.
+    """
+    sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
+    in_dim, out_dim = (0, 1) if sites.layout.conv1d else (1, 0)
+    for layer, proj in enumerate(sites.out_projs):
+        w = proj.weight
+        if site == "o_proj_output":
+            scale = _feature_scale(gates[layer], sites.hidden_size, w)
+            w.mul_(scale.unsqueeze(1) if out_dim == 0 else scale.unsqueeze(0))
+            if getattr(proj, "bias", None) is not None:
+                proj.bias.mul_(scale)
+        else:
+            scale = _feature_scale(gates[layer], sites.in_features, w)
+            w.mul_(scale.unsqueeze(1) if in_dim == 0 else scale.unsqueeze(0))
+    src = load_scores(scores)
+    record = {
+        "alpha": float(alpha),
+        "norm": norm,
+        "site": site,
+        "gate": kind,
+        "seed": int(seed),
+        "scores_model": src.model,
+        "scores_source": str(src.meta.get("source_file", "")),
+        "gates": gates.tolist(),
+    }
+    config = getattr(model, "config", None)
+    if config is not None:
+        previous = getattr(config, "truthprobe_gating", None)
+        config.truthprobe_gating = record if previous is None else [*(previous if isinstance(previous, list) else [previous]), record]
+    return model

@@ -69,7 +69,7 @@ def _materialize_gguf(alias: str) -> Path:
     if (target / "DONE").exists():
         return target
     folder, name = find()
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     # save_pretrained refuses GGUF-loaded models: rebuild from the config without the quantization record
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
@@ -77,7 +77,7 @@ def _materialize_gguf(alias: str) -> Path:
         if hasattr(config, attr):
             delattr(config, attr)
     config._name_or_path = hub_id
-    clean = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(model.state_dict())
     clean.generation_config = model.generation_config
     staging = target.with_name(f".{alias}.{os.getpid()}.tmp")
@@ -128,10 +128,10 @@ def load_model(
     if _is_multimodal(config):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        model = AutoModelForImageTextToText.from_pretrained(path, torch_dtype=torch_dtype, **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, **kwargs)
         helper = AutoProcessor.from_pretrained(path)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
         helper = AutoTokenizer.from_pretrained(path)
     model.config._name_or_path = getattr(model.config, "_name_or_path", None) or name_or_path
     if name_or_path in ALIASES:

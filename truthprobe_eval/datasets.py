@@ -1,0 +1,55 @@
+"""The embedded default data: HaluEval QA (10,000 rows, MIT license, see ``data/HALUEVAL_LICENSE``)."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+from .errors import TruthProbeError
+
+HALUEVAL_FIELDS = ("knowledge", "question", "right_answer", "hallucinated_answer")
+
+
+def halueval_path() -> Path:
+    """Path of the packaged, gzip-compressed HaluEval QA JSONL file."""
+    return Path(str(resources.files("truthprobe_eval") / "data" / "halueval_qa.jsonl.gz"))
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def iter_halueval(path: "str | os.PathLike | None" = None) -> Iterator[dict]:
+    """Rows of HaluEval QA (the embedded copy by default, or a local ``.jsonl`` / ``.jsonl.gz``)."""
+    path = Path(path) if path is not None else halueval_path()
+    if not path.is_file():
+        raise TruthProbeError(f"HaluEval data not found: expected a .jsonl or .jsonl.gz file at {path}")
+    with _open_text(path) as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TruthProbeError(f"{path}, line {line_no}: not valid JSON ({exc})") from None
+            missing = [f for f in HALUEVAL_FIELDS if not isinstance(row.get(f), str)]
+            if missing:
+                raise TruthProbeError(f"{path}, line {line_no}: expected string fields {', '.join(missing)}, found keys {sorted(row)}")
+            yield row
+
+
+def load_halueval(path: "str | os.PathLike | None" = None, offset: int = 0, n: int | None = None) -> list[dict]:
+    """Rows ``offset .. offset + n`` of HaluEval QA."""
+    if offset < 0 or (n is not None and n < 0):
+        raise TruthProbeError(f"expected offset >= 0 and n >= 0, found offset={offset}, n={n}")
+    rows = []
+    for i, row in enumerate(iter_halueval(path)):
+        if i < offset:
+            continue
+        if n is not None and len(rows) >= n:
+            break
+        rows.append(row)
+    return rows

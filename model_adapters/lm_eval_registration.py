@@ -1,0 +1,154 @@
+"""Make the released ``lm_eval`` (0.4.13, no plugin discovery) see the ``truthgated`` model and our tasks.
+
+How: the wheel puts ``truthprobe_eval_lm_eval.pth`` into site-packages. Python runs its one line at start-up;
+that line (``pth_line()``, stdlib only, no import of torch or of this package) installs a post-import hook on
+``sys.meta_path``. Only when ``lm_eval.api.registry`` or ``lm_eval.tasks.manager`` is imported does the hook
+import this module and call ``on_import``, which
+
+- registers ``truthgated`` lazily in lm-eval's model registry (a ``module:Class`` placeholder, the same way
+  lm-eval registers its own models), unless an entry point already did;
+- wraps ``TaskManager.__init__`` so that every task manager that includes lm-eval's default tasks also indexes
+  ``truthprobe_eval/tasks`` (so ``--tasks halueval_qa`` works without ``--include_path``).
+
+Nothing in lm-eval's files is changed. ``TRUTHPROBE_LM_EVAL_AUTOREGISTER=0`` switches the hook off. In-process
+users who did not install the ``.pth`` call ``register()`` once instead.
+
+This module imports only the standard library at module level: ``setup.py`` loads it from its file to render
+the ``.pth`` line.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+MODEL_NAME = "truthgated"
+MODEL_TARGET = "truthprobe_eval.model_adapters.lm_eval_truthgated:TruthGatedLM"
+PTH_NAME = "truthprobe_eval_lm_eval.pth"
+DISABLE_ENV = "TRUTHPROBE_LM_EVAL_AUTOREGISTER"
+HOOKED_MODULES = ("lm_eval.api.registry", "lm_eval.tasks.manager")
+_MARK = "_truthprobe_tasks_added"
+
+# Source of the start-up hook. It runs inside ``site`` for every Python start-up of the environment, so it is
+# small, stdlib-only and must never raise. It wraps the loader of the two hooked modules so that, right after
+# the module's code has run, ``on_import(module)`` below is called.
+HOOK_SOURCE = '''
+import os, sys
+class _TruthprobeLmEvalHook:
+    targets = %(targets)r
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.targets:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        run = getattr(loader, "exec_module", None)
+        if run is None:
+            return spec
+        def exec_module(module, _run=run):
+            _run(module)
+            try:
+                from truthprobe_eval.model_adapters import lm_eval_registration
+                lm_eval_registration.on_import(module)
+            except Exception as exc:
+                import warnings
+                warnings.warn("truthprobe-eval could not register with lm_eval: %%r" %% (exc,), stacklevel=2)
+        loader.exec_module = exec_module
+        return spec
+if os.environ.get(%(env)r, "1") != "0" and not any(type(f).__name__ == "_TruthprobeLmEvalHook" for f in sys.meta_path):
+    sys.meta_path.insert(0, _TruthprobeLmEvalHook())
+''' % {"targets": HOOKED_MODULES, "env": DISABLE_ENV}
+
+
+def pth_line() -> str:
+    """The single line of ``truthprobe_eval_lm_eval.pth`` (``site`` executes lines that start with ``import``)."""
+    return f"import sys; exec({HOOK_SOURCE!r}, {{'__name__': 'truthprobe_eval_lm_eval_hook'}})\n"
+
+
+def write_pth(path: "str | os.PathLike") -> Path:
+    """Write the ``.pth`` file (used by ``setup.py``; a folder gets ``PTH_NAME`` inside it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PTH_NAME
+    path.write_text(pth_line(), encoding="utf-8")
+    return path
+
+
+def tasks_dir() -> Path:
+    """The folder of our lm-eval task YAMLs (``truthprobe_eval/tasks``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("truthprobe_eval.tasks")))
+
+
+def register_model(registry=None) -> None:
+    """Register ``truthgated`` as a lazy placeholder unless lm-eval already knows the name."""
+    if registry is None:
+        from lm_eval.api.registry import model_registry as registry
+    if MODEL_NAME not in registry:
+        registry.register(MODEL_NAME, target=MODEL_TARGET)
+
+
+def add_tasks_to_task_manager(manager_cls=None) -> None:
+    """Wrap ``TaskManager.__init__`` so that managers with lm-eval's default tasks also index ours."""
+    if manager_cls is None:
+        from lm_eval.tasks.manager import TaskManager as manager_cls
+    if getattr(manager_cls.__init__, _MARK, False):
+        return
+    original = manager_cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, include_path=None, include_defaults: bool = True, **kwargs):
+        if include_defaults:
+            ours = str(tasks_dir())
+            paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+            if not any(os.path.abspath(str(p)) == os.path.abspath(ours) for p in paths):
+                # first, so that a user's include_path (scanned later) can still override our task names
+                paths.insert(0, ours)
+            include_path = paths
+        original(self, *args, include_path=include_path, include_defaults=include_defaults, **kwargs)
+
+    setattr(__init__, _MARK, True)
+    manager_cls.__init__ = __init__
+
+
+def on_import(module: ModuleType) -> None:
+    """Called by the start-up hook right after one of ``HOOKED_MODULES`` has been executed."""
+    if module.__name__ == "lm_eval.api.registry":
+        register_model(module.model_registry)
+    elif module.__name__ == "lm_eval.tasks.manager":
+        add_tasks_to_task_manager(module.TaskManager)
+
+
+def register() -> None:
+    """Register the model and the tasks with an ``lm_eval`` in this process (for use without the ``.pth``)."""
+    register_model()
+    add_tasks_to_task_manager()
+
+
+def hook_installed() -> bool:
+    """Whether the start-up hook from the ``.pth`` file is active in this interpreter."""
+    return any(type(f).__name__ == "_TruthprobeLmEvalHook" for f in sys.meta_path)
+
+
+def check_installation() -> None:
+    """Warn when the ``.pth`` file is missing from the environment (the ``lm_eval`` command would not see us)."""
+    import site
+
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    if not any(Path(d, PTH_NAME).is_file() for d in dirs):
+        warnings.warn(f"{PTH_NAME} not found in {', '.join(dirs)}: the lm_eval command will not see "
+                      f"'{MODEL_NAME}'; reinstall truthprobe-eval or call {__name__}.register()", stacklevel=2)
+
+
+__all__ = ["HOOK_SOURCE", "MODEL_NAME", "MODEL_TARGET", "PTH_NAME", "add_tasks_to_task_manager", "check_installation",
+           "hook_installed", "on_import", "pth_line", "register", "register_model", "tasks_dir", "write_pth"]

@@ -1,0 +1,270 @@
+"""Tiny random-initialized MLLM checkpoints with working processors, for tests and examples.
+
+No real weights exist offline for LLaVA, Qwen2-VL or Idefics3, so tests build them from transformers configs:
+a word-level tokenizer (a few hundred words: yes/no, the COCO object words, function words, each family's
+special tokens) keeps the vocabulary tiny, and each processor carries a chat template in its family's
+format, so the checkpoint loads through ``truthprobe_eval.load_model`` and runs through the same
+chat-template path as a real ``llava-hf`` / ``Qwen/Qwen2-VL`` / ``HuggingFaceTB/SmolVLM`` checkpoint.
+
+``save_tiny_mllm("llava", folder, layers=30, heads=9, kv_heads=3, hidden=576, head_dim=64)`` gives a LLaVA
+whose language model has SmolLM2-135M's attention shape (30 x 9 heads), so SmolLM2's Truth Scores fit it.
+Also: ``write_synthetic_coco`` (images plus COCO-format annotations) and ``write_pope_questions``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "idefics3")
+INIT_RANGE = 0.2  # larger than the usual 0.02: a random model whose replies vary with the input and the gate
+
+_SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>",
+            "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+            "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+_WORDS = ("yes no Yes No a an the is are there in on of with and or to this that it its image picture photo "
+          "Please please answer describe detail detailed question single word phrase Answer Is Are What "
+          "USER ASSISTANT User Assistant user assistant system You helpful A The two three some near next "
+          "left right top bottom front behind sitting standing white black red blue green small large big "
+          "? . , : ! ' \" - ( ) 0 1 2 3 4 5 6 7 8 9").split()
+
+
+def _vocabulary() -> list[str]:
+    """Special tokens, then plain words, then every word of the CHAIR synonym list (deduplicated, ordered)."""
+    from importlib import resources
+
+    words = list(_WORDS)
+    text = resources.files("truthprobe_eval").joinpath("data/chair_synonyms.txt").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        for word in re.findall(r"[A-Za-z]+", line):
+            words.extend([word, word + "s"])
+    seen: dict[str, None] = {}
+    for token in _SPECIAL + words:
+        seen.setdefault(token, None)
+    return list(seen)
+
+
+def tiny_tokenizer(chat_template: str | None = None):
+    """A word-level fast tokenizer over ``_vocabulary()``; special tokens match whole, words split on spaces."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(_vocabulary())}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        additional_special_tokens=_SPECIAL[4:],
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+# Chat templates in each family's format (the shapes the real checkpoints' templates produce).
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}{% if message['role'] == 'user' %} {% else %}</s>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+QWEN_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def _text_config(vocab: int, layers: int, heads: int, kv_heads: int, hidden: int, head_dim: int, ids: dict, **extra):
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=max(16, hidden // 4), num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, max_position_embeddings=512,
+                pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], tie_word_embeddings=False,
+                initializer_range=INIT_RANGE,
+                **extra)
+
+
+def _clip(image_size: int = 32, patch: int = 8) -> dict:
+    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                image_size=image_size, patch_size=patch)
+
+
+def _build(family: str, layers: int, heads: int, kv_heads: int, hidden: int, head_dim: int):
+    """(config, processor) of a tiny ``family`` model."""
+    from transformers import AutoConfig
+
+    if family in ("llava", "llava_next"):
+        from transformers import CLIPVisionConfig, LlamaConfig
+
+        tok = tiny_tokenizer(LLAVA_TEMPLATE)
+        ids = tok.get_vocab()
+        text = LlamaConfig(**_text_config(len(ids), layers, heads, kv_heads, hidden, head_dim, ids))
+        extra = {"image_grid_pinpoints": [[32, 32]]} if family == "llava_next" else {}
+        config = AutoConfig.for_model(family, vision_config=CLIPVisionConfig(**_clip()).to_dict(),
+                                      text_config=text.to_dict(), image_token_id=ids["<image>"],
+                                      image_token_index=ids["<image>"], vision_feature_layer=-1, **extra)
+        if family == "llava":
+            from transformers import CLIPImageProcessor, LlavaProcessor
+
+            image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+            processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
+                                       vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                       chat_template=LLAVA_TEMPLATE)
+        else:
+            from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+            image_processor = LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                      image_grid_pinpoints=[[32, 32]])
+            processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
+                                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                       chat_template=LLAVA_TEMPLATE)
+        return config, processor
+    if family == "qwen2_vl":
+        from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+
+        tok = tiny_tokenizer(QWEN_TEMPLATE)
+        ids = tok.get_vocab()
+        half = head_dim // 2
+        section = [half - 2 * (half // 4), half // 4, half // 4]
+        text = _text_config(len(ids), layers, heads, kv_heads, hidden, head_dim, ids,
+                            rope_scaling={"rope_type": "default", "mrope_section": section})
+        vision = dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, in_chans=3,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+        config = AutoConfig.for_model("qwen2_vl", vision_config=vision, text_config=text,
+                                      image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                                      vision_start_token_id=ids["<|vision_start|>"],
+                                      vision_end_token_id=ids["<|vision_end|>"])
+        image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56)
+        from transformers import Qwen2VLVideoProcessor
+
+        processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                     video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE)
+        return config, processor
+    if family == "idefics3":
+        from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+
+        tok = tiny_tokenizer(IDEFICS3_TEMPLATE)
+        ids = tok.get_vocab()
+        text = _text_config(len(ids), layers, heads, kv_heads, hidden, head_dim, ids, model_type="llama")
+        config = Idefics3Config(vision_config=_clip(32, 8), text_config=text, image_token_id=ids["<image>"],
+                                scale_factor=2)
+        image_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 32},
+                                                 max_image_size={"longest_edge": 32})
+        # (32 / 8)^2 = 16 patches, pixel-shuffled by scale_factor 2 -> 4 image tokens
+        processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
+                                      chat_template=IDEFICS3_TEMPLATE)
+        return config, processor
+    raise ValueError(f"family: expected one of {', '.join(FAMILIES)}, found {family!r}")
+
+
+def save_tiny_mllm(
+    family: str,
+    folder: str | os.PathLike,
+    *,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    hidden: int = 32,
+    head_dim: int = 8,
+    seed: int = 0,
+    yes_no_boost: float = 4.0,
+) -> str:
+    """Write a random-initialized ``family`` checkpoint with its processor to ``folder``; returns the path."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    config, processor = _build(family, layers, heads, kv_heads, hidden, head_dim)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    # random init leaves some vectors at zero/one; perturb them so that outputs depend on every weight
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.02)
+    if yes_no_boost != 1.0:
+        # scale the output rows of yes/no: their logits swing wider, so that replies often hold a yes or a no
+        ids = processor.tokenizer.convert_tokens_to_ids(["yes", "no", "Yes", "No"])
+        with torch.no_grad():
+            model.get_output_embeddings().weight[ids] *= yes_no_boost
+    model.generation_config.pad_token_id = config.get_text_config().pad_token_id
+    model.generation_config.eos_token_id = config.get_text_config().eos_token_id
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+# ---- synthetic COCO -------------------------------------------------------------------------------------
+# Real COCO category ids for the classes the synthetic images use.
+COCO_CATEGORIES = {"person": 1, "bicycle": 2, "car": 3, "dog": 18, "cat": 17, "chair": 62, "cup": 47,
+                   "bottle": 44, "dining table": 67, "couch": 63}
+
+
+def coco_file_name(image_id: int, split: str = "val2014") -> str:
+    return f"COCO_{split}_{image_id:012d}.jpg"
+
+
+def write_synthetic_coco(
+    root: str | os.PathLike,
+    objects: dict[int, Iterable[str]],
+    captions: dict[int, Iterable[str]] | None = None,
+    split: str = "val2014",
+    size: int = 48,
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """Write random images ``root/<split>/COCO_<split>_<id>.jpg`` and COCO-format annotation files.
+
+    ``objects`` maps image id -> class names (instances); ``captions`` image id -> reference captions.
+    Returns ``(image_dir, annotations_dir)``.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    image_dir, ann_dir = root / split, root / "annotations"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, instances, caption_anns = [], [], []
+    for image_id in sorted(objects):
+        name = coco_file_name(image_id, split)
+        pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(image_dir / name, quality=90)
+        images.append({"id": image_id, "file_name": name, "width": size, "height": size})
+        for cls in objects[image_id]:
+            instances.append({"id": len(instances) + 1, "image_id": image_id, "category_id": COCO_CATEGORIES[cls],
+                              "bbox": [0, 0, 8, 8], "area": 64.0, "iscrowd": 0, "segmentation": [[0, 0, 8, 0, 8, 8]]})
+        for text in (captions or {}).get(image_id, []):
+            caption_anns.append({"id": len(caption_anns) + 1, "image_id": image_id, "caption": text})
+    categories = [{"id": cid, "name": name, "supercategory": "thing"} for name, cid in COCO_CATEGORIES.items()]
+    (ann_dir / f"instances_{split}.json").write_text(json.dumps(
+        {"images": images, "annotations": instances, "categories": categories}))
+    (ann_dir / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": caption_anns}))
+    return image_dir, ann_dir
+
+
+def write_pope_questions(folder: str | os.PathLike, rows: dict[str, list[dict]], prefix: str = "coco") -> Path:
+    """Write POPE question files ``<prefix>_pope_<split>.json`` (one JSON object a line), as published."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, records in rows.items():
+        with open(folder / f"{prefix}_pope_{split}.json", "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec) + "\n")
+    return folder

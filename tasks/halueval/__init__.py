@@ -1,0 +1,1 @@
+"""HaluEval QA judge tasks for lm-eval (YAML configs + utils)."""

@@ -1,0 +1,1 @@
+"""TruthfulQA tasks for lm-eval reading a local TruthfulQA.csv (YAML configs + utils)."""

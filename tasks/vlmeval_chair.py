@@ -1,0 +1,156 @@
+"""CHAIR on COCO val2014 for VLMEvalKit's runner: ``CHAIR_local`` (no download, no API judge).
+
+Images: ``image_list`` (a text file, one COCO image id or file name a line) or a seeded sample of ``n_images``
+(default 500) ids from the annotations that have a file in ``image_dir``. Each image gets the prompt "Please
+describe this image in detail."; our gated models stop after ``max_new_tokens`` (default 64). With
+``drop_unfinished`` (default on) a caption's last sentence is dropped when generation cut it off (no final
+. ! or ?), unless it is the only one. Captions are scored by ``truthprobe_eval.chair`` against
+``instances_val2014.json`` + ``captions_val2014.json`` in ``annotations_dir``.
+
+Returns CHAIRs, CHAIRi and recall in percent and the mean length in words; the full result (fractions,
+per-caption objects) goes to ``*_chair.json`` beside the predictions.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from vlmeval.dataset.image_base import ImageBaseDataset
+from vlmeval.smp import get_intermediate_file_path, load
+
+from .vlmeval_common import (GENERATION_OVERRIDES, LocalDatasetError, as_bool, as_int, check_images, local_path,
+                             setting)
+
+PROMPT = "Please describe this image in detail."
+_ID_IN_NAME = re.compile(r"(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+
+
+def drop_unfinished_sentence(caption: str) -> str:
+    """Cut a trailing sentence that has no end mark, when an earlier sentence ended (``"A. B"`` -> ``"A."``)."""
+    text = caption.strip()
+    if not text or _SENTENCE_END.search(text):
+        return text
+    ends = [m.end() for m in re.finditer(r"[.!?][\"')\]]*(?=\s)", text)]
+    return text[: ends[-1]].strip() if ends else text
+
+
+def image_id_of(entry: str) -> int:
+    """A COCO image id from ``"42"`` or ``"COCO_val2014_000000000042.jpg"``."""
+    entry = entry.strip()
+    if entry.isdigit():
+        return int(entry)
+    match = _ID_IN_NAME.search(entry)
+    if not match:
+        raise LocalDatasetError(f"image list: expected a COCO image id or file name, found {entry!r}")
+    return int(match.group(1))
+
+
+def _annotation_images(annotations_dir: Path, split: str) -> dict[int, str]:
+    path = annotations_dir / f"instances_{split}.json"
+    if not path.is_file():
+        raise LocalDatasetError(f"CHAIR: expected COCO annotations {path.name} in {annotations_dir}, found none")
+    with open(path, encoding="utf-8") as fh:
+        images = json.load(fh).get("images", [])
+    return {int(im["id"]): str(im["file_name"]) for im in images}
+
+
+class CHAIRLocal(ImageBaseDataset):
+    """Detailed captions of COCO images scored with CHAIR; see the module docstring."""
+
+    TYPE = "Caption"
+    DATASET_URL = {"CHAIR_local": ""}
+    force_use_dataset_prompt = True
+
+    def __init__(
+        self,
+        dataset: str = "CHAIR_local",
+        image_dir: str | None = None,
+        annotations_dir: str | None = None,
+        image_list: str | None = None,
+        n_images: int | None = None,
+        seed: int = 0,
+        split: str = "val2014",
+        prompt: str | None = None,
+        max_new_tokens: int | None = None,
+        drop_unfinished: bool | str | None = None,
+        cache_dir: str | None = None,
+        **_: object,
+    ):
+        self.image_dir = local_path(image_dir, "TRUTHPROBE_COCO_IMAGES", "CHAIR images (COCO val2014)", "image_dir", kind="dir")
+        self.annotations_dir = local_path(annotations_dir, "TRUTHPROBE_COCO_ANNOTATIONS", "CHAIR annotations", "annotations_dir", kind="dir")
+        listed = setting(image_list, "TRUTHPROBE_CHAIR_IMAGE_LIST")
+        self.image_list = local_path(listed, "TRUTHPROBE_CHAIR_IMAGE_LIST", "CHAIR image list", "image_list", kind="file") if listed else None
+        self.n_images = as_int(setting(n_images, "TRUTHPROBE_CHAIR_N_IMAGES", 500), "n_images")
+        self.seed = int(setting(seed, "TRUTHPROBE_CHAIR_SEED", 0))
+        self.split = split
+        self.prompt = prompt or PROMPT
+        self.max_new_tokens = as_int(setting(max_new_tokens, "TRUTHPROBE_CHAIR_MAX_NEW_TOKENS", 64), "max_new_tokens")
+        self.drop_unfinished = as_bool(setting(drop_unfinished, "TRUTHPROBE_CHAIR_DROP_UNFINISHED", True))
+        self.cache_dir = cache_dir
+        GENERATION_OVERRIDES[dataset] = {"max_new_tokens": self.max_new_tokens}
+        super().__init__(dataset=dataset)
+
+    @classmethod
+    def supported_datasets(cls) -> list[str]:
+        return ["CHAIR_local"]
+
+    def load_data(self, dataset: str) -> pd.DataFrame:
+        names = _annotation_images(self.annotations_dir, self.split)
+        if self.image_list is not None:
+            lines = [ln for ln in self.image_list.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            ids = [image_id_of(ln) for ln in lines]
+            unknown = [i for i in ids if i not in names]
+            if unknown:
+                raise LocalDatasetError(f"{self.image_list}: expected image ids from instances_{self.split}.json, found {len(unknown)} not there (e.g. {unknown[:3]})")
+            if len(set(ids)) != len(ids):
+                raise LocalDatasetError(f"{self.image_list}: expected each image once, found duplicates")
+        else:
+            present = sorted(i for i, name in names.items() if (self.image_dir / name).is_file())
+            if not present:
+                raise LocalDatasetError(f"CHAIR: expected images of instances_{self.split}.json in {self.image_dir}, found none")
+            n = min(self.n_images or len(present), len(present))
+            if n < (self.n_images or 0):
+                print(f"CHAIR: {len(present)} annotated images in {self.image_dir}, fewer than n_images={self.n_images}; using all")
+            rng = np.random.default_rng(self.seed)
+            ids = sorted(int(i) for i in rng.choice(present, size=n, replace=False))
+        paths = [str(self.image_dir / names[i]) for i in ids]
+        check_images(paths, f"CHAIR images in {self.image_dir}")
+        return pd.DataFrame({"index": range(1, len(ids) + 1), "image_id": ids, "question": self.prompt, "image_path": paths})
+
+    def build_prompt(self, line) -> list[dict]:
+        if isinstance(line, int):
+            line = self.data.iloc[line]
+        return [dict(type="image", value=line["image_path"]), dict(type="text", value=str(line["question"]))]
+
+    def evaluate(self, eval_file: str, **judge_kwargs) -> dict:
+        from truthprobe_eval._io import atomic_write_text
+        from truthprobe_eval.chair import CHAIREvaluator
+
+        data = load(eval_file)
+        captions = []
+        for image_id, prediction in zip(data["image_id"], data["prediction"]):
+            text = "" if pd.isna(prediction) else str(prediction)
+            captions.append({"image_id": int(image_id), "caption": drop_unfinished_sentence(text) if self.drop_unfinished else text.strip()})
+        evaluator = CHAIREvaluator.from_coco(self.annotations_dir, self.cache_dir)
+        result = evaluator.score(captions)
+        result.update({"dataset": self.dataset_name, "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
+                       "drop_unfinished": self.drop_unfinished, "annotations_dir": str(self.annotations_dir)})
+        out = get_intermediate_file_path(eval_file, "_chair", "json")
+        atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+        summary = {"CHAIRs": 100 * result["CHAIRs"], "CHAIRi": 100 * result["CHAIRi"], "recall": 100 * result["recall"],
+                   "len": result["len"], "n_captions": result["n_captions"],
+                   "skipped": int(sum(result["skipped"].values()))}
+        print(f"CHAIR ({self.dataset_name}) on {os.path.basename(eval_file)}: " + ", ".join(
+            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()) + f" (details: {out})")
+        return summary
+
+    @classmethod
+    def report_primary_metric(cls, metrics: dict | None) -> dict:
+        if not isinstance(metrics, dict):
+            return {}
+        return {k: metrics[k] for k in ("CHAIRs", "CHAIRi") if k in metrics}

@@ -1,0 +1,485 @@
+"""One table from many evaluation runs: rows model x method, columns benchmark metrics, deltas vs the baseline.
+
+Reads, recursively under each result folder:
+- lm-eval ``results_<timestamp>.json``: the model from ``config.model_args`` (``pretrained=``) and the method from
+  the ``truthgated`` arguments (``gate=``, ``scores=``, ``alpha=``); per-sample logs ``samples_<task>_<timestamp>.jsonl``
+  beside it (``--log_samples``) give significance marks;
+- VLMEvalKit work folders ``<model>/<model>_<dataset>_score.csv`` / ``_acc.csv`` (VLMEvalKit's own rating tables),
+  with the prediction file ``<model>_<dataset>.xlsx`` beside them for significance; the method from the model name
+  (``..._truthprobe`` [``_llm`` | ``_own``], ``..._random``, else vanilla);
+- our own JSON results (``{"format": "truthprobe-results", "model", "method", "benchmark", "metrics": {...}}``) and
+  CHAIR outputs (``{"CHAIRs", "CHAIRi", ...}``, model = the folder name).
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import TruthProbeError
+from . import reports
+from . import significance as sig
+
+VANILLA = "vanilla"
+TP_BASE = "TruthProbe (base-LLM scores)"
+TP_OWN = "TruthProbe (own scores)"
+TP = "TruthProbe"
+RANDOM = "random gate"
+INVERSE = "inverse gate"
+METHOD_ORDER = [VANILLA, TP_BASE, TP_OWN, TP, RANDOM, INVERSE]
+RESULTS_JSON = re.compile(r"^results_(?P<ts>.+)\.json$")
+VLMEVAL_RATING = re.compile(r"^(?P<stem>.+)_(?P<kind>score|acc)\.csv$")
+SKIP_KEYS = {"alias", "name", "sample_len", "samples", " "}
+
+
+class LeaderboardError(TruthProbeError, ValueError):
+    """Result folders that cannot be collected."""
+
+
+@dataclass
+class ResultEntry:
+    model: str
+    method: str
+    benchmark: str
+    metrics: dict[str, float]
+    source: str
+    harness: str
+    settings: str = ""
+    samples: str | None = None  # per-sample log for significance
+    sample_metric: str | None = None  # which metric column the per-sample log measures
+
+    @property
+    def row_key(self) -> tuple[str, str, str]:
+        return (self.model, self.method, self.settings)
+
+
+# ---- lm-eval -------------------------------------------------------------------------------------------
+def parse_model_args(model_args: Any) -> dict[str, str]:
+    """lm-eval's ``model_args``: a dict (0.4.13 results files) or a ``k=v,k=v`` string."""
+    if isinstance(model_args, dict):
+        return {str(k): str(v) for k, v in model_args.items()}
+    out = {}
+    for part in str(model_args or "").split(","):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _short(model: str) -> str:
+    return str(model).rstrip("/").split("/")[-1]
+
+
+def _canonical(model: str) -> str:
+    from ..models import ALIASES
+
+    model = ALIASES[model][1] if model in ALIASES else str(model)
+    return _short(model).lower()
+
+
+def method_from_model_args(model: str, args: dict[str, str]) -> tuple[str, str]:
+    """(method, settings) of an lm-eval run."""
+    if model != "truthgated":
+        return VANILLA, ""
+    gate = args.get("gate", "truthprobe").lower()
+    try:
+        alpha = float(args.get("alpha", "nan"))
+    except ValueError:
+        alpha = math.nan
+    settings = ", ".join(f"{k}={args[k]}" for k in ("alpha", "norm", "site", "seed") if k in args)
+    if gate == "none" or alpha == 0:
+        return VANILLA, settings
+    if gate == "random":
+        return RANDOM, settings
+    if gate == "inverse":
+        return INVERSE, settings
+    scores = args.get("scores")
+    if not scores:
+        return TP, settings
+    scores_model = None
+    try:
+        from ..scores import TruthScores
+
+        scores_model = TruthScores.load(scores).meta.get("model")
+    except TruthProbeError:
+        pass
+    if not scores_model or scores_model == "unknown model":
+        return TP, settings + (", " if settings else "") + f"scores={_short(scores)}"
+    same = _canonical(scores_model) == _canonical(args.get("pretrained", ""))
+    return (TP_OWN if same else TP_BASE), settings
+
+
+def _metric_name(key: str) -> str | None:
+    if "," not in key:
+        return None
+    metric, filt = key.split(",", 1)
+    if metric.endswith("_stderr") or metric in SKIP_KEYS:
+        return None
+    return metric if filt == "none" else f"{metric} ({filt})"
+
+
+def collect_lm_eval(path: Path) -> list[ResultEntry]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LeaderboardError(f"{path}: not a valid lm-eval results JSON ({exc})") from None
+    if not isinstance(data, dict) or "results" not in data or "config" not in data:
+        raise LeaderboardError(f"{path}: expected lm-eval results with 'results' and 'config', found keys "
+                               f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
+    config = data["config"]
+    args = parse_model_args(config.get("model_args"))
+    harness_model = str(config.get("model", ""))
+    model = _short(args.get("pretrained") or data.get("model_name") or harness_model)
+    method, settings = method_from_model_args(harness_model, args)
+    ts = RESULTS_JSON.match(path.name).group("ts") if RESULTS_JSON.match(path.name) else None
+    entries = []
+    for task, values in data["results"].items():
+        metrics = {}
+        for key, value in values.items():
+            name = _metric_name(key)
+            if name is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics[name] = float(value)
+        if not metrics:
+            continue
+        samples = path.parent / f"samples_{task}_{ts}.jsonl" if ts else None
+        sample_metric = None
+        if samples is not None and samples.is_file():
+            try:
+                run = sig.load_lm_eval_samples(samples)
+                metric, filt = run.metric.split(",", 1)
+                sample_metric = metric if filt == "none" else f"{metric} ({filt})"
+            except sig.SignificanceError:
+                samples = None
+        else:
+            samples = None
+        entries.append(ResultEntry(model, method, task, metrics, str(path), "lm-eval", settings,
+                                   str(samples) if samples else None, sample_metric))
+    return entries
+
+
+# ---- VLMEvalKit and our JSON ---------------------------------------------------------------------------
+def method_from_vlmeval_name(name: str) -> tuple[str, str]:
+    """(base model, method) from a VLMEvalKit model name such as ``llava_v1.5_7b_truthprobe_llm``."""
+    patterns = [(r"_truthprobe_(llm|base)$", TP_BASE), (r"_truthprobe_(own|mllm)$", TP_OWN), (r"_truthprobe$", TP),
+                (r"_(random|random_gate)$", RANDOM), (r"_inverse$", INVERSE)]
+    for pattern, method in patterns:
+        if re.search(pattern, name):
+            return re.sub(pattern, "", name), method
+    return name, VANILLA
+
+
+def _rating_metrics(table) -> dict[str, float]:
+    cols = [c for c in table.columns if str(c) != "split"]
+    metrics = {}
+    if "split" in table.columns:
+        for _, row in table.iterrows():
+            split = str(row["split"])
+            for c in cols:
+                try:
+                    value = float(row[c])
+                except (TypeError, ValueError):
+                    continue
+                metrics[str(c) if split == "Overall" or len(table) == 1 else f"{c} ({split})"] = value
+    else:
+        for c in cols:
+            try:
+                metrics[str(c)] = float(table[c].iloc[0])
+            except (TypeError, ValueError):
+                continue
+    return metrics
+
+
+def collect_vlmeval_rating(path: Path) -> ResultEntry | None:
+    import pandas as pd
+
+    m = VLMEVAL_RATING.match(path.name)
+    folder_model = path.parent.name
+    stem = m.group("stem")
+    if not stem.startswith(folder_model + "_"):
+        return None  # not in VLMEvalKit's <work_dir>/<model>/ layout
+    benchmark = stem[len(folder_model) + 1 :]
+    try:
+        table = pd.read_csv(path)
+    except Exception as exc:  # pandas raises several types for broken CSVs
+        raise LeaderboardError(f"{path}: could not read VLMEvalKit's rating table ({exc})") from None
+    metrics = _rating_metrics(table)
+    if not metrics:
+        return None
+    model, method = method_from_vlmeval_name(folder_model)
+    preds = sig.find_vlmeval_predictions(path.parent)
+    samples = preds.get(benchmark)
+    sample_metric = "acc" if "acc" in metrics else ("Overall" if "Overall" in metrics else None)
+    return ResultEntry(model, method, benchmark, metrics, str(path), "vlmevalkit", "",
+                       str(samples) if samples and sample_metric else None, sample_metric)
+
+
+def collect_json(path: Path) -> ResultEntry | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if data.get("format") == "truthprobe-results":
+        missing = [k for k in ("model", "benchmark", "metrics") if k not in data]
+        if missing:
+            raise LeaderboardError(f"{path}: truthprobe-results file is missing {missing}")
+        metrics = {str(k): float(v) for k, v in data["metrics"].items() if isinstance(v, (int, float))}
+        samples = data.get("samples")
+        if samples:
+            samples = str((path.parent / samples).resolve())
+        return ResultEntry(_short(data["model"]), data.get("method", VANILLA), str(data["benchmark"]), metrics,
+                           str(path), "truthprobe", str(data.get("settings", "")), samples, data.get("sample_metric"))
+    if {"CHAIRs", "CHAIRi"} <= set(data):
+        model, method = method_from_vlmeval_name(path.parent.name)
+        metrics = {k: float(data[k]) for k in ("CHAIRs", "CHAIRi", "recall", "len") if isinstance(data.get(k), (int, float))}
+        return ResultEntry(model, method, "CHAIR", metrics, str(path), "chair")
+    return None
+
+
+def collect(folders: Sequence["str | os.PathLike"]) -> tuple[list[ResultEntry], list[str]]:
+    """Every result found under ``folders``, and notes about files that were skipped and why."""
+    entries: list[ResultEntry] = []
+    notes: list[str] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.exists():
+            raise LeaderboardError(f"result folder not found: {folder}")
+        files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+        for p in files:
+            if RESULTS_JSON.match(p.name):
+                found = collect_lm_eval(p)
+                entries += found
+                if not found:
+                    notes.append(f"{p}: no numeric metrics")
+            elif VLMEVAL_RATING.match(p.name):
+                e = collect_vlmeval_rating(p)
+                if e is None:
+                    notes.append(f"{p}: not in VLMEvalKit's <model>/<model>_<dataset>_score.csv layout, skipped")
+                else:
+                    entries.append(e)
+            elif p.suffix == ".json" and not p.name.startswith("samples_"):
+                e = collect_json(p)
+                if e is not None:
+                    entries.append(e)
+    if not entries:
+        raise LeaderboardError(f"no results found under {', '.join(map(str, folders))}: expected lm-eval results_*.json, "
+                               "VLMEvalKit <model>/<model>_<dataset>_score.csv or _acc.csv, or truthprobe-results JSON")
+    return entries, notes
+
+
+# ---- the table -----------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    value: float
+    delta: float | None = None
+    p: float | None = None
+
+    @property
+    def mark(self) -> str:
+        return sig.stars(self.p)
+
+
+@dataclass
+class Leaderboard:
+    columns: list[tuple[str, str]]  # (benchmark, metric)
+    rows: list[tuple[str, str, str]]  # (model, method, settings)
+    cells: dict[tuple[tuple[str, str, str], tuple[str, str]], Cell]
+    notes: list[str] = field(default_factory=list)
+
+    def column_name(self, col: tuple[str, str]) -> str:
+        return f"{col[0]} {col[1]}"
+
+
+def _sort_rows(rows):
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return sorted(rows, key=lambda r: (r[0], order.get(r[1], len(order)), r[1], r[2]))
+
+
+def build(entries: Sequence[ResultEntry], significance: bool = True) -> Leaderboard:
+    """Pivot entries into rows x columns; deltas and significance marks against each model's vanilla row."""
+    notes: list[str] = []
+    by_key: dict[tuple, dict[str, ResultEntry]] = {}
+    columns: dict[tuple[str, str], None] = {}
+    for e in entries:
+        slot = by_key.setdefault(e.row_key, {})
+        if e.benchmark in slot:
+            notes.append(f"{e.model} / {e.method} / {e.benchmark}: several results; using {e.source} "
+                         f"(not {slot[e.benchmark].source})")
+        slot[e.benchmark] = e
+        for m in e.metrics:
+            columns[(e.benchmark, m)] = None
+    rows = _sort_rows(by_key)
+    baselines: dict[str, tuple] = {}
+    for r in rows:
+        if r[1] == VANILLA:
+            if r[0] in baselines:
+                notes.append(f"{r[0]}: several vanilla rows; deltas use the first ({baselines[r[0]][2] or 'default'})")
+            else:
+                baselines[r[0]] = r
+    cells = {}
+    for r in rows:
+        base_key = baselines.get(r[0])
+        for bench, e in by_key[r].items():
+            base = by_key[base_key].get(bench) if base_key and base_key != r else None
+            p = None
+            if significance and base is not None and e.samples and base.samples and e.sample_metric:
+                p = _p_value(base, e, notes)
+            for m, v in e.metrics.items():
+                delta = v - base.metrics[m] if base is not None and m in base.metrics else None
+                cells[(r, (bench, m))] = Cell(v, delta, p if m == e.sample_metric else None)
+    for model in {r[0] for r in rows}:
+        if model not in baselines:
+            notes.append(f"{model}: no vanilla run found, so no deltas")
+    return Leaderboard(sorted(columns), rows, cells, notes)
+
+
+def _p_value(base: ResultEntry, entry: ResultEntry, notes: list[str]) -> float | None:
+    try:
+        def load(path: str) -> sig.SampleRun:
+            return sig.load_lm_eval_samples(path) if path.endswith(".jsonl") else sig.load_vlmeval_predictions(path)
+
+        ra, rb = load(base.samples), load(entry.samples)
+        _, va, vb = sig.align(ra, rb)
+        return sig.paired_test(va, vb, n_boot=1).p_for_marks
+    except sig.SignificanceError as exc:
+        notes.append(f"{entry.model} / {entry.method} / {entry.benchmark}: no significance mark ({exc})")
+        return None
+
+
+def _cell_text(cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    text = reports.fmt(cell.value, 4)
+    if cell.delta is not None:
+        text += f" ({cell.delta:+.4f}{cell.mark})"
+    return text
+
+
+def to_markdown(board: Leaderboard) -> str:
+    headers = ["model", "method", "settings", *[board.column_name(c) for c in board.columns]]
+    body = [[*r, *[_cell_text(board.cells.get((r, c))) for c in board.columns]] for r in board.rows]
+    out = ["# Leaderboard", "", reports.markdown_table(headers, body), "",
+           "Cells: value (delta vs the model's vanilla row, with * p < 0.05, ** p < 0.01, *** p < 0.001 where per-sample "
+           "logs of both runs exist: McNemar for 0/1 outcomes, paired t-test otherwise)."]
+    if board.notes:
+        out += ["", "Notes:", *[f"- {n}" for n in board.notes]]
+    return "\n".join(out) + "\n"
+
+
+def csv_rows(board: Leaderboard) -> tuple[list[str], list[list]]:
+    headers = ["model", "method", "settings"]
+    for c in board.columns:
+        name = board.column_name(c)
+        headers += [name, f"{name} delta", f"{name} p"]
+    rows = []
+    for r in board.rows:
+        row = list(r)
+        for c in board.columns:
+            cell = board.cells.get((r, c))
+            row += [cell.value, cell.delta, cell.p] if cell else [None, None, None]
+        rows.append(row)
+    return headers, rows
+
+
+_SORT_JS = """
+(function () {
+  var table = document.getElementById('leaderboard');
+  var body = table.tBodies[0];
+  var headers = table.tHead.rows[0].cells;
+  function key(row, i, numeric) {
+    var cell = row.cells[i];
+    var v = cell.getAttribute('data-value');
+    if (numeric) { return (v === null || v === '') ? NaN : parseFloat(v); }
+    return cell.textContent.trim().toLowerCase();
+  }
+  function sortBy(i) {
+    var th = headers[i];
+    var numeric = th.getAttribute('data-type') === 'number';
+    var dir = th.getAttribute('aria-sort') === 'descending' ? 'ascending' :
+              (th.getAttribute('aria-sort') === 'ascending' ? 'descending' : (numeric ? 'descending' : 'ascending'));
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = key(a, i, numeric), y = key(b, i, numeric);
+      if (numeric) {
+        if (isNaN(x) && isNaN(y)) { return 0; }
+        if (isNaN(x)) { return 1; }
+        if (isNaN(y)) { return -1; }
+      }
+      var c = x < y ? -1 : (x > y ? 1 : 0);
+      return dir === 'ascending' ? c : -c;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    for (var j = 0; j < headers.length; j++) { headers[j].removeAttribute('aria-sort'); }
+    th.setAttribute('aria-sort', dir);
+  }
+  for (var i = 0; i < headers.length; i++) {
+    (function (i) { headers[i].addEventListener('click', function () { sortBy(i); }); })(i);
+  }
+  // #sort=<column index>[,<clicks>] clicks a header on load: shareable sorted links
+  var m = /sort=(\\d+)(?:,(\\d+))?/.exec(window.location.hash);
+  if (m && headers[+m[1]]) {
+    for (var n = 0; n < (m[2] ? +m[2] : 1); n++) { headers[+m[1]].click(); }
+  }
+})();
+"""
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; }
+table { border-collapse: collapse; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f2f2f2; cursor: pointer; user-select: none; position: sticky; top: 0; }
+th[aria-sort=ascending]::after { content: " \\25B2"; }
+th[aria-sort=descending]::after { content: " \\25BC"; }
+td.text, th.text { text-align: left; }
+.up { color: #0a7a0a; } .down { color: #b00020; }
+small { color: #555; }
+"""
+
+
+def to_html(board: Leaderboard, title: str = "truthprobe-eval leaderboard") -> str:
+    """A static page with the table; click a column header to sort (plain JS, nothing loaded from outside)."""
+    esc = html.escape
+    head = ['<th class="text" data-type="text">model</th>', '<th class="text" data-type="text">method</th>',
+            '<th class="text" data-type="text">settings</th>']
+    head += [f'<th data-type="number">{esc(c[0])}<br><small>{esc(c[1])}</small></th>' for c in board.columns]
+    body = []
+    for r in board.rows:
+        tds = [f'<td class="text">{esc(x)}</td>' for x in r]
+        for c in board.columns:
+            cell = board.cells.get((r, c))
+            if cell is None:
+                tds.append('<td data-value=""></td>')
+                continue
+            delta = ""
+            if cell.delta is not None:
+                cls = "up" if cell.delta > 0 else ("down" if cell.delta < 0 else "")
+                p = "" if cell.p is None else f' title="p = {reports.fmt_p(cell.p)}"'
+                delta = f' <small class="{cls}"{p}>({cell.delta:+.4f}{esc(cell.mark)})</small>'
+            tds.append(f'<td data-value="{cell.value!r}">{esc(reports.fmt(cell.value, 4))}{delta}</td>')
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    notes = "".join(f"<li>{esc(n)}</li>" for n in board.notes)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>\n"
+        f"<h1>{esc(title)}</h1>\n<p><small>Click a column header to sort. Deltas are against the model's vanilla run; "
+        "* p &lt; 0.05, ** p &lt; 0.01, *** p &lt; 0.001 (paired tests on per-sample logs).</small></p>\n"
+        f"<table id=\"leaderboard\"><thead><tr>{''.join(head)}</tr></thead>\n<tbody>\n" + "\n".join(body) +
+        "\n</tbody></table>\n" + (f"<h2>Notes</h2><ul>{notes}</ul>\n" if notes else "") +
+        f"<script>{_SORT_JS}</script>\n</body></html>\n"
+    )
+
+
+def write_outputs(board: Leaderboard, out_dir: "str | os.PathLike") -> dict[str, Path]:
+    out = Path(out_dir)
+    headers, rows = csv_rows(board)
+    return {
+        "markdown": reports.write_text(out / "leaderboard.md", to_markdown(board)),
+        "csv": reports.write_csv(out / "leaderboard.csv", headers, rows),
+        "html": reports.write_text(out / "leaderboard.html", to_html(board)),
+    }

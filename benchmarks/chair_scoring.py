@@ -8,7 +8,7 @@ cold, ...) so that machine noise hits both. Times are taken inside the process (
 excluded, and ``import nltk``, 1-4 s either way, reported apart): ``from_coco`` plus ``score``. Prints medians
 and the cold / cached ratio.
 
-    python benchmarks/chair_scoring.py [--images 500] [--reps 3]
+    python benchmarks/chair_scoring.py [--images 500] [--captions 500] [--reps 3]
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _surface(rng: random.Random, synonyms: dict[str, list[str]], name: str) -> s
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
-def make_dataset(folder: Path, n_images: int, seed: int = 0) -> Path:
+def make_dataset(folder: Path, n_images: int, n_captions: int, seed: int = 0) -> Path:
     """instances_val2014.json and captions_val2014.json in ``folder``; the captions to score beside it."""
     from truthprobe_eval.chair.vocabulary import read_synonyms
 
@@ -65,14 +65,15 @@ def make_dataset(folder: Path, n_images: int, seed: int = 0) -> Path:
         images.append({"id": image_id, "file_name": f"COCO_val2014_{image_id:012d}.jpg", "width": 640, "height": 480})
         k = rng.randint(1, 4)
         objs = list(dict.fromkeys(rng.choice(COMMON) if rng.random() < 0.6 else rng.choice(classes) for _ in range(k)))
-        for j, name in enumerate(objs):
+        for name in objs:
             x, y = rng.uniform(0, 500), rng.uniform(0, 350)
             instances.append({"id": len(instances) + 1, "image_id": image_id, "category_id": cat_id[name],
                               "segmentation": [[x, y, x + 60, y, x + 60, y + 80, x, y + 80]], "area": 4800.0,
                               "bbox": [x, y, 60.0, 80.0], "iscrowd": 0})
-        for r in range(5):
+        for _ in range(5):
             a, b = rng.choice(objs), rng.choice(objs)
-            text = f"{_surface(rng, synonyms, a).capitalize()} {rng.choice(VERBS)} {_surface(rng, synonyms, b)} {rng.choice(SCENES)}."
+            text = (f"{_surface(rng, synonyms, a).capitalize()} {rng.choice(VERBS)} {_surface(rng, synonyms, b)} "
+                    f"{rng.choice(SCENES)}.")
             refs.append({"id": len(refs) + 1, "image_id": image_id, "caption": text})
         seen = ", ".join(_surface(rng, synonyms, o) for o in objs)
         extra = rng.choice(classes) if rng.random() < 0.35 else None
@@ -89,7 +90,7 @@ def make_dataset(folder: Path, n_images: int, seed: int = 0) -> Path:
         {"info": info, "licenses": [], "images": images, "annotations": instances, "categories": categories}))
     (folder / "captions_val2014.json").write_text(json.dumps(
         {"info": info, "licenses": [], "images": images, "annotations": refs}))
-    (folder.parent / "captions_to_score.json").write_text(json.dumps(generated))
+    (folder.parent / "captions_to_score.json").write_text(json.dumps(generated[:n_captions]))
     return folder
 
 
@@ -124,7 +125,8 @@ def _run(annotations: Path, cache_dir: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=500, help="images in the synthetic set = captions scored")
+    ap.add_argument("--images", type=int, default=500, help="images in the synthetic annotation set")
+    ap.add_argument("--captions", type=int, default=500, help="captions to score (one per image, at most --images)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--worker", nargs=2, metavar=("ANNOTATIONS", "CACHE_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -134,7 +136,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="chair_bench_") as tmp:
         tmp = Path(tmp)
-        annotations = make_dataset((tmp / "annotations"), args.images)
+        annotations = make_dataset((tmp / "annotations"), args.images, args.captions)
         (tmp / "warm").mkdir()
         first = _run(annotations, tmp / "warm")  # fills the cache the cached runs read
         cold, warm = [], []
@@ -150,12 +152,13 @@ def main() -> None:
 
     cold_total = statistics.median(r["build_s"] + r["score_s"] for r in cold)
     warm_total = statistics.median(r["build_s"] + r["score_s"] for r in warm)
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"CHAIR scoring, {first['n']} captions (~{first['len']:.0f} words), {args.images} images x 5 reference "
-          f"captions; median of {args.reps}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+          f"captions; median of {args.reps}; {platform.machine()}, {os.cpu_count()} CPUs{load}")
     print(f"  result: CHAIRs {first['CHAIRs']:.2%}  CHAIRi {first['CHAIRi']:.2%}  recall {first['recall']:.2%}")
     print(f"  {'':8} {'build s':>9} {'score s':>9} {'total s':>9}   (+ import nltk, not in total)")
-    print(f"  {'cold':8} {med(cold, 'build_s'):9.2f} {med(cold, 'score_s'):9.2f} {cold_total:9.2f}   {med(cold, 'import_s'):.2f} s")
-    print(f"  {'cached':8} {med(warm, 'build_s'):9.2f} {med(warm, 'score_s'):9.2f} {warm_total:9.2f}   {med(warm, 'import_s'):.2f} s")
+    for label, rows, total in (("cold", cold, cold_total), ("cached", warm, warm_total)):
+        print(f"  {label:8} {med(rows, 'build_s'):9.2f} {med(rows, 'score_s'):9.2f} {total:9.2f}   {med(rows, 'import_s'):.2f} s")
     print(f"  cold / cached: {cold_total / warm_total:.1f}x total, {med(cold, 'build_s') / med(warm, 'build_s'):.0f}x build")
 
 

@@ -33,8 +33,9 @@ HOOKED_MODULES = ("lm_eval.api.registry", "lm_eval.tasks.manager")
 _MARK = "_truthprobe_tasks_added"
 
 # Source of the start-up hook. It runs inside ``site`` for every Python start-up of the environment, so it is
-# small, stdlib-only and must never raise. It wraps the loader of the two hooked modules so that, right after
-# the module's code has run, ``on_import(module)`` below is called.
+# small, stdlib-only and must never raise. It wraps the loader of the two hooked modules: right after the
+# registry module has run it adds the lazy model placeholder itself (so ``lm_eval --help`` imports nothing of
+# ours); right after the task manager module has run it calls ``on_import(module)`` below.
 HOOK_SOURCE = '''
 import os, sys
 class _TruthprobeLmEvalHook:
@@ -57,8 +58,12 @@ class _TruthprobeLmEvalHook:
         def exec_module(module, _run=run):
             _run(module)
             try:
-                from truthprobe_eval.model_adapters import lm_eval_registration
-                lm_eval_registration.on_import(module)
+                if module.__name__ == "lm_eval.api.registry":  # a lazy placeholder: imports nothing
+                    if %(model)r not in module.model_registry:
+                        module.model_registry.register(%(model)r, target=%(target)r)
+                else:
+                    from truthprobe_eval.model_adapters import lm_eval_registration
+                    lm_eval_registration.on_import(module)
             except Exception as exc:
                 import warnings
                 warnings.warn("truthprobe-eval could not register with lm_eval: %%r" %% (exc,), stacklevel=2)
@@ -66,7 +71,7 @@ class _TruthprobeLmEvalHook:
         return spec
 if os.environ.get(%(env)r, "1") != "0" and not any(type(f).__name__ == "_TruthprobeLmEvalHook" for f in sys.meta_path):
     sys.meta_path.insert(0, _TruthprobeLmEvalHook())
-''' % {"targets": HOOKED_MODULES, "env": DISABLE_ENV}
+''' % {"targets": HOOKED_MODULES, "env": DISABLE_ENV, "model": MODEL_NAME, "target": MODEL_TARGET}
 
 
 def pth_line() -> str:

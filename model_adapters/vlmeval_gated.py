@@ -216,12 +216,24 @@ class TruthGatedVLM(BaseModel):
                                   f"found {type(self.model).__name__} with {type(self.processor).__name__}")
         self.family = family_of(self.model.config.model_type)
         self.system_prompt = system_prompt
-        self.processor_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels))
-                                 if v is not None and k in self.family.processor_options}
+        self.processor_kwargs = self._pixel_budget(min_pixels, max_pixels)
         self.generate_kwargs = generate_kwargs
         self._gate_stack = contextlib.ExitStack()
         self.gates = None
         self._apply_gate()
+
+    def _pixel_budget(self, min_pixels: int | None, max_pixels: int | None) -> dict:
+        """Qwen2-VL family: the image processor's pixel budget, as its ``size`` call option."""
+        if min_pixels is None and max_pixels is None:
+            return {}
+        if "min_pixels" not in self.family.processor_options:
+            raise TruthProbeError(f"min_pixels / max_pixels: only for the Qwen2-VL family, found a {self.family.name} model")
+        size = dict(getattr(self.processor.image_processor, "size", None) or {})
+        if min_pixels is not None:
+            size["shortest_edge"] = int(min_pixels)
+        if max_pixels is not None:
+            size["longest_edge"] = int(max_pixels)
+        return {"size": size}
 
     # ---- gating -------------------------------------------------------------------------------------
     def _apply_gate(self) -> None:

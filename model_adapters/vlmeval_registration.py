@@ -3,18 +3,26 @@
 - Models: ``vlmeval.config.supported_VLM`` (``--model llava_v1.5_7b_truthprobe``; ``partial`` entries, gate
   settings from the environment) and ``vlmeval.vlm.TruthGatedVLM`` (JSON ``--config`` entries name
   ``"class": "TruthGatedVLM"`` and give every setting as a key).
-- Data sets: ``vlmeval.dataset.DATASET_CLASSES`` (``--data POPE_local``; ``build_dataset`` and
-  ``DATASET_TYPE`` search that list) and ``vlmeval.dataset.<ClassName>`` (``--config`` ``"class": "POPELocal"``).
+- Data sets: ``vlmeval.dataset.DATASET_CLASSES`` (``--data POPE_local``; ``build_dataset`` and ``DATASET_TYPE``
+  search that list) and ``vlmeval.dataset.<ClassName>`` (``--config`` ``"class": "POPELocal"``).
 
-``register()`` is idempotent. ``truthprobe vlmeval ...`` calls it and then runs VLMEvalKit's ``run.py``.
-``install_import_hook()`` defers ``register()`` until VLMEvalKit's own code imports ``vlmeval.config``, so that
-a start-up hook (a ``.pth`` line) makes the stock ``python -m vlmeval`` runner see them too.
+Nothing in VLMEvalKit's files changes. ``register()`` is idempotent; ``truthprobe vlmeval ...`` calls it, then
+runs VLMEvalKit's ``run.py``. For VLMEvalKit's own entry (``python -m vlmeval``, ``python vlmeval/run.py``), the
+wheel can ship ``truthprobe_eval_vlmeval.pth`` (``pth_line()``): at start-up it installs a stdlib-only
+post-import hook that calls ``register()`` right after ``vlmeval.config`` has been imported, and imports
+nothing otherwise. ``TRUTHPROBE_VLMEVAL_AUTOREGISTER=0`` switches it off. ``install_import_hook()`` installs
+the same hook in a running process.
+
+This module imports only the standard library at module level (``setup.py`` may load it from its file to
+render the ``.pth`` line).
 """
 from __future__ import annotations
 
-import importlib.abc
+import importlib
+import os
 import sys
 from functools import partial
+from pathlib import Path
 
 # name -> default Hugging Face checkpoint (TRUTHPROBE_MODEL_PATH or a config's model_path overrides it)
 MODELS: dict[str, str | None] = {
@@ -32,12 +40,75 @@ MODELS: dict[str, str | None] = {
     "SmolVLM-500M_truthprobe": "HuggingFaceTB/SmolVLM-500M-Instruct",
     "SmolVLM_truthprobe": "HuggingFaceTB/SmolVLM-Instruct",
     "Idefics3-8B-Llama3_truthprobe": "HuggingFaceM4/Idefics3-8B-Llama3",
-    # any image-text-to-text checkpoint: TRUTHPROBE_MODEL_PATH names it
+    # any image-text-to-text checkpoint: TRUTHPROBE_MODEL_PATH (or --hf-model) names it
     "truthprobe_hf": None,
 }
 MODEL_CLASS_NAME = "TruthGatedVLM"
+PTH_NAME = "truthprobe_eval_vlmeval.pth"
+DISABLE_ENV = "TRUTHPROBE_VLMEVAL_AUTOREGISTER"
+HOOKED_MODULE = "vlmeval.config"
+
+# Source of the start-up hook: small, stdlib-only, never raises. It wraps the loader of ``vlmeval.config`` so
+# that ``register()`` runs right after that module has executed (VLMEvalKit's runner imports it first thing).
+HOOK_SOURCE = '''
+import os, sys
+class _TruthprobeVlmevalHook:
+    target = %(target)r
+    def find_spec(self, name, path=None, target=None):
+        if name != self.target:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        run = getattr(spec.loader, "exec_module", None)
+        if run is None:
+            return spec
+        def exec_module(module, _run=run):
+            _run(module)
+            try:
+                from truthprobe_eval.model_adapters import vlmeval_registration
+                vlmeval_registration.register()
+            except Exception as exc:
+                import warnings
+                warnings.warn("truthprobe-eval could not register with VLMEvalKit: %%r" %% (exc,), stacklevel=2)
+        spec.loader.exec_module = exec_module
+        return spec
+if os.environ.get(%(env)r, "1") != "0" and not any(type(f).__name__ == "_TruthprobeVlmevalHook" for f in sys.meta_path):
+    sys.meta_path.insert(0, _TruthprobeVlmevalHook())
+''' % {"target": HOOKED_MODULE, "env": DISABLE_ENV}
 
 _registered = False
+
+
+def pth_line() -> str:
+    """The single line of ``truthprobe_eval_vlmeval.pth`` (``site`` executes lines that start with ``import``)."""
+    return f"import sys; exec({HOOK_SOURCE!r}, {{'__name__': 'truthprobe_eval_vlmeval_hook'}})\n"
+
+
+def write_pth(path: "str | os.PathLike") -> Path:
+    """Write the ``.pth`` file (a folder gets ``PTH_NAME`` inside it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PTH_NAME
+    path.write_text(pth_line(), encoding="utf-8")
+    return path
+
+
+def install_import_hook() -> None:
+    """Register as soon as ``vlmeval.config`` is imported (at once, if it already is)."""
+    if HOOKED_MODULE in sys.modules:
+        register()
+    else:
+        exec(HOOK_SOURCE, {"__name__": "truthprobe_eval_vlmeval_hook"})
+
+
+def hook_installed() -> bool:
+    return any(type(f).__name__ == "_TruthprobeVlmevalHook" for f in sys.meta_path)
 
 
 def dataset_classes() -> list[type]:
@@ -58,60 +129,28 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    import vlmeval.config
-    import vlmeval.dataset
-    import vlmeval.vlm
+    # import_module, not attribute access: under the start-up hook the ``vlmeval`` package is still initializing
+    config = importlib.import_module("vlmeval.config")
+    datasets = importlib.import_module("vlmeval.dataset")
+    vlm = importlib.import_module("vlmeval.vlm")
 
     from .vlmeval_gated import TruthGatedVLM
 
-    setattr(vlmeval.vlm, MODEL_CLASS_NAME, TruthGatedVLM)
+    setattr(vlm, MODEL_CLASS_NAME, TruthGatedVLM)
     for name, path in MODELS.items():
-        vlmeval.config.supported_VLM[name] = partial(TruthGatedVLM, default_model_path=path)
+        config.supported_VLM[name] = partial(TruthGatedVLM, default_model_path=path)
 
-    classes = dataset_classes()
-    for cls in classes:
-        setattr(vlmeval.dataset, cls.__name__, cls)
-        if cls not in vlmeval.dataset.DATASET_CLASSES:
-            vlmeval.dataset.DATASET_CLASSES.append(cls)  # the list build_dataset / DATASET_TYPE iterate
-        if cls not in vlmeval.dataset.IMAGE_DATASET:
-            vlmeval.dataset.IMAGE_DATASET.append(cls)
+    for cls in dataset_classes():
+        setattr(datasets, cls.__name__, cls)
+        if cls not in datasets.DATASET_CLASSES:
+            datasets.DATASET_CLASSES.append(cls)  # the list build_dataset / DATASET_TYPE iterate
+        if cls not in datasets.IMAGE_DATASET:
+            datasets.IMAGE_DATASET.append(cls)
         for name in cls.supported_datasets():
-            if name not in vlmeval.dataset.SUPPORTED_DATASETS:
-                vlmeval.dataset.SUPPORTED_DATASETS.append(name)
+            if name not in datasets.SUPPORTED_DATASETS:
+                datasets.SUPPORTED_DATASETS.append(name)
     _registered = True
 
 
-class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """Wraps the loader of ``vlmeval.config`` so that ``register()`` runs right after it executes."""
-
-    target = "vlmeval.config"
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != self.target:
-            return None
-        import importlib.util
-
-        sys.meta_path.remove(self)  # one shot: find the real spec without this finder
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return None
-        original = spec.loader.exec_module
-
-        def exec_module(module):
-            original(module)
-            register()
-
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-
-def install_import_hook() -> None:
-    """Register as soon as ``vlmeval.config`` is imported (now, if it already is)."""
-    if "vlmeval.config" in sys.modules:
-        register()
-        return
-    if not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _RegisterAfterImport())
-
-
-__all__ = ["MODELS", "MODEL_CLASS_NAME", "register", "install_import_hook", "dataset_classes", "dataset_names"]
+__all__ = ["MODELS", "MODEL_CLASS_NAME", "PTH_NAME", "DISABLE_ENV", "register", "install_import_hook", "pth_line",
+           "write_pth", "hook_installed", "dataset_classes", "dataset_names"]

@@ -46,13 +46,12 @@ def check_settings(*, n_folds: int, trainer: str, epochs: int, batch_size: int, 
         raise ProbeSettingsError(f"padding side: expected one of {', '.join(PADDING_SIDES)}, found {padding_side!r}")
 
 
-def _check_folds(examples: Sequence[ProbeExample], n_folds: int) -> None:
+def _check_folds(examples: Sequence[ProbeExample], n_folds: int, seed: int = 0) -> None:
+    """Fail before extraction when the data cannot be split into ``n_folds`` grouped, stratified folds."""
+    from .folds import grouped_stratified_folds
+
     y, groups = labels_and_groups(examples)
-    for label in (0, 1):
-        count = len(np.unique(groups[y == label]))
-        if count < n_folds:
-            raise ProbeDataError(f"{n_folds}-fold cross-validation needs at least {n_folds} question groups with "
-                                 f"label {label}, found {count}: add rows or lower --folds")
+    grouped_stratified_folds(y, groups, n_folds=n_folds, seed=seed)
 
 
 def resolve_prompt_format(helper: Any, prompt_format: str = "auto") -> str:
@@ -103,7 +102,7 @@ def probe_model(model: nn.Module, processor_or_tokenizer: Any, examples: Sequenc
     check_settings(n_folds=n_folds, trainer=trainer, epochs=epochs, batch_size=batch_size,
                    prompt_format=prompt_format, condition=condition, padding_side=padding_side)
     check_examples(examples)
-    _check_folds(examples, n_folds)
+    _check_folds(examples, n_folds, seed)
     info = describe(model)  # an unknown architecture fails here, before any work
     fmt = resolve_prompt_format(processor_or_tokenizer, prompt_format)
     encoder = PromptEncoder(processor_or_tokenizer, fmt, condition, images_dir, padding_side)
@@ -168,7 +167,7 @@ def run_probing(model: str = "smollm2-135m-instruct", data: "str | os.PathLike" 
     check_settings(n_folds=n_folds, trainer=trainer, epochs=epochs, batch_size=batch_size,
                    prompt_format=prompt_format, condition=condition, padding_side=padding_side)
     examples = load_examples(data, n=n, offset=offset)
-    _check_folds(examples, n_folds)
+    _check_folds(examples, n_folds, seed)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise ProbeDataError(f"--images: expected a folder of images, found none at {images_dir}")
     loaded, helper = load_model(model, dtype=dtype, device=device)

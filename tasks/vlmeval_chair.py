@@ -91,7 +91,7 @@ class CHAIRLocal(ImageBaseDataset):
         self.prompt = prompt or PROMPT
         self.max_new_tokens = as_int(setting(max_new_tokens, "TRUTHPROBE_CHAIR_MAX_NEW_TOKENS", 64), "max_new_tokens")
         self.drop_unfinished = as_bool(setting(drop_unfinished, "TRUTHPROBE_CHAIR_DROP_UNFINISHED", True))
-        self.cache_dir = cache_dir
+        self.cache_dir = setting(cache_dir, "TRUTHPROBE_CHAIR_CACHE")  # default: $TRUTHPROBE_CACHE/chair
         GENERATION_OVERRIDES[dataset] = {"max_new_tokens": self.max_new_tokens}
         super().__init__(dataset=dataset)
 

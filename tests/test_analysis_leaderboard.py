@@ -114,7 +114,8 @@ def test_methods_deltas_and_marks(result_dirs):
     assert pope.p is not None and pope.mark == "***"  # 15 of 15 discordant pairs favour B: exact p = 2 / 2**15
     assert board.cells[(("llava_tiny", lb.TP_BASE, ""), ("POPE", "recall (adversarial)"))].delta == pytest.approx(30.0)
     chair = board.cells[(("llava_tiny", lb.TP_BASE, ""), ("CHAIR", "CHAIRs"))]
-    assert chair.delta == pytest.approx(-0.1)
+    assert chair.delta == pytest.approx(-0.1) and chair.better  # fewer hallucinated objects is better
+    assert board.cells[(("llava_tiny", lb.TP_BASE, ""), ("POPE", "F1"))].delta == pytest.approx(200 * 0.9 / 1.9 - 75)
 
 
 def test_outputs_and_cli(result_dirs, tmp_path):

@@ -270,6 +270,8 @@ def test_missing_nltk_data_names_the_packages(tmp_path, monkeypatch):
     for package in ("punkt_tab", "averaged_perceptron_tagger_eng", "wordnet"):
         assert package in message
     assert "python -m nltk.downloader punkt_tab averaged_perceptron_tagger_eng wordnet" in message
+    with pytest.raises(NLTKDataMissingError, match="punkt_tab, averaged_perceptron_tagger_eng, wordnet"):
+        CHAIREvaluator.from_coco(write_coco(tmp_path / "annotations"), use_cache=False)
 
 
 def test_partly_missing_nltk_data_names_only_what_is_missing(tmp_path, monkeypatch, shared_dir):

@@ -50,10 +50,18 @@ def test_wheel_installs_everything_under_the_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top <= {"truthprobe_eval"} | {n for n in top if n.endswith(".pth")}, top
-    for module in ("truthprobe_eval/probing/__init__.py", "truthprobe_eval/model_adapters/__init__.py",
-                   "truthprobe_eval/tasks/__init__.py", "truthprobe_eval/data/halueval_qa.jsonl.gz",
-                   "truthprobe_eval/data/HALUEVAL_LICENSE"):
-        assert module in names, module
+    folders = {"truthprobe_eval": "truthprobe_eval", "probing": "truthprobe_eval/probing",
+               "model_adapters": "truthprobe_eval/model_adapters", "tasks": "truthprobe_eval/tasks"}
+    expected = [
+        f"{installed}/{path.relative_to(REPO / src).as_posix()}"
+        for src, installed in folders.items()
+        for pattern in ("**/*.py", "**/*.yaml")
+        for path in (REPO / src).glob(pattern)
+        if "__pycache__" not in path.parts
+    ]
+    expected += [f"truthprobe_eval/data/{p.name}" for p in (REPO / "truthprobe_eval" / "data").iterdir()]
+    missing = sorted(set(expected) - set(names))
+    assert not missing, f"source files missing from the wheel: {missing}"
 
 
 @pytest.mark.parametrize("name", ["/no/such/model", "./missing-model", "a/b/c"])

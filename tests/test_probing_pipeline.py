@@ -96,7 +96,7 @@ def _bad_inputs(tmp: Path, opt_folder: str) -> dict[str, tuple[list[str], str]]:
         "empty": (["--data", _jsonl(tmp / "e.jsonl", good), "--offset", "12"], "found none"),
         "one class": (["--data", _jsonl(tmp / "o.jsonl", good[:6])], "found only truthful (1)"),
         "missing field": (["--data", _jsonl(tmp / "m.jsonl", missing)], "m.jsonl, line 5: missing field(s) answer"),
-        "too few groups": (["--data", _jsonl(tmp / "g.jsonl", good[:3] + good[6:9]), "--folds", "5"], "needs at least 5 question groups"),
+        "too few groups": (["--data", _jsonl(tmp / "g.jsonl", good[:3] + good[6:9]), "--folds", "5"], "5-fold cross-validation needs at least 5 groups"),
         "bad folds": (["--folds", "1"], "folds: expected an integer >= 2"),
         "no rows": (["--n", "0"], "n >= 1"),
         "condition on a text model": (["--n", "5", "--condition", "image"], "needs a multimodal model"),

@@ -1,37 +1,46 @@
-"""truthprobe-eval: head-level Truth Scores and soft head gating for LLMs and MLLMs."""
+"""truthprobe-eval: head-level Truth Scores and soft head gating for LLMs and MLLMs.
+
+Names are imported lazily (PEP 562), so that ``truthprobe chair`` or ``truthprobe scores show`` start
+without importing torch.
+"""
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .architectures import ARCHITECTURES, HeadLayout, describe, locate_heads  # noqa: E402
-from .errors import (  # noqa: E402
-    GateConfigError,
-    ScoreFileError,
-    ShapeMismatchError,
-    TruthProbeError,
-    UnsupportedArchitectureError,
-)
-from .gating import bake, gate, gate_values, normalize  # noqa: E402
-from .models import DEFAULT_MODEL, load_model, resolve_model_path  # noqa: E402
-from .scores import TruthScores, load_scores  # noqa: E402
+_EXPORTS = {
+    "ARCHITECTURES": "architectures",
+    "HeadLayout": "architectures",
+    "describe": "architectures",
+    "locate_heads": "architectures",
+    "GateConfigError": "errors",
+    "ScoreFileError": "errors",
+    "ShapeMismatchError": "errors",
+    "TruthProbeError": "errors",
+    "UnsupportedArchitectureError": "errors",
+    "bake": "gating",
+    "gate": "gating",
+    "gate_values": "gating",
+    "normalize": "gating",
+    "DEFAULT_MODEL": "models",
+    "load_model": "models",
+    "resolve_model_path": "models",
+    "TruthScores": "scores",
+    "load_scores": "scores",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "ARCHITECTURES",
-    "DEFAULT_MODEL",
-    "GateConfigError",
-    "HeadLayout",
-    "ScoreFileError",
-    "ShapeMismatchError",
-    "TruthProbeError",
-    "TruthScores",
-    "UnsupportedArchitectureError",
-    "bake",
-    "describe",
-    "gate",
-    "gate_values",
-    "load_model",
-    "load_scores",
-    "locate_heads",
-    "normalize",
-    "resolve_model_path",
-]
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'truthprobe_eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -8,7 +8,6 @@ Sites:
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from contextlib import contextmanager
@@ -22,26 +21,7 @@ from .architectures import HeadSites, locate_heads, model_name
 from .errors import GateConfigError
 from .scores import TruthScores, load_scores
 
-NORMS = ("centered", "minmax", "raw")
-KINDS = ("truthprobe", "random", "inverse", "none")
-SITES = ("o_proj_output", "o_proj_input")
-
-
-def check_gate_settings(alpha: float, norm: str = "centered", site: str = "o_proj_output", kind: str = "truthprobe") -> float:
-    """Validate gate settings before anything heavy happens; returns alpha as a float."""
-    try:
-        alpha_f = float(alpha)
-    except (TypeError, ValueError):
-        raise GateConfigError(f"alpha: expected a finite number, found {alpha!r}") from None
-    if not math.isfinite(alpha_f):
-        raise GateConfigError(f"alpha: expected a finite number, found {alpha!r}")
-    if norm not in NORMS:
-        raise GateConfigError(f"norm: expected one of {', '.join(NORMS)}, found {norm!r}")
-    if site not in SITES:
-        raise GateConfigError(f"site: expected one of {', '.join(SITES)}, found {site!r}")
-    if kind not in KINDS:
-        raise GateConfigError(f"gate: expected one of {', '.join(KINDS)}, found {kind!r}")
-    return alpha_f
+from .gate_config import KINDS, NORMS, SITES, check_gate_settings  # noqa: E402,F401
 
 
 def normalize(scores: np.ndarray, norm: str = "centered") -> np.ndarray:

@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from lm_eval.api.task import ConfigurableTask
 
 PATH_ENV = "TRUTHPROBE_HALUEVAL_PATH"
 DEFAULT_OFFSET = 292  # rows 0..291 are what `truthprobe probe` trains on by default
@@ -76,17 +77,53 @@ except ImportError:  # pragma: no cover
     pass
 
 
+class HaluEvalJudgeTask(ConfigurableTask):
+    """The published prompt in both of HaluEval's forms.
+
+    With ``--apply_chat_template`` the system prompt (the task's ``description``) is a system message and the
+    judge text the user message, as in HaluEval's chat-model call. Without it the prompt is HaluEval's completion
+    prompt, which has no system text: the description is left out instead of being glued in front of it.
+    """
+
+    def __init__(self, config: dict | None = None, **kwargs: Any) -> None:
+        # lm-eval 0.4.13 hands the YAML's own `class` key on to TaskConfig, which does not take it
+        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"}, **kwargs)
+
+    def fewshot_context(self, doc, num_fewshot, system_instruction=None, apply_chat_template=False, **kwargs):
+        if apply_chat_template or not self.config.description:
+            return super().fewshot_context(doc, num_fewshot, system_instruction=system_instruction,
+                                           apply_chat_template=apply_chat_template, **kwargs)
+        description, self.config.description = self.config.description, ""
+        try:
+            return super().fewshot_context(doc, num_fewshot, system_instruction=system_instruction,
+                                           apply_chat_template=apply_chat_template, **kwargs)
+        finally:
+            self.config.description = description
+
+
 # ---- data --------------------------------------------------------------------------------------------
 
-def draw_hallucinated(seed: int, row: int) -> bool:
-    """Whether row ``row`` shows its hallucinated answer under ``seed`` (a fair coin per (seed, row))."""
-    return bool(np.random.default_rng([int(seed), int(row)]).random() < 0.5)
+def draw_hallucinated(seed: int, rows: Sequence[int]) -> np.ndarray:
+    """For each row index, whether it shows its hallucinated answer under ``seed``.
+
+    Row i takes the i-th number of the seed's stream (``default_rng(seed).random()``), so a row's draw does not
+    depend on which slice of the data is evaluated.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return np.zeros(0, dtype=bool)
+    return np.random.default_rng(int(seed)).random(int(rows.max()) + 1)[rows] < 0.5
 
 
 def judge_prompt(question: str, answer: str, knowledge: str | None = None) -> str:
     """The user turn: HaluEval's instruction, then (optionally) the knowledge, the question and the answer."""
     knowledge_line = f"\n#Knowledge#: {knowledge}" if knowledge else ""
     return f"{JUDGE_INSTRUCTION}\n{knowledge_line}\n#Question#: {question}\n#Answer#: {answer}\n#Your Judgement#:"
+
+
+def doc_to_text(doc: dict) -> str:
+    """lm-eval ``doc_to_text``: the judge prompt of one doc."""
+    return judge_prompt(doc["question"], doc["answer"], doc["knowledge"] if doc["show_knowledge"] else None)
 
 
 def _as_bool(value: Any, what: str) -> bool:
@@ -111,21 +148,22 @@ def _as_int(value: Any, what: str, minimum: int) -> int:
 def build_docs(rows: Sequence[dict], seeds: Iterable[int], offset: int = 0, knowledge: bool = True) -> list[dict]:
     """One doc per (row, seed), row-major, so that ``--limit 3k`` covers k rows under every seed."""
     seeds = [int(s) for s in seeds]
+    index = np.arange(offset, offset + len(rows))
+    draws = {seed: draw_hallucinated(seed, index) for seed in seeds}
     docs = []
     for i, row in enumerate(rows):
-        index = offset + i
         for seed in seeds:
-            hallucinated = draw_hallucinated(seed, index)
+            hallucinated = bool(draws[seed][i])
             answer = row["hallucinated_answer"] if hallucinated else row["right_answer"]
             docs.append({
-                "row": index,
+                "row": int(offset + i),
                 "seed": seed,
                 "knowledge": row["knowledge"],
                 "question": row["question"],
                 "answer": answer,
                 "hallucinated": hallucinated,
                 "label": "Yes" if hallucinated else "No",
-                "prompt": judge_prompt(row["question"], answer, row["knowledge"] if knowledge else None),
+                "show_knowledge": bool(knowledge),
             })
     return docs
 

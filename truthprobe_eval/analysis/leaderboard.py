@@ -52,6 +52,7 @@ class ResultEntry:
     settings: str = ""
     samples: str | None = None  # per-sample log for significance
     sample_metric: str | None = None  # which metric column the per-sample log measures
+    lower_is_better: set[str] = field(default_factory=set)  # metrics where a drop is an improvement (CHAIR)
 
     @property
     def row_key(self) -> tuple[str, str, str]:
@@ -137,6 +138,7 @@ def collect_lm_eval(path: Path) -> list[ResultEntry]:
     model = _short(args.get("pretrained") or data.get("model_name") or harness_model)
     method, settings = method_from_model_args(harness_model, args)
     ts = RESULTS_JSON.match(path.name).group("ts") if RESULTS_JSON.match(path.name) else None
+    higher = data.get("higher_is_better") or {}
     entries = []
     for task, values in data["results"].items():
         metrics = {}
@@ -157,8 +159,9 @@ def collect_lm_eval(path: Path) -> list[ResultEntry]:
                 samples = None
         else:
             samples = None
+        lower = {name for name in metrics if (higher.get(task) or {}).get(name.split(" (")[0]) is False}
         entries.append(ResultEntry(model, method, task, metrics, str(path), "lm-eval", settings,
-                                   str(samples) if samples else None, sample_metric))
+                                   str(samples) if samples else None, sample_metric, lower))
     return entries
 
 
@@ -210,6 +213,8 @@ def collect_vlmeval_rating(path: Path) -> ResultEntry | None:
     metrics = _rating_metrics(table)
     if not metrics:
         return None
+    if {"precision", "recall"} <= set(metrics):  # VLMEvalKit's POPE_rating calls F1 "Overall"
+        metrics = {re.sub(r"^Overall", "F1", k): v for k, v in metrics.items()}
     model, method = method_from_vlmeval_name(folder_model)
     preds = sig.find_vlmeval_predictions(path.parent)
     samples = preds.get(benchmark)
@@ -238,7 +243,7 @@ def collect_json(path: Path) -> ResultEntry | None:
     if {"CHAIRs", "CHAIRi"} <= set(data):
         model, method = method_from_vlmeval_name(path.parent.name)
         metrics = {k: float(data[k]) for k in ("CHAIRs", "CHAIRi", "recall", "len") if isinstance(data.get(k), (int, float))}
-        return ResultEntry(model, method, "CHAIR", metrics, str(path), "chair")
+        return ResultEntry(model, method, "CHAIR", metrics, str(path), "chair", lower_is_better={"CHAIRs", "CHAIRi"})
     return None
 
 
@@ -279,6 +284,13 @@ class Cell:
     value: float
     delta: float | None = None
     p: float | None = None
+    lower_is_better: bool = False
+
+    @property
+    def better(self) -> bool | None:
+        if not self.delta:
+            return None
+        return (self.delta < 0) if self.lower_is_better else (self.delta > 0)
 
     @property
     def mark(self) -> str:
@@ -332,7 +344,7 @@ def build(entries: Sequence[ResultEntry], significance: bool = True) -> Leaderbo
                 p = _p_value(base, e, notes)
             for m, v in e.metrics.items():
                 delta = v - base.metrics[m] if base is not None and m in base.metrics else None
-                cells[(r, (bench, m))] = Cell(v, delta, p if m == e.sample_metric else None)
+                cells[(r, (bench, m))] = Cell(v, delta, p if m == e.sample_metric else None, m in e.lower_is_better)
     for model in {r[0] for r in rows}:
         if model not in baselines:
             notes.append(f"{model}: no vanilla run found, so no deltas")
@@ -437,7 +449,7 @@ th { background: #f2f2f2; cursor: pointer; user-select: none; position: sticky; 
 th[aria-sort=ascending]::after { content: " \\25B2"; }
 th[aria-sort=descending]::after { content: " \\25BC"; }
 td.text, th.text { text-align: left; }
-.up { color: #0a7a0a; } .down { color: #b00020; }
+.better { color: #0a7a0a; } .worse { color: #b00020; }
 small { color: #555; }
 """
 
@@ -458,7 +470,7 @@ def to_html(board: Leaderboard, title: str = "truthprobe-eval leaderboard") -> s
                 continue
             delta = ""
             if cell.delta is not None:
-                cls = "up" if cell.delta > 0 else ("down" if cell.delta < 0 else "")
+                cls = {True: "better", False: "worse", None: ""}[cell.better]
                 p = "" if cell.p is None else f' title="p = {reports.fmt_p(cell.p)}"'
                 delta = f' <small class="{cls}"{p}>({cell.delta:+.4f}{esc(cell.mark)})</small>'
             tds.append(f'<td data-value="{cell.value!r}">{esc(reports.fmt(cell.value, 4))}{delta}</td>')

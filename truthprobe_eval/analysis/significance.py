@@ -180,7 +180,8 @@ def load_vlmeval_predictions(path: "str | os.PathLike", metric: str | None = Non
     if "index" not in df.columns:
         raise SignificanceError(f"{path}: expected an 'index' column (VLMEvalKit prediction file), found {list(df.columns)}")
     keys = [str(k) for k in df["index"]]
-    dup = next((k for i, k in enumerate(keys) if k in keys[:i]), None) if len(set(keys)) != len(keys) else None
+    seen: set[str] = set()
+    dup = next((k for k in keys if k in seen or seen.add(k)), None)
     if dup is not None:
         raise SignificanceError(f"{path}: index {dup} appears more than once")
     notes: list[str] = []

@@ -80,7 +80,9 @@ def check_records(captions: Iterable[Any]) -> list[CaptionRecord]:
             )
         caption = entry["caption"]
         if not isinstance(caption, str):
-            raise CHAIRInputError(f"expected entry {index} to have a string caption, found {type(caption).__name__} {caption!r:.80}")
+            raise CHAIRInputError(
+                f"expected entry {index} to have a string caption, found {type(caption).__name__} {caption!r:.80}"
+            )
         records.append(CaptionRecord(index, _image_id(entry["image_id"], index), caption))
     if not records:
         raise CHAIRInputError("expected at least one caption record, found none")

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_text
 from .errors import COCOAnnotationError
 from .matcher import ObjectMatcher
-from .nltk_text import _import_nltk, build_lemma_table
+from .nltk_text import _import_nltk, build_lemma_table, check_nltk_data
 from .vocabulary import ObjectVocabulary
 
 # Bump when the matching rules or the cache layout change: old cache files then stop matching.
@@ -106,7 +106,9 @@ def _load_coco(path: Path):
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise COCOAnnotationError(f"expected a COCO annotation JSON file at {path}, found unreadable JSON: {exc}") from exc
     except (AssertionError, KeyError, TypeError, AttributeError) as exc:
-        raise COCOAnnotationError(f"expected a COCO annotation file at {path}, found one pycocotools cannot index: {exc!r}") from exc
+        raise COCOAnnotationError(
+            f"expected a COCO annotation file at {path}, found one pycocotools cannot index: {exc!r}"
+        ) from exc
 
 
 def _instance_objects(path: Path, vocabulary: ObjectVocabulary, objects: dict[int, set[str]]) -> None:
@@ -188,11 +190,12 @@ def build_ground_truth(
             cached.info = info
             return cached
 
+    check_nltk_data()  # before minutes of work, naming every missing package
     lemma_table = build_lemma_table(vocabulary.words)
     matcher = ObjectMatcher(vocabulary, lemma_table)
     objects: dict[int, set[str]] = {}
     n_captions = 0
-    for split, files in splits.items():
+    for files in splits.values():
         _instance_objects(files["instances"], vocabulary, objects)
         n_captions += _caption_objects(files["captions"], matcher, objects, progress)
     frozen = {image_id: frozenset(objs) for image_id, objs in objects.items()}

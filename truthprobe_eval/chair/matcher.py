@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .nltk_text import LemmaTable, TextAnalyzer, build_lemma_table
+from .nltk_text import LemmaTable, TextAnalyzer, build_lemma_table, check_nltk_data
 from .vocabulary import ObjectVocabulary
 
 
@@ -50,6 +50,8 @@ class ObjectMatcher:
     """Caption -> word count and COCO object mentions, with NLTK and the CHAIR vocabulary."""
 
     def __init__(self, vocabulary: ObjectVocabulary | None = None, lemma_table: LemmaTable | None = None):
+        # all missing packages in one message; WordNet only where there is no lemma table to use yet
+        check_nltk_data(["punkt_tab", "averaged_perceptron_tagger_eng"] + (["wordnet"] if lemma_table is None else []))
         self.vocabulary = vocabulary or ObjectVocabulary.load()
         self.lemma_table = lemma_table if lemma_table is not None else build_lemma_table(self.vocabulary.words)
         self._text = TextAnalyzer(self.lemma_table)

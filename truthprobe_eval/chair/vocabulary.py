@@ -38,7 +38,7 @@ def read_synonyms(path: str | Path | None = None) -> tuple[str, list[list[str]]]
     else:
         text = Path(path).read_text("utf-8")
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for line in text.splitlines():
         words = [" ".join(w.split()).lower() for w in line.split(",")]
         words = [w for w in words if w]
         if not words:

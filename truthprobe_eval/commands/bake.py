@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..gating import KINDS, NORMS, SITES
+from ..gate_config import KINDS, NORMS, SITES
 
 
 def add_parser(subparsers) -> None:

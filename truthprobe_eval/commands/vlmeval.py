@@ -158,12 +158,23 @@ def _failures(work_dir: str, model_names: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    given = {env: str(getattr(args, dest)) for dest, env in {**GATE_OPTIONS, **DATA_OPTIONS}.items()
+             if getattr(args, dest, None) is not None}
+    previous = {env: os.environ.get(env) for env in given}
+    os.environ.update(given)
+    try:
+        return _run(args)
+    finally:  # an in-process caller gets its environment back
+        for env, value in previous.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..errors import TruthProbeError
 
-    for dest, env in {**GATE_OPTIONS, **DATA_OPTIONS}.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            os.environ[env] = str(value)
     runner_args = list(args.runner_args)
 
     from ..model_adapters.vlmeval_registration import MODELS, dataset_names, register
@@ -187,14 +198,14 @@ def run(args: argparse.Namespace) -> int:
     register()
     import vlmeval.run
 
-    saved = sys.argv
+    argv = sys.argv
     sys.argv = ["vlmeval/run.py", *runner_args]
     try:
         vlmeval.run.main()
     except SystemExit as exc:  # argparse --help / usage errors of the runner
         return int(exc.code or 0)
     finally:
-        sys.argv = saved
+        sys.argv = argv
     names = list(values["model"])
     if values["config"]:
         names = list((json.loads(Path(values["config"]).read_text(encoding="utf-8")).get("model") or {}))

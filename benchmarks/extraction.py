@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="N = 29, 100, 292 rows instead of 292, 1000, 2920")
     ap.add_argument("--sizes", type=int, nargs="*", help="HaluEval rows per probing run")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--batches", type=int, default=8, help="batches in the throughput comparison")
+    ap.add_argument("--batches", type=int, default=4, help="batches in the throughput comparison")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-throughput", action="store_true")

@@ -217,3 +217,23 @@ def test_real_lm_eval_output_is_collected(tmp_path):
 
     (res,), _ = sig.compare_runs(tmp_path / "out", tmp_path / "out", n_boot=100)
     assert res.n == 4 and res.mean_a == pytest.approx(entry.metrics["acc"]) and res.diff == 0
+
+
+def test_random_gate_seeds_are_averaged(tmp_path):
+    vanilla = [1.0] * 50 + [0.0] * 50
+    lm_eval_run(tmp_path / "v", "hf", {"pretrained": "smollm2-135m-instruct"}, vanilla, 0.1)
+    accs = {0: 45, 1: 50, 2: 58}
+    for seed, right in accs.items():
+        lm_eval_run(tmp_path / f"r{seed}", "truthgated", {"pretrained": "smollm2-135m-instruct", "gate": "random",
+                                                          "alpha": "4.5", "norm": "centered", "seed": str(seed)},
+                    [1.0] * right + [0.0] * (100 - right), 0.1)
+    entries, _ = lb.collect([tmp_path])
+    board = lb.build(entries)
+    key = ("smollm2-135m-instruct", lb.RANDOM, "alpha=4.5, norm=centered, seeds=0,1,2")
+    assert key in board.rows and len(board.rows) == 2
+    cell = board.cells[(key, ("halueval_qa", "acc"))]
+    values = np.array([0.45, 0.50, 0.58])
+    assert cell.value == pytest.approx(values.mean()) and cell.std == pytest.approx(values.std(ddof=1)) and cell.n == 3
+    assert cell.delta == pytest.approx(values.mean() - 0.5) and cell.p is None
+    assert "0.5100 ± 0.0656 (+0.0100)" in lb.to_markdown(board)
+    assert len(lb.build(entries, seeds=False).rows) == 4

@@ -167,3 +167,19 @@ def test_cli_significance(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "truthprobe_eval", "significance", str(tmp_path / "a"),
                               str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "run not found" in missing.stderr
+
+
+def test_vlmevalkit_mcq_result_files_are_preferred(tmp_path):
+    """VLMEvalKit's MCQ evaluation writes <model>_<dataset>_<judge>_result.xlsx with a per-sample 'hit' column."""
+    for model, hits in (("m_base", [1, 0, 0, 1, 0, 0]), ("m_gated", [1, 1, 0, 1, 1, 0])):
+        d = tmp_path / model
+        d.mkdir()
+        frame = pd.DataFrame({"index": range(6), "question": [f"q{i}" for i in range(6)], "answer": list("ABCDAB"),
+                              "prediction": ["A"] * 6})
+        frame.to_excel(d / f"{model}_MMBench_DEV_EN.xlsx", index=False)
+        frame.assign(hit=hits).to_excel(d / f"{model}_MMBench_DEV_EN_exact_matching_result.xlsx", index=False)
+        pd.DataFrame({"split": ["dev"], "Overall": [sum(hits) / 6]}).to_csv(d / f"{model}_MMBench_DEV_EN_acc.csv", index=False)
+    found = sig.find_vlmeval_predictions(tmp_path / "m_base")
+    assert list(found) == ["MMBench_DEV_EN"] and found["MMBench_DEV_EN"].name.endswith("_exact_matching_result.xlsx")
+    (res,), notes = sig.compare_runs(tmp_path / "m_base", tmp_path / "m_gated", n_boot=100)
+    assert (res.a_only, res.b_only) == (0, 2) and res.mcnemar_p == pytest.approx(0.5)  # exact: 2 * (1/2)**2

@@ -4,9 +4,7 @@ language model has SmolLM2-135M's shape, gated by real SmolLM2 Truth Scores; set
 shape mismatches; registration in VLMEvalKit's lookup tables."""
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,30 +181,47 @@ def test_shape_mismatch_named_before_weights_load(vlmeval_registered, assets, ll
 
 
 @pytest.fixture(scope="module")
-def smollm2_scores(smollm2, tmp_path_factory):
+def llava_smollm2_shape(assets):
+    """A tiny LLaVA whose language model has SmolLM2-135M's attention shape: 30 layers x 9 heads (3 KV), head_dim 64."""
+    return save_tiny_mllm("llava", assets["root"] / "llava_smollm2_shape", layers=30, heads=9, kv_heads=3, hidden=576, head_dim=64)
+
+
+@pytest.fixture(scope="module")
+def smollm2_scores(request, tmp_path_factory):
     """Real Truth Scores of SmolLM2-135M-Instruct: probes on its heads over a few HaluEval rows (the real
     probing pipeline; few rows, so the values are noisy, but they are SmolLM2's and of its shape)."""
+    pytest.importorskip("truthprobe_eval.probing.trainers", reason="the probing trainers (probing/trainers.py) are not in this checkout yet")
     from truthprobe_eval.probing.data import halueval_examples
     from truthprobe_eval.probing.pipeline import probe_model
 
-    model, tokenizer = smollm2
+    model, tokenizer = request.getfixturevalue("smollm2")
     scores = probe_model(model, tokenizer, halueval_examples(n=16), n_folds=2, epochs=20, progress=False, cache_dir=None)
     return str(scores.save(tmp_path_factory.mktemp("smol_scores") / "smollm2.json"))
 
 
-@pytest.mark.slow
-def test_smollm2_scores_gate_a_llava_of_smollm2_shape(vlmeval_registered, assets, llava, smollm2_scores):
-    """Transfer: scores probed on the base LLM gate the language model of an MLLM of the same shape."""
+def test_llava_of_smollm2_shape_gated_by_30x9_scores(vlmeval_registered, assets, llava, llava_smollm2_shape, tmp_path):
     from truthprobe_eval import locate_heads
+    from truthprobe_eval.model_adapters.vlmeval_gated import TruthGatedVLM
+
+    scores = TruthScores(np.random.default_rng(3).uniform(0.5, 0.8, size=(30, 9)),
+                         meta={"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}).save(tmp_path / "s30x9.json")
+    plain = TruthGatedVLM(model_path=llava_smollm2_shape, gate="none", max_new_tokens=4)
+    sites = locate_heads(plain.model)
+    assert (sites.num_layers, sites.num_heads, sites.head_dim, sites.hidden_size) == (30, 9, 64, 576)
+    gated = TruthGatedVLM(model_path=llava_smollm2_shape, scores=str(scores), alpha=2.5, max_new_tokens=4)
+    assert gated.gates.shape == (30, 9)
+    assert _replies(gated, assets["images"]) != _replies(plain, assets["images"])
+
+
+@pytest.mark.slow
+def test_real_smollm2_scores_transfer_to_its_llava_shape(vlmeval_registered, assets, llava, llava_smollm2_shape, smollm2_scores):
+    """Transfer: scores probed on the base LLM (real SmolLM2) gate the language model of an MLLM of its shape."""
     from truthprobe_eval.model_adapters.vlmeval_gated import TruthGatedVLM
 
     scores = TruthScores.load(smollm2_scores)
     assert scores.shape == (30, 9) and "SmolLM2" in scores.model
-    path = save_tiny_mllm("llava", assets["root"] / "llava_smollm2_shape", layers=30, heads=9, kv_heads=3, hidden=576, head_dim=64)
-    plain = TruthGatedVLM(model_path=path, gate="none", max_new_tokens=4)
-    sites = locate_heads(plain.model)
-    assert (sites.num_layers, sites.num_heads, sites.head_dim, sites.hidden_size) == (30, 9, 64, 576)
-    gated = TruthGatedVLM(model_path=path, scores=smollm2_scores, alpha=7.5, max_new_tokens=4)
+    plain = TruthGatedVLM(model_path=llava_smollm2_shape, gate="none", max_new_tokens=4)
+    gated = TruthGatedVLM(model_path=llava_smollm2_shape, scores=smollm2_scores, alpha=2.5, max_new_tokens=4)
     assert _replies(gated, assets["images"]) != _replies(plain, assets["images"])
     with pytest.raises(ShapeMismatchError, match="SmolLM2"):
         TruthGatedVLM(model_path=llava, scores=smollm2_scores)
@@ -218,6 +233,7 @@ def test_scores_probed_on_the_mllm_itself(vlmeval_registered, assets, llava, tmp
     from truthprobe_eval.probing.data import halueval_examples
     from truthprobe_eval.probing.pipeline import probe_model
 
+    pytest.importorskip("truthprobe_eval.probing.trainers", reason="the probing trainers (probing/trainers.py) are not in this checkout yet")
     plain = TruthGatedVLM(model_path=llava, gate="none", max_new_tokens=6)
     own = probe_model(plain.model, plain.processor, halueval_examples(n=8), condition="text", n_folds=2, epochs=5,
                       progress=False, cache_dir=None)

@@ -53,6 +53,7 @@ class ResultEntry:
     samples: str | None = None  # per-sample log for significance
     sample_metric: str | None = None  # which metric column the per-sample log measures
     lower_is_better: set[str] = field(default_factory=set)  # metrics where a drop is an improvement (CHAIR)
+    spread: dict[str, tuple[float, int]] = field(default_factory=dict)  # metric -> (std over seeds, n seeds)
 
     @property
     def row_key(self) -> tuple[str, str, str]:
@@ -285,6 +286,8 @@ class Cell:
     delta: float | None = None
     p: float | None = None
     lower_is_better: bool = False
+    std: float | None = None  # over seeds, for averaged rows
+    n: int = 1
 
     @property
     def better(self) -> bool | None:
@@ -313,9 +316,45 @@ def _sort_rows(rows):
     return sorted(rows, key=lambda r: (r[0], order.get(r[1], len(order)), r[1], r[2]))
 
 
-def build(entries: Sequence[ResultEntry], significance: bool = True) -> Leaderboard:
-    """Pivot entries into rows x columns; deltas and significance marks against each model's vanilla row."""
+SEED = re.compile(r"(?:^|, )seed=([^,]+)")
+
+
+def aggregate_seeds(entries: Sequence[ResultEntry]) -> tuple[list[ResultEntry], list[str]]:
+    """Runs that differ only in ``seed=`` (random-gate ablations) become one entry: mean, with the standard
+    deviation over seeds (ddof=1) in ``spread``, as the published appendix reports them."""
+    import numpy as np
+
+    groups: dict[tuple, list[ResultEntry]] = {}
+    out, notes = [], []
+    for e in entries:
+        if SEED.search(e.settings):
+            groups.setdefault((e.model, e.method, SEED.sub("", e.settings).strip(", "), e.benchmark), []).append(e)
+        else:
+            out.append(e)
+    for (model, method, settings, bench), members in groups.items():
+        if len(members) == 1:
+            out.append(members[0])
+            continue
+        seeds = sorted(SEED.search(m.settings).group(1) for m in members)
+        metrics, spread = {}, {}
+        for name in sorted(set.intersection(*(set(m.metrics) for m in members))):
+            values = np.array([m.metrics[name] for m in members])
+            metrics[name] = float(values.mean())
+            spread[name] = (float(values.std(ddof=1)), len(values))
+        label = (settings + ", " if settings else "") + f"seeds={','.join(seeds)}"
+        out.append(ResultEntry(model, method, bench, metrics, "; ".join(m.source for m in members), members[0].harness,
+                               label, lower_is_better=members[0].lower_is_better, spread=spread))
+        notes.append(f"{model} / {method} / {bench}: mean and standard deviation over {len(members)} seeds "
+                     "(no per-sample significance test for averaged rows)")
+    return out, notes
+
+
+def build(entries: Sequence[ResultEntry], significance: bool = True, seeds: bool = True) -> Leaderboard:
+    """Pivot entries into rows x columns; deltas and significance marks against each model's vanilla row.
+    With ``seeds``, runs differing only in their gate seed are averaged (mean +- std)."""
     notes: list[str] = []
+    if seeds:
+        entries, notes = aggregate_seeds(entries)
     by_key: dict[tuple, dict[str, ResultEntry]] = {}
     columns: dict[tuple[str, str], None] = {}
     for e in entries:
@@ -344,7 +383,8 @@ def build(entries: Sequence[ResultEntry], significance: bool = True) -> Leaderbo
                 p = _p_value(base, e, notes)
             for m, v in e.metrics.items():
                 delta = v - base.metrics[m] if base is not None and m in base.metrics else None
-                cells[(r, (bench, m))] = Cell(v, delta, p if m == e.sample_metric else None, m in e.lower_is_better)
+                std, n = e.spread.get(m, (None, 1))
+                cells[(r, (bench, m))] = Cell(v, delta, p if m == e.sample_metric else None, m in e.lower_is_better, std, n)
     for model in {r[0] for r in rows}:
         if model not in baselines:
             notes.append(f"{model}: no vanilla run found, so no deltas")
@@ -368,6 +408,8 @@ def _cell_text(cell: Cell | None) -> str:
     if cell is None:
         return ""
     text = reports.fmt(cell.value, 4)
+    if cell.std is not None:
+        text += f" ± {cell.std:.4f}"
     if cell.delta is not None:
         text += f" ({cell.delta:+.4f}{cell.mark})"
     return text
@@ -388,13 +430,13 @@ def csv_rows(board: Leaderboard) -> tuple[list[str], list[list]]:
     headers = ["model", "method", "settings"]
     for c in board.columns:
         name = board.column_name(c)
-        headers += [name, f"{name} delta", f"{name} p"]
+        headers += [name, f"{name} delta", f"{name} p", f"{name} std"]
     rows = []
     for r in board.rows:
         row = list(r)
         for c in board.columns:
             cell = board.cells.get((r, c))
-            row += [cell.value, cell.delta, cell.p] if cell else [None, None, None]
+            row += [cell.value, cell.delta, cell.p, cell.std] if cell else [None, None, None, None]
         rows.append(row)
     return headers, rows
 
@@ -473,7 +515,8 @@ def to_html(board: Leaderboard, title: str = "truthprobe-eval leaderboard") -> s
                 cls = {True: "better", False: "worse", None: ""}[cell.better]
                 p = "" if cell.p is None else f' title="p = {reports.fmt_p(cell.p)}"'
                 delta = f' <small class="{cls}"{p}>({cell.delta:+.4f}{esc(cell.mark)})</small>'
-            tds.append(f'<td data-value="{cell.value!r}">{esc(reports.fmt(cell.value, 4))}{delta}</td>')
+            std = "" if cell.std is None else f" <small>± {cell.std:.4f} (n={cell.n})</small>"
+            tds.append(f'<td data-value="{cell.value!r}">{esc(reports.fmt(cell.value, 4))}{std}{delta}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
     notes = "".join(f"<li>{esc(n)}</li>" for n in board.notes)
     return (

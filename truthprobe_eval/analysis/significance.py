@@ -31,7 +31,8 @@ from . import reports
 LM_EVAL_SAMPLES = re.compile(r"^samples_(?P<task>.+)_(?P<ts>\d{4}-\d{2}-\d{2}T[\d\-.:]+)\.jsonl$")
 VLMEVAL_SUFFIXES = (".xlsx", ".tsv", ".csv", ".json")
 # VLMEvalKit intermediate/evaluation outputs that are not prediction files
-VLMEVAL_DERIVED = re.compile(r"_(auxmatch|result|score|acc|fine|rating|metrics|tmp|openai_result|gpt[\w.-]*|exact_matching[\w.-]*)$")
+VLMEVAL_JUDGES = r"(?:_(?:exact_matching|chatgpt[\w.-]*|gpt[\w.-]*|qwen[\w.-]*|deepseek[\w.-]*))?"
+VLMEVAL_DERIVED = re.compile(VLMEVAL_JUDGES + r"_(auxmatch|result|score|acc|acc_all|fine|rating|metrics|tmp|detailed_results)$")
 VLMEVAL_SCORE_COLUMNS = ("score", "hit", "correct", "match")
 EXACT_MCNEMAR_BELOW = 25  # discordant pairs: exact binomial below this, chi-square (continuity-corrected) from it
 

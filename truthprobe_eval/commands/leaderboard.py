@@ -16,6 +16,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("folders", nargs="+", metavar="RESULT_DIR", help="result folders (searched recursively)")
     p.add_argument("--out", required=True, metavar="DIR", help="write leaderboard.md, leaderboard.csv, leaderboard.html")
     p.add_argument("--no-significance", action="store_true", help="skip the paired tests on per-sample logs")
+    p.add_argument("--keep-seeds", action="store_true",
+                   help="one row per gate seed (default: runs differing only in seed= are averaged, mean +- std)")
     p.set_defaults(func=run)
 
 
@@ -23,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis import leaderboard as lb
 
     entries, notes = lb.collect(args.folders)
-    board = lb.build(entries, significance=not args.no_significance)
+    board = lb.build(entries, significance=not args.no_significance, seeds=not args.keep_seeds)
     board.notes = notes + board.notes
     lb.write_outputs(board, args.out)
     print(lb.to_markdown(board))

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['model']:<26} {r['pearson']:>8.3f} {r['spearman']:>9.3f} {r['jaccard_top20']:>15.3f} "
               f"{r['drift_overall_rel']:>17.4f} {r['drift_mean_head_rel']:>23.4f}")
-    print(f"mean Truth Score: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["mean_scores"].items()))
+    print("mean Truth Score: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["mean_scores"].items()))
     print(f"written to {out} in {summary['minutes']:.1f} min")
     return 0 if all(math.isfinite(r["pearson"]) for r in rows) else 1
 

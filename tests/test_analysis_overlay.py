@@ -116,3 +116,22 @@ def test_cli_overlay(tiny_llava, image, scores, tmp_path):
                           str(tmp_path / "scores.json"), "--image", str(tmp_path / "missing.png"), "--question", "q",
                           "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "image not found" in bad.stderr
+
+
+@pytest.mark.parametrize("family, grid", [("qwen2_vl", (1, 2)), ("llava_next", (4, 4))])
+def test_other_mllm_layouts(family, grid, tmp_path):
+    """Qwen2-VL's merged image_grid_thw grid; LLaVA-NeXT's base grid (its first 4 x 4 image tokens) of 32 px / 8 px."""
+    from PIL import Image
+
+    from truthprobe_eval import load_model
+    from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm
+
+    model, processor = load_model(save_tiny_mllm(family, tmp_path / family), attn_implementation="eager")
+    img = Image.fromarray((np.random.default_rng(0).random((56, 80, 3)) * 255).astype(np.uint8))
+    n_layers = model.config.get_text_config().num_hidden_layers
+    res = overlay.attention_overlay(model, processor, img, TruthScores(np.random.default_rng(1).random((n_layers, 4))),
+                                    "Is there a cat?", k=2)
+    assert res.grid == grid
+    np.testing.assert_allclose(res.maps_query.sum(axis=(2, 3)), 1.0, atol=1e-5)
+    overlay.write_outputs(res, tmp_path / "out")
+    assert (tmp_path / "out" / "overlay.png").is_file()

@@ -7,8 +7,8 @@ attention to the image (so it sums to 1 over the image tokens). The same is comp
 minus generic share (default; sums to 0), or ``ratio`` = query share / generic share. The top-k and bottom-k heads
 by Truth Score are drawn over the image as a grid of panels.
 
-Image tokens are laid out as the model's patch grid: a square grid (LLaVA-1.5 style, Idefics3 / SmolVLM tiles
-of one image) or Qwen2-VL's ``image_grid_thw`` after its spatial merge. The image is shown as the model saw it
+Image tokens are laid out as the model's patch grid: a square grid (LLaVA-1.5; LLaVA-NeXT's base grid of the
+whole image; Idefics3 / SmolVLM's global image) or Qwen2-VL's ``image_grid_thw`` after its spatial merge. The image is shown as the model saw it
 (CLIP-style processors crop the centre). Needs eager attention (``attn_implementation="eager"``).
 """
 from __future__ import annotations
@@ -91,6 +91,20 @@ def _grid(inputs: dict, n_tokens: int, processor: Any) -> tuple[int, int]:
                        "overlays support one-image LLaVA-1.5, Qwen2-VL / Qwen2.5-VL and single-tile Idefics3 layouts")
 
 
+def _single_grid_positions(model, processor: Any, positions):
+    """Image tokens of one patch grid: LLaVA-NeXT puts the base (whole-image) grid first, then high-resolution
+    tiles with row-end tokens; Idefics3 / SmolVLM put the global image's ``image_seq_len`` tokens last."""
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in ("llava_next", "llava_onevision"):
+        vision = model.config.vision_config
+        side = int(vision.image_size) // int(vision.patch_size)
+        return positions[: side * side]
+    seq_len = getattr(processor, "image_seq_len", None)
+    if isinstance(seq_len, int) and 0 < seq_len < positions.numel():
+        return positions[-seq_len:]
+    return positions
+
+
 def _view(image, processor: Any):
     """The part of ``image`` the tokens cover: CLIP-style processors resize the short side and crop the centre."""
     ip = getattr(processor, "image_processor", None)
@@ -128,6 +142,7 @@ def final_token_attention(model, processor, image, question: str) -> tuple[np.nd
     image_positions = (ids == _image_token_id(model)).nonzero().ravel()
     if image_positions.numel() == 0:
         raise OverlayError(f"the prompt has no image tokens after processing: {text!r}")
+    image_positions = _single_grid_positions(model, processor, image_positions)
     with torch.no_grad():
         out = model(**inputs, output_attentions=True, use_cache=False)
     attentions = out.attentions

@@ -149,6 +149,11 @@ def _looks_like_halueval(path: Path) -> bool:
     return False
 
 
+def is_halueval_source(data: "str | os.PathLike") -> bool:
+    """``halueval`` or a file in HaluEval's format (one row = one question = two examples)."""
+    return str(data) == "halueval" or (Path(data).is_file() and _looks_like_halueval(Path(data)))
+
+
 def load_examples(data: "str | os.PathLike" = "halueval", n: int | None = None, offset: int = 0) -> list[ProbeExample]:
     """Probing examples from ``"halueval"`` (embedded), a HaluEval-format file, or a generic JSONL file.
 
@@ -193,5 +198,5 @@ def fingerprint(examples: Iterable[ProbeExample]) -> str:
     return h.hexdigest()
 
 
-__all__ = ["ProbeDataError", "ProbeExample", "check_examples", "fingerprint", "halueval_examples", "jsonl_examples",
+__all__ = ["ProbeDataError", "ProbeExample", "check_examples", "fingerprint", "halueval_examples", "is_halueval_source", "jsonl_examples",
            "labels_and_groups", "load_examples"]

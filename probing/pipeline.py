@@ -16,7 +16,7 @@ from ..architectures import describe, locate_heads
 from ..errors import TruthProbeError
 from ..scores import TruthScores
 from .cache import ActivationCache, DEFAULT_SHARD_SIZE, cache_settings, cached_extract, default_cache_root
-from .data import ProbeDataError, ProbeExample, check_examples, labels_and_groups, load_examples
+from .data import ProbeDataError, ProbeExample, check_examples, is_halueval_source, labels_and_groups, load_examples
 from .extract import extract_activations
 from .prompts import CONDITIONS, PADDING_SIDES, PROMPT_FORMATS, PromptEncoder, check_images, is_multimodal
 
@@ -174,7 +174,7 @@ def run_probing(model: str = "smollm2-135m-instruct", data: "str | os.PathLike" 
     locate_heads(loaded)  # unknown architecture: fail before extraction
     if condition is not None and not is_multimodal(helper) and condition != "text":
         raise ProbeSettingsError(f"condition {condition!r} needs a multimodal model; {model} is a text-only model")
-    rows = len({e.group for e in examples})
+    rows = len(examples) // 2 if is_halueval_source(data) else len(examples)  # rows of the data file
     scores = probe_model(
         loaded, helper, examples, prompt_format=prompt_format, condition=condition if is_multimodal(helper) else None,
         images_dir=images_dir, n_folds=n_folds, seed=seed, trainer=trainer, epochs=epochs, batch_size=batch_size,

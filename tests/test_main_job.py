@@ -47,7 +47,7 @@ def test_cli_flag_errors(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = MainJobConfig(out=str(out), probe_rows=12, val_rows=3, test_rows=3, folds=3, batch_size=3,
+    cfg = MainJobConfig(out=str(out), probe_rows=12, val_rows=2, test_rows=2, folds=3, batch_size=2,
                         grid=(("centered", 2.5), ("minmax", 0.2)), progress=False)
     lines: list[str] = []
     return run_main_job(cfg, log=lines.append), out, lines
@@ -65,7 +65,7 @@ def test_rows_are_disjoint_and_outputs_written(tiny_run):
 
     val = set().union(*(rows(e) for e in result.validation))
     test = rows(result.baseline)
-    assert val == {12, 13, 14} and test == {15, 16, 17} == rows(result.gated)
+    assert val == {12, 13} and test == {14, 15} == rows(result.gated)
     assert [e.name for e in result.validation] == ["val_baseline", "val_centered_2.5", "val_minmax_0.2"]
     for e in [*result.validation, result.baseline, result.gated]:
         assert json.loads(Path(e.result_file).read_text())["results"]["halueval_qa_seed0"]["f1,none"] == e.metrics["f1"]

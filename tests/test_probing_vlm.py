@@ -89,7 +89,7 @@ def test_tiny_vlm_probes_end_to_end(tiny_vlm, image_data, tmp_path, condition):
     scores = TruthScores.load(out)
     assert scores.shape == (3, 4) and np.all((scores.values >= 0) & (scores.values <= 1))
     assert scores.meta["condition"] == condition and scores.meta["prompt_format"] == "chat"
-    assert scores.meta["architecture"] == "llava" and scores.meta["n_samples"] == 2 * N_GROUPS
+    assert scores.meta["architecture"] == "llava" and scores.meta["n_samples"] == scores.meta["n_rows"] == 2 * N_GROUPS
     assert scores.probe_weights.shape == (3, 4, 8)
     assert out.with_suffix(".png").is_file()
     X, y, groups, meta = load_activations(scores.meta["activation_cache"])

@@ -2,7 +2,7 @@
 
 How: the wheel puts ``truthprobe_eval_lm_eval.pth`` into site-packages. Python runs its one line at start-up;
 that line (``pth_line()``, stdlib only, no import of torch or of this package) installs a post-import hook on
-``sys.meta_path``. Only when ``lm_eval.api.registry`` or ``lm_eval.tasks.manager`` is imported does the hook
+``sys.meta_path``. Only when ``lm_eval.models`` or ``lm_eval.tasks.manager`` is imported does the hook
 import this module and call ``on_import``, which
 
 - registers ``truthgated`` lazily in lm-eval's model registry (a ``module:Class`` placeholder, the same way
@@ -29,12 +29,14 @@ MODEL_NAME = "truthgated"
 MODEL_TARGET = "truthprobe_eval.model_adapters.lm_eval_truthgated:TruthGatedLM"
 PTH_NAME = "truthprobe_eval_lm_eval.pth"
 DISABLE_ENV = "TRUTHPROBE_LM_EVAL_AUTOREGISTER"
-HOOKED_MODULES = ("lm_eval.api.registry", "lm_eval.tasks.manager")
+# ``lm_eval.models`` (not the registry module): lm-eval fills its registry with its own models only when the
+# registry is empty, by importing ``lm_eval.models``; registering ours before that would hide ``hf`` & co.
+HOOKED_MODULES = ("lm_eval.models", "lm_eval.tasks.manager")
 _MARK = "_truthprobe_tasks_added"
 
 # Source of the start-up hook. It runs inside ``site`` for every Python start-up of the environment, so it is
-# small, stdlib-only and must never raise. It wraps the loader of the two hooked modules: right after the
-# registry module has run it adds the lazy model placeholder itself (so ``lm_eval --help`` imports nothing of
+# small, stdlib-only and must never raise. It wraps the loader of the two hooked modules: right after
+# lm_eval.models has run it adds the lazy model placeholder itself (so ``lm_eval --help`` imports nothing of
 # ours); right after the task manager module has run it calls ``on_import(module)`` below.
 HOOK_SOURCE = '''
 import os, sys
@@ -58,9 +60,10 @@ class _TruthprobeLmEvalHook:
         def exec_module(module, _run=run):
             _run(module)
             try:
-                if module.__name__ == "lm_eval.api.registry":  # a lazy placeholder: imports nothing
-                    if %(model)r not in module.model_registry:
-                        module.model_registry.register(%(model)r, target=%(target)r)
+                if module.__name__ == "lm_eval.models":  # a lazy placeholder: imports nothing of ours
+                    from lm_eval.api.registry import model_registry
+                    if %(model)r not in model_registry:
+                        model_registry.register(%(model)r, target=%(target)r)
                 else:
                     from truthprobe_eval.model_adapters import lm_eval_registration
                     lm_eval_registration.on_import(module)
@@ -98,6 +101,7 @@ def tasks_dir() -> Path:
 def register_model(registry=None) -> None:
     """Register ``truthgated`` as a lazy placeholder unless lm-eval already knows the name."""
     if registry is None:
+        import lm_eval.models  # noqa: F401  (lm-eval's own models first: it only adds them to an empty registry)
         from lm_eval.api.registry import model_registry as registry
     if MODEL_NAME not in registry:
         registry.register(MODEL_NAME, target=MODEL_TARGET)
@@ -128,8 +132,8 @@ def add_tasks_to_task_manager(manager_cls=None) -> None:
 
 def on_import(module: ModuleType) -> None:
     """Called by the start-up hook right after one of ``HOOKED_MODULES`` has been executed."""
-    if module.__name__ == "lm_eval.api.registry":
-        register_model(module.model_registry)
+    if module.__name__ == "lm_eval.models":
+        register_model()
     elif module.__name__ == "lm_eval.tasks.manager":
         add_tasks_to_task_manager(module.TaskManager)
 

@@ -57,6 +57,8 @@ def test_procrustes_undoes_a_planted_rotation(planted):
     assert abs(s["before"]["mean_auroc"] - 0.5) < 0.15
     # after alignment the transferred probes are good exactly where B's heads carry signal
     assert s["after"]["spearman_vs_b_scores"] > 0.8 > abs(s["before"]["spearman_vs_b_scores"]) + 0.3
+    # the re-paired control cannot recover the planted rotation
+    assert s["shuffled_control"]["mean_cosine"] < 0.6 < s["after"]["mean_cosine"]
 
 
 def test_auroc_matches_hand_count():

@@ -4,7 +4,9 @@ Each model's probe weights (one vector of head_dim D per head) are stacked as he
 over heads and L2-normalized per head. An orthogonal Procrustes rotation R (D x D, scipy) maps A's normalized
 vectors onto B's paired heads. A's probes, before and after rotation, are then scored on B's cached
 activations at the paired heads (AUROC of the projection: threshold-free, so the dropped bias does not matter),
-and the per-head results are correlated with B's Truth Scores.
+and the per-head results are correlated with B's Truth Scores. A control fits the rotation with A's vectors
+paired to randomly chosen heads of B: B's probe directions were trained on B's activations, so a rotation fit to
+them can carry some of B's signal by itself; the aligned probes mean something only above that control.
 
 Heads are paired by position when the two models have the same (layers, heads); otherwise by relative depth
 (A's layer ``round(l_B * (L_A - 1) / (L_B - 1))``) and head index scaled to A's head count. Both need the same
@@ -106,6 +108,8 @@ class AlignResult:
     auroc_before: np.ndarray  # (L_B, H_B): A's probe on B's activations, unrotated
     auroc_after: np.ndarray  # A's probe rotated into B's basis
     auroc_own: np.ndarray  # B's own probe direction (reference; trained on these activations)
+    auroc_shuffled: np.ndarray  # control: rotation fit with A's head vectors randomly re-paired
+    cos_shuffled: np.ndarray
     scores_b: np.ndarray  # B's Truth Scores
     scores_a_paired: np.ndarray  # A's Truth Scores at the paired heads
     n_examples: int
@@ -117,6 +121,9 @@ class AlignResult:
             p, s = _corr(mat, self.scores_b)
             rows[name] = {"mean_cosine": float((self.cos_before if name == "before" else self.cos_after).mean()),
                           "mean_auroc": float(mat.mean()), "pearson_vs_b_scores": p, "spearman_vs_b_scores": s}
+        p, s = _corr(self.auroc_shuffled, self.scores_b)
+        rows["shuffled_control"] = {"mean_cosine": float(self.cos_shuffled.mean()), "mean_auroc": float(self.auroc_shuffled.mean()),
+                                    "pearson_vs_b_scores": p, "spearman_vs_b_scores": s}
         p, s = _corr(self.auroc_own, self.scores_b)
         rows["b_own"] = {"mean_cosine": 1.0, "mean_auroc": float(self.auroc_own.mean()), "pearson_vs_b_scores": p,
                          "spearman_vs_b_scores": s}
@@ -128,7 +135,7 @@ class AlignResult:
 
 
 def align(scores_a: TruthScores, scores_b: TruthScores, X_b: np.ndarray, y_b: np.ndarray,
-          name_a: str = "A", name_b: str = "B") -> AlignResult:
+          name_a: str = "A", name_b: str = "B", seed: int = 0) -> AlignResult:
     """Procrustes-align A's probes to B's and score them on B's activations ``X_b`` (N, L_B, H_B, D)."""
     va, vb = head_vectors(scores_a, name_a), head_vectors(scores_b, name_b)
     if va.shape[1] != vb.shape[1]:
@@ -153,6 +160,10 @@ def align(scores_a: TruthScores, scores_b: TruthScores, X_b: np.ndarray, y_b: np
                      "the rotation is not unique")
     R = fit_rotation(source, nb)
     after = source @ R
+    # control: the rotation fit to B's probes from A's vectors paired with the wrong heads. What it reaches
+    # comes from fitting B's probe directions (themselves trained on B's activations), not from shared structure.
+    shuffled = source[np.random.default_rng(seed).permutation(len(source))]
+    control = shuffled @ fit_rotation(shuffled, nb)
     L, H = scores_b.shape
     return AlignResult(
         name_a, name_b, scores_a.shape, scores_b.shape, pairing, R,
@@ -161,6 +172,8 @@ def align(scores_a: TruthScores, scores_b: TruthScores, X_b: np.ndarray, y_b: np
         auroc_before=probe_auroc(X_b, y_b, source),
         auroc_after=probe_auroc(X_b, y_b, after),
         auroc_own=probe_auroc(X_b, y_b, nb),
+        auroc_shuffled=probe_auroc(X_b, y_b, control),
+        cos_shuffled=np.einsum("kd,kd->k", control, nb).reshape(L, H),
         scores_b=scores_b.values,
         scores_a_paired=scores_a.values.ravel()[pair].reshape(L, H),
         n_examples=int(X_b.shape[0]),
@@ -210,6 +223,7 @@ def to_markdown(result: AlignResult) -> str:
     body = [[label, s[key]["mean_cosine"], s[key]["mean_auroc"], s[key]["pearson_vs_b_scores"], s[key]["spearman_vs_b_scores"]]
             for label, key in ((f"{result.name_a}'s probes, unrotated", "before"),
                                (f"{result.name_a}'s probes, Procrustes-aligned", "after"),
+                               ("control: rotation fit with heads randomly re-paired", "shuffled_control"),
                                (f"{result.name_b}'s own probes (reference, not held out)", "b_own"))]
     out = [f"# Probe alignment: {result.name_a} -> {result.name_b}", "",
            f"- shapes: {result.name_a} {result.shape_a[0]}x{result.shape_a[1]}, {result.name_b} "

@@ -390,7 +390,7 @@ def _adamw_run(Xc: torch.Tensor, XcT: torch.Tensor, y: torch.Tensor, train: torc
     for order in orders:
         for rows in (torch.tensor_split(order, n_batches) if n_batches > 1 else (None,)):
             Xb = Xc if rows is None else Xc.index_select(1, rows)           # (h, B, D)
-            XbT = XcT if rows is None else XcT.index_select(2, rows)        # (h, D, B)
+            XbT = XcT if rows is None else Xb.transpose(1, 2).contiguous()  # (h, D, B)
             yb = yf if rows is None else yf[rows]
             wb = trainf if rows is None else trainf[rows]                   # (B, F)
             count = wb.sum(0)

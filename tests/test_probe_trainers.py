@@ -134,6 +134,36 @@ def test_exact_with_other_C_and_float16_input(data):
     assert r.accuracy[1, 1] > 0.9
 
 
+def test_published_update_is_torch_adamw():
+    """The batched program's hand-written AdamW step equals torch.optim.AdamW on mean BCE-with-logits."""
+    import torch
+
+    from truthprobe_eval.probing.trainers import _adamw_run
+
+    gen = torch.Generator().manual_seed(0)
+    Xc = torch.randn(3, 40, 5, generator=gen)                     # 3 heads, 40 examples, head_dim 5
+    y = (torch.rand(40, generator=gen) > 0.5).long()
+    train = torch.ones(40, 1, dtype=torch.bool)
+    W0, b0 = torch.randn(3, 1, 5, generator=gen), torch.randn(3, 1, generator=gen)
+    W, b = W0.clone(), b0.clone()
+    orders = torch.stack([torch.randperm(40, generator=gen) for _ in range(7)])
+    _adamw_run(Xc, Xc.transpose(1, 2).contiguous(), y, train, orders, lr=1e-2, weight_decay=1e-3, batch_size=16, W=W, b=b)
+
+    n_batches = 3                                                  # ceil(40 / 16): slices of 14, 13, 13
+    for h in range(3):
+        w = torch.nn.Parameter(W0[h, 0].clone())
+        c = torch.nn.Parameter(b0[h, 0].clone())
+        opt = torch.optim.AdamW([w, c], lr=1e-2, weight_decay=1e-3)
+        for order in orders:
+            for rows in torch.tensor_split(order, n_batches):
+                opt.zero_grad()
+                z = Xc[h, rows] @ w + c
+                torch.nn.functional.binary_cross_entropy_with_logits(z, y[rows].float()).backward()
+                opt.step()
+        torch.testing.assert_close(W[h, 0], w.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b[h, 0], c.detach(), rtol=1e-5, atol=1e-6)
+
+
 # ---- determinism, folds argument, score files ----------------------------------------------------------
 @pytest.mark.parametrize("trainer", ["exact", "published"])
 def test_same_seed_same_result(data, trainer):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -123,8 +124,9 @@ def test_resume_after_killed_process_equals_uninterrupted(uninterrupted, tmp_pat
 
 def test_damaged_shard_is_recomputed(smollm2, uninterrupted, tmp_path):
     model, tok = smollm2
-    X_full, _ = uninterrupted
-    _, folder = _extract(model, tok, tmp_path)
+    X_full, full_folder = uninterrupted
+    folder = tmp_path / full_folder.name
+    shutil.copytree(full_folder, folder)  # a finished cache, then one shard damaged
     (folder / "shard_00002.npy").write_bytes(b"not an array")
     written = []
     X, _ = _extract(model, tok, tmp_path, on_shard=lambda i, n: written.append(i))

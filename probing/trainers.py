@@ -38,6 +38,7 @@ PRECONDITIONER_ROWS = 1024    # rows sampled (evenly) for the Hessian preconditi
 PRECONDITIONER_REFRESH = (0, 4, 12, 30)   # iterations at which the preconditioner is rebuilt
 EXACT_CHUNK_BYTES = 16 * 2**20       # float32 bytes of one chunk of heads' activations (CPU; cache-sized)
 PUBLISHED_CHUNK_BYTES = 4 * 2**20
+GPU_CHUNK_BYTES = 4 * 2**30          # on a GPU: every head of a 7B model at N = 2,920 in one batch
 
 
 class ProbeInputError(TruthProbeError, ValueError):
@@ -146,9 +147,10 @@ def _fold_weights(folds: np.ndarray, n_folds: int) -> np.ndarray:
 
 
 def _head_chunks(n_heads: int, n: int, dim: int, device: torch.device, chunk_bytes: int) -> list[slice]:
+    """Heads per batch: cache-sized on the CPU; on a GPU as many as ``GPU_CHUNK_BYTES`` allow (all, usually)."""
     per_head = n * (dim + 1) * 4 * 2    # a float32 copy and its transpose
-    size = max(1, min(n_heads, chunk_bytes // per_head)) if device.type == "cpu" else min(n_heads, 256)
-    size = max(size, min(n_heads, 8))
+    budget = chunk_bytes if device.type == "cpu" else GPU_CHUNK_BYTES
+    size = max(min(n_heads, 8), min(n_heads, budget // per_head))
     return [slice(i, min(i + size, n_heads)) for i in range(0, n_heads, size)]
 
 
@@ -228,7 +230,7 @@ class _LogisticBatch:
         return torch.maximum(gw.abs().amax(-1), G[..., self.d].abs()) / self.n_k
 
     def preconditioner(self, V: torch.Tensor) -> torch.Tensor:
-        """Cholesky factor (h, D+1, D+1) of the Hessian of the all-examples problem at its current iterate
+        """Inverse (h, D+1, D+1) of the Hessian of the all-examples problem at its current iterate
         (from evenly spaced rows), scaled to a fold's size: one approximate Hessian shared by a head's folds."""
         n, d = self.n, self.d
         stride = max(1, n // PRECONDITIONER_ROWS)
@@ -249,7 +251,7 @@ class _LogisticBatch:
         if bool((info != 0).any()):   # numerically singular: add a small diagonal
             P += torch.diag_embed(P.diagonal(dim1=-2, dim2=-1).abs() * 1e-6 + 1e-6)
             L = torch.linalg.cholesky(P)
-        return L
+        return torch.cholesky_inverse(L)   # applied by a matrix product, far cheaper than triangular solves
 
 
 def _solve_exact(Xc: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, C: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -268,7 +270,7 @@ def _solve_exact(Xc: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, C: fl
     S: list[torch.Tensor] = []
     Y: list[torch.Tensor] = []
     RHO: list[torch.Tensor] = []
-    chol = None
+    P_inv = None
     evals, it = 1, 0
     for it in range(EXACT_MAX_ITER + 1):
         active = prob.grad_norm(G) > EXACT_TOL                          # (h, F)
@@ -282,9 +284,9 @@ def _solve_exact(Xc: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, C: fl
             heads, V, f, G, active = heads[keep], V[keep], f[keep], G[keep], active[keep]
             prob.keep(keep)
             S, Y, RHO = [s[keep] for s in S], [s[keep] for s in Y], [s[keep] for s in RHO]
-            chol = None if chol is None else chol[keep]
-        if chol is None or it in PRECONDITIONER_REFRESH:
-            chol = prob.preconditioner(V)
+            P_inv = None if P_inv is None else P_inv[keep]
+        if P_inv is None or it in PRECONDITIONER_REFRESH:
+            P_inv = prob.preconditioner(V)
         # L-BFGS two-loop recursion with H0 = (approximate Hessian)^-1
         q = G.clone()
         alphas = []
@@ -292,11 +294,15 @@ def _solve_exact(Xc: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, C: fl
             a = rho * (s * q).sum(-1)
             q -= a[..., None] * yv
             alphas.append(a)
-        r = torch.cholesky_solve(q.transpose(1, 2), chol).transpose(1, 2)
+        r = torch.bmm(q, P_inv)                                        # P symmetric: q P^-1 row-wise
         for (s, yv, rho), a in zip(zip(S, Y, RHO), reversed(alphas)):
             r += (a - rho * (yv * r).sum(-1))[..., None] * s
         d = torch.where(active[..., None], -r, torch.zeros_like(r))
         slope = (G * d).sum(-1)
+        uphill = active & (slope >= 0)                                  # float32 noise in the memory: restart
+        if bool(uphill.any()):
+            d = torch.where(uphill[..., None], -torch.bmm(G, P_inv), d)
+            slope = (G * d).sum(-1)
         # backtracking line search; a step is accepted on sufficient decrease (with a float32-rounding slack)
         # or when the slope at the new point is still <= 0 (then, the loss being convex, it went down)
         step = torch.ones_like(f)
@@ -374,7 +380,8 @@ def _epoch_orders(n: int, epochs: int, seed: int) -> torch.Tensor:
 
 
 def _adamw_run(Xc: torch.Tensor, XcT: torch.Tensor, y: torch.Tensor, train: torch.Tensor, orders: torch.Tensor, *,
-               lr: float, weight_decay: float, batch_size: int, W: torch.Tensor, b: torch.Tensor) -> None:
+               lr: float, weight_decay: float, batch_size: int, W: torch.Tensor, b: torch.Tensor,
+               bar: Any = None) -> None:
     """Train probes (heads h, columns F) in place on the rows where ``train`` (N, F) is set.
 
     Each epoch takes its order of the examples and cuts it into as many equal slices as the largest training
@@ -406,6 +413,8 @@ def _adamw_run(Xc: torch.Tensor, XcT: torch.Tensor, y: torch.Tensor, train: torc
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 denom = (v / (1 - beta2**step)).sqrt_().add_(eps)
                 p.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+        if bar is not None:
+            bar.update(1)
 
 
 def _train_published(Xflat: np.ndarray, y: np.ndarray, folds: np.ndarray, n_folds: int, *, epochs: int,
@@ -428,19 +437,18 @@ def _train_published(Xflat: np.ndarray, y: np.ndarray, folds: np.ndarray, n_fold
     metrics = np.empty((n_heads, 4), dtype=np.float64)
     settings = dict(lr=lr, weight_decay=weight_decay, batch_size=batch_size)
     chunks = _head_chunks(n_heads, n, dim, device, PUBLISHED_CHUNK_BYTES)
-    with tqdm(total=n_heads, desc=f"published probes ({epochs} epochs x ({n_folds} folds, then all))", unit="head",
-              disable=not progress) as bar:
+    desc = f"published probes ({n_folds} folds, then all" + (f"; {len(chunks)} chunks of heads)" if len(chunks) > 1 else ")")
+    with tqdm(total=2 * epochs * len(chunks), desc=desc, unit="epoch", disable=not progress) as bar:
         for sl in chunks:
             Xc = _chunk_tensor(Xflat, sl, device)
             XcT = Xc.transpose(1, 2).contiguous()
             Wf, bf = W0[sl, :n_folds].to(device).contiguous(), b0[sl, :n_folds].to(device).contiguous()
-            _adamw_run(Xc, XcT, yt, train[:, :n_folds], orders[0], W=Wf, b=bf, **settings)
+            _adamw_run(Xc, XcT, yt, train[:, :n_folds], orders[0], W=Wf, b=bf, bar=bar, **settings)
             Wa, ba = W0[sl, n_folds:].to(device).contiguous(), b0[sl, n_folds:].to(device).contiguous()
-            _adamw_run(Xc, XcT, yt, train[:, n_folds:], orders[1], W=Wa, b=ba, **settings)
+            _adamw_run(Xc, XcT, yt, train[:, n_folds:], orders[1], W=Wa, b=ba, bar=bar, **settings)
             margins = (torch.bmm(Wf, XcT) + bf[..., None]).transpose(1, 2)   # (h, N, F)
             metrics[sl] = _fold_metrics(margins, yt, ft, n_folds).cpu().numpy()
             params[sl] = torch.cat([Wa[:, 0], ba], -1).double().cpu().numpy()
-            bar.update(sl.stop - sl.start)
     info = {"optimizer": "AdamW", "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size}
     return params, metrics, info
 
@@ -478,10 +486,12 @@ def train_probes(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
             raise ProbeInputError(str(exc)) from None
     else:
         folds = _check_folds(folds, y, groups, n_folds)
-    if not np.isfinite(X).all():
-        bad = np.argwhere(~np.isfinite(X))[0]
-        raise ProbeInputError(f"activations: expected finite values, found NaN/inf (first at example {bad[0]}, "
-                              f"layer {bad[1]}, head {bad[2]})")
+    for start in range(0, X.shape[0], 64):   # in blocks: no full-size temporary
+        block = X[start : start + 64]
+        if not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(block))[0]
+            raise ProbeInputError(f"activations: expected finite values, found NaN/inf (first at example "
+                                  f"{start + bad[0]}, layer {bad[1]}, head {bad[2]})")
     dev = _resolve_device(device)
     n, num_layers, num_heads, dim = X.shape
     Xflat = X.reshape(n, num_layers * num_heads, dim)

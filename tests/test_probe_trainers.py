@@ -150,6 +150,13 @@ def test_published_update_is_torch_adamw():
     _adamw_run(Xc, Xc.transpose(1, 2).contiguous(), y, train, orders, lr=1e-2, weight_decay=1e-3, batch_size=16, W=W, b=b)
 
     n_batches = 3                                                  # ceil(40 / 16): slices of 14, 13, 13
+    with torch.enable_grad():       # importing vlmeval.vlm (an earlier test) turns grad off process-wide
+        _reference_adamw(Xc, y, W0, b0, orders, n_batches, W, b)
+
+
+def _reference_adamw(Xc, y, W0, b0, orders, n_batches, W, b):
+    import torch
+
     for h in range(3):
         w = torch.nn.Parameter(W0[h, 0].clone())
         c = torch.nn.Parameter(b0[h, 0].clone())

@@ -20,14 +20,12 @@ from typing import Any, Callable, Sequence
 
 from ._io import atomic_write_text
 from .errors import TruthProbeError
+from .halueval_judge import LABELS, METRICS, Evaluation, HaluEvalJudge, JudgeSettings
 
 PUBLISHED_GRID: tuple[tuple[str, float], ...] = (
     ("centered", 2.5), ("centered", 4.5), ("centered", 6.0), ("centered", 7.5),
     ("minmax", 0.1), ("minmax", 0.2), ("minmax", 0.3),
 )
-METRICS = ("acc", "f1", "precision", "recall", "yes_ratio", "unparseable")
-LABELS = {"acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall", "yes_ratio": "yes-ratio",
-          "unparseable": "unparseable"}
 HALUEVAL_ROWS = 10_000
 
 
@@ -97,18 +95,6 @@ class MainJobConfig:
 
 
 @dataclass
-class Evaluation:
-    name: str
-    split: str
-    gate: dict[str, Any]
-    metrics: dict[str, float]
-    rows: tuple[int, int]  # [first, last + 1)
-    seconds: float
-    result_file: str
-    samples_file: str
-
-
-@dataclass
 class MainJobResult:
     config: dict[str, Any]
     scores_file: str
@@ -175,55 +161,6 @@ def select_best(evaluations: Sequence[Evaluation]) -> Evaluation:
     return max(gated, key=lambda e: (round(e.metrics["f1"], 12), round(e.metrics["acc"], 12), -gated.index(e)))
 
 
-def _write_lm_eval_outputs(folder: Path, name: str, results: dict) -> tuple[Path, Path]:
-    from lm_eval.utils import handle_non_serializable
-
-    samples = results.pop("samples", {})
-    result_file = atomic_write_text(folder / f"{name}.json",
-                                    json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
-    lines = [json.dumps(s, default=handle_non_serializable, ensure_ascii=False)
-             for task_samples in samples.values() for s in task_samples]
-    samples_file = atomic_write_text(folder / f"{name}.samples.jsonl", "\n".join(lines) + ("\n" if lines else ""))
-    return result_file, samples_file
-
-
-class _Evaluator:
-    """One loaded model wrapped once as ``truthgated``; each call evaluates one row range under one gate."""
-
-    def __init__(self, cfg: MainJobConfig, model, tokenizer, out: Path, log: Callable[[str], None]):
-        from .model_adapters.lm_eval_truthgated import TruthGatedLM
-
-        self.cfg, self.out, self.log = cfg, out, log
-        self.lm = TruthGatedLM(pretrained=model, tokenizer=tokenizer, gate="none", batch_size=cfg.batch_size,
-                               device=cfg.device)
-        self.task = f"halueval_qa_seed{cfg.draw_seed}"
-
-    def __call__(self, name: str, split: str, offset: int, n: int | None, gate_args: dict[str, Any]) -> Evaluation:
-        from lm_eval import simple_evaluate
-        from lm_eval.tasks import TaskManager
-
-        from .tasks import TASKS_DIR
-
-        self.lm.set_gate(**gate_args)
-        metadata = {"halueval_offset": offset, "halueval_n": n, "halueval_knowledge": self.cfg.knowledge}
-        if self.cfg.data is not None:
-            metadata["halueval_path"] = str(self.cfg.data)
-        manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
-        start = time.perf_counter()
-        results = simple_evaluate(model=self.lm, tasks=[self.task], task_manager=manager, log_samples=True,
-                                  apply_chat_template=self.cfg.chat, bootstrap_iters=0)
-        seconds = time.perf_counter() - start
-        values = results["results"][self.task]
-        metrics = {m: float(values[f"{m},none"]) for m in METRICS}
-        rows = sorted(s["doc"]["row"] for s in results["samples"][self.task])
-        result_file, samples_file = _write_lm_eval_outputs(self.out / "lm_eval", name, results)
-        gate = self.lm.gate_settings.describe()
-        self.log(f"{split:>10} {name:<22} rows {rows[0]}-{rows[-1]}: F1 {100 * metrics['f1']:.1f}, accuracy "
-                 f"{100 * metrics['acc']:.1f}, yes-ratio {100 * metrics['yes_ratio']:.1f} ({seconds:.0f} s)")
-        return Evaluation(name, split, gate, metrics, (rows[0], rows[-1] + 1), round(seconds, 2),
-                          str(result_file), str(samples_file))
-
-
 def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, Path, Path | None]:
     from .probing.cache import default_cache_root
     from .probing.data import halueval_examples
@@ -258,7 +195,9 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
     started = time.perf_counter()
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     scores, scores_file, heatmap = _probe(cfg, model, tokenizer, out, log)
-    evaluate = _Evaluator(cfg, model, tokenizer, out, log)
+    settings = JudgeSettings(data=cfg.data, draw_seed=cfg.draw_seed, knowledge=cfg.knowledge, chat=cfg.chat,
+                             batch_size=cfg.batch_size, device=cfg.device)
+    evaluate = HaluEvalJudge(model, tokenizer, settings, out, log)
     config = {**asdict(cfg), "grid": [list(p) for p in cfg.grid], "val_offset": cfg.val_offset,
               "test_offset": cfg.test_offset}
     result = MainJobResult(config=config, scores_file=str(scores_file), heatmap_file=str(heatmap) if heatmap else None)
@@ -286,5 +225,5 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
     return result
 
 
-__all__ = ["MainJobConfig", "MainJobError", "MainJobResult", "PUBLISHED_GRID", "format_table", "run_main_job",
+__all__ = ["Evaluation", "MainJobConfig", "MainJobError", "MainJobResult", "PUBLISHED_GRID", "format_table", "run_main_job",
            "select_best"]

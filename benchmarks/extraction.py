@@ -51,9 +51,9 @@ print(json.dumps({"rows": rows, "examples": len(examples), "load_s": t1 - t0, "e
 
 def throughput(args: argparse.Namespace) -> dict:
     import torch
+    from truthprobe_eval.probing import HeadCapture, PromptEncoder, last_token_index, load_examples
 
     from truthprobe_eval import load_model
-    from truthprobe_eval.probing import HeadCapture, PromptEncoder, last_token_index, load_examples
 
     model, tok = load_model("smollm2-135m-instruct")
     examples = load_examples("halueval", n=args.batches * args.batch_size // 2)

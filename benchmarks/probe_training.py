@@ -111,7 +111,6 @@ def load_real(path: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
 
 def run_shape(name: str, args: argparse.Namespace) -> dict:
     import threadpoolctl
-
     from truthprobe_eval.probing.folds import grouped_stratified_folds
     from truthprobe_eval.probing.trainers import train_probes
 

@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from transformers import AutoModelForCausalLM
+    from truthprobe_eval.probing import halueval_examples, probe_model
 
     from truthprobe_eval import load_model
     from truthprobe_eval.analysis import compare, drift
     from truthprobe_eval.models import resolve_model_path
-    from truthprobe_eval.probing import halueval_examples, probe_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

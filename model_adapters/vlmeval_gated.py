@@ -295,7 +295,6 @@ class TruthGatedVLM(BaseModel):
     @torch.inference_mode()
     def generate_inner(self, message: list[dict], dataset: str | None = None) -> str:
         from PIL import Image
-
         from truthprobe_eval.tasks.vlmeval_common import generation_overrides
 
         text, paths = self.prompt_text(message)

@@ -12,7 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from .cache import ActivationCache, ActivationCacheError, default_cache_root, load_activations, load_examples_from_cache
-from .data import ProbeDataError, ProbeExample, check_examples, halueval_examples, jsonl_examples, labels_and_groups, load_examples
+from .data import (
+    ProbeDataError,
+    ProbeExample,
+    check_examples,
+    halueval_examples,
+    jsonl_examples,
+    labels_and_groups,
+    load_examples,
+)
 from .extract import HeadCapture, extract_activations, last_token_index
 from .pipeline import ProbeSettingsError, format_summary, plot_heatmap, probe_model, run_probing
 from .prompts import CONDITIONS, PROMPT_FORMATS, PromptEncoder, chat_prompt, published_prompt

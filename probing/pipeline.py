@@ -15,7 +15,7 @@ from torch import nn
 from ..architectures import describe, locate_heads
 from ..errors import TruthProbeError
 from ..scores import TruthScores
-from .cache import ActivationCache, DEFAULT_SHARD_SIZE, cache_settings, cached_extract, default_cache_root
+from .cache import DEFAULT_SHARD_SIZE, ActivationCache, cache_settings, cached_extract, default_cache_root
 from .data import ProbeDataError, ProbeExample, check_examples, is_halueval_source, labels_and_groups, load_examples
 from .extract import extract_activations
 from .prompts import CONDITIONS, PADDING_SIDES, PROMPT_FORMATS, PromptEncoder, check_images, is_multimodal

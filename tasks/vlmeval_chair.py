@@ -22,8 +22,7 @@ import pandas as pd
 from vlmeval.dataset.image_base import ImageBaseDataset
 from vlmeval.smp import get_intermediate_file_path, load
 
-from .vlmeval_common import (GENERATION_OVERRIDES, LocalDatasetError, as_bool, as_int, check_images, local_path,
-                             setting)
+from .vlmeval_common import GENERATION_OVERRIDES, LocalDatasetError, as_bool, as_int, check_images, local_path, setting
 
 PROMPT = "Please describe this image in detail."
 _ID_IN_NAME = re.compile(r"(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)

@@ -24,7 +24,16 @@ from vlmeval.smp import dump, get_intermediate_file_path, load
 
 from truthprobe_eval.pope import POPE_SPLITS, format_table, metrics_table, normalize_labels, pope_metrics
 
-from .vlmeval_common import LocalDatasetError, as_bool, as_int, check_images, judge_kwargs_for, local_path, sample_frame, setting
+from .vlmeval_common import (
+    LocalDatasetError,
+    as_bool,
+    as_int,
+    check_images,
+    judge_kwargs_for,
+    local_path,
+    sample_frame,
+    setting,
+)
 
 DEFAULT_SUFFIX = "\nAnswer the question using a single word or phrase."
 

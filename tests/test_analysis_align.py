@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 from scipy.stats import ortho_group
-
-from truthprobe_eval.analysis import align
 from truthprobe_eval.probing.cache import ActivationCache, cached_extract
 from truthprobe_eval.probing.data import ProbeExample
+
+from truthprobe_eval.analysis import align
 from truthprobe_eval.scores import TruthScores
 
 L, H, D, N = 4, 3, 8, 160

@@ -17,8 +17,15 @@ LAYERS, HEADS = 3, 4
 
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory):
-    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     from truthprobe_eval.models import resolve_model_path
 
@@ -122,9 +129,9 @@ def test_cli_overlay(tiny_llava, image, scores, tmp_path):
 def test_other_mllm_layouts(family, grid, tmp_path):
     """Qwen2-VL's merged image_grid_thw grid; LLaVA-NeXT's base grid (its first 4 x 4 image tokens) of 32 px / 8 px."""
     from PIL import Image
+    from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm
 
     from truthprobe_eval import load_model
-    from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm
 
     model, processor = load_model(save_tiny_mllm(family, tmp_path / family), attn_implementation="eager")
     img = Image.fromarray((np.random.default_rng(0).random((56, 80, 3)) * 255).astype(np.uint8))

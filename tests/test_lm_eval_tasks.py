@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lm_eval.tasks import TaskManager
-
-from truthprobe_eval import TruthProbeError
-from truthprobe_eval.datasets import load_halueval
 from truthprobe_eval.tasks import HALUEVAL_GROUP, HALUEVAL_TASKS, TASKS_DIR, TRUTHFULQA_TASKS
 from truthprobe_eval.tasks.halueval import utils as halu
 from truthprobe_eval.tasks.truthfulqa import utils as tqa
+
+from truthprobe_eval import TruthProbeError
+from truthprobe_eval.datasets import load_halueval
 
 
 @pytest.fixture(scope="module")

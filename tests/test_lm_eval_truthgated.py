@@ -13,10 +13,10 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
-
-from truthprobe_eval import GateConfigError, ScoreFileError, ShapeMismatchError, TruthScores
 from truthprobe_eval.model_adapters import lm_eval_registration as registration
 from truthprobe_eval.model_adapters.lm_eval_truthgated import TruthGatedLM, parse_gate_args
+
+from truthprobe_eval import GateConfigError, ScoreFileError, ShapeMismatchError, TruthScores
 
 REQUESTS = [("Context:\nParis is the capital of France.\n\nQuestion: What is the capital of France?\nAnswer:", " Paris"),
             ("Question: Who wrote Hamlet?\nAnswer:", " William Shakespeare"),

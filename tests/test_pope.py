@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from truthprobe_eval.pope import POPEInputError, binary_metrics, extract_answers, format_table, metrics_table, pope_metrics
+from truthprobe_eval.pope import (
+    POPEInputError,
+    binary_metrics,
+    extract_answers,
+    format_table,
+    metrics_table,
+    pope_metrics,
+)
 
 LABELS = ["yes", "yes", "yes", "no", "no", "no", "yes", "no"]
 REPLIES = ["Yes, there is.", "no", "I think so", "No.", "yes", "Yes and no", "YES!", "There is no dog."]

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, precision_score, recall_score
-
 from truthprobe_eval.probing.folds import FoldError, grouped_stratified_folds
 from truthprobe_eval.probing.trainers import ProbeInputError, ProbeResult, train_probes
+
 from truthprobe_eval.scores import TruthScores
 
 SIGNAL_HEADS = {(3, 1), (5, 0)}
@@ -137,7 +137,6 @@ def test_exact_with_other_C_and_float16_input(data):
 def test_published_update_is_torch_adamw():
     """The batched program's hand-written AdamW step equals torch.optim.AdamW on mean BCE-with-logits."""
     import torch
-
     from truthprobe_eval.probing.trainers import _adamw_run
 
     gen = torch.Generator().manual_seed(0)
@@ -235,7 +234,8 @@ def test_bad_input_errors(data, case, message):
     if case == "3-D":
         X = X[:, 0]
     elif case == "labels 0/1/2":
-        y = y.copy(); y[0] = 2
+        y = y.copy()
+        y[0] = 2
     elif case == "length mismatch":
         y = y[:-1]
     elif case == "one class":
@@ -249,7 +249,8 @@ def test_bad_input_errors(data, case, message):
     elif case == "folds":
         kwargs["n_folds"] = 1
     elif case == "nan":
-        X = X.copy(); X[7, 2, 1, 0] = np.nan
+        X = X.copy()
+        X[7, 2, 1, 0] = np.nan
     elif case == "C":
         kwargs["C"] = 0
     with pytest.raises(ProbeInputError, match=message.replace("(", r"\(").replace(")", r"\)")):

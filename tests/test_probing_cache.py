@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from truthprobe_eval.probing.cache import ActivationCacheError, load_activations, load_examples_from_cache
 from truthprobe_eval.probing.data import ProbeExample, labels_and_groups
 from truthprobe_eval.probing.pipeline import extract_with_cache

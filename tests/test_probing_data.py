@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from truthprobe_eval.datasets import load_halueval
 from truthprobe_eval.probing.data import (
     ProbeDataError,
     ProbeExample,
@@ -20,6 +18,8 @@ from truthprobe_eval.probing.data import (
 )
 from truthprobe_eval.probing.extract import last_token_index
 from truthprobe_eval.probing.prompts import pad_token_ids, published_prompt
+
+from truthprobe_eval.datasets import load_halueval
 
 EXAMPLE_FILE = Path(__file__).parent / "data" / "probing_example.jsonl"
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from truthprobe_eval import locate_heads
 from truthprobe_eval.probing.data import ProbeExample, halueval_examples
 from truthprobe_eval.probing.extract import HeadCapture, extract_activations, last_token_index
 from truthprobe_eval.probing.prompts import PromptEncoder
+
+from truthprobe_eval import locate_heads
 
 # prompts of different lengths, so that batches are padded
 EXAMPLES = [

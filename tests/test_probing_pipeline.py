@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from truthprobe_eval.probing import load_activations, load_examples, probe_model
 
 from truthprobe_eval import TruthScores
 from truthprobe_eval.cli import main
-from truthprobe_eval.probing import load_activations, load_examples, probe_model
 
 N_ROWS = 40
 

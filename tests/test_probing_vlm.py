@@ -3,17 +3,16 @@ under the three published conditions: the real image, a black image of its size,
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-from truthprobe_eval import TruthScores, load_model
-from truthprobe_eval.cli import main
 from truthprobe_eval.probing import load_activations
 from truthprobe_eval.probing.data import ProbeExample, jsonl_examples
 from truthprobe_eval.probing.extract import extract_activations
 from truthprobe_eval.probing.prompts import PromptEncoder
+
+from truthprobe_eval import TruthScores, load_model
+from truthprobe_eval.cli import main
 
 # a LLaVA-1.5 style template, written for this test: USER: <image>\n{text} ASSISTANT: {answer}</s>
 CHAT_TEMPLATE = (
@@ -29,8 +28,14 @@ N_GROUPS = 6
 def tiny_vlm(tmp_path_factory, smollm2):
     """Checkpoint folder of a random LLaVA whose processor is SmolLM2's tokenizer + a CLIP image processor."""
     import torch
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     folder = tmp_path_factory.mktemp("tiny-llava")
     tok = smollm2[1]

@@ -8,7 +8,6 @@ import os
 
 import pandas as pd
 import pytest
-
 from truthprobe_eval.model_adapters.vlmeval_tiny import coco_file_name, write_pope_questions, write_synthetic_coco
 
 POPE_IMAGE = "COCO_val2014_000000310196.jpg"
@@ -231,9 +230,8 @@ def _write_omnimed(tmp_path):
 
 
 def test_omnimedvqa_scored_by_vlmevalkit(registered, tmp_path):
-    from vlmeval.dataset import build_dataset
-
     from truthprobe_eval.tasks.vlmeval_common import LocalDatasetError
+    from vlmeval.dataset import build_dataset
 
     root = _write_omnimed(tmp_path)
     ds = build_dataset("OmniMedVQA_local", root=str(root), subsets="SARS-CoV-2 CT-scan")

@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm, write_synthetic_coco
 
 from truthprobe_eval.errors import GateConfigError, ShapeMismatchError
-from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm, write_synthetic_coco
 from truthprobe_eval.scores import TruthScores
 
 torch.set_num_threads(1)
@@ -57,7 +57,6 @@ def test_registered_where_vlmevalkit_looks(vlmeval_registered):
     import vlmeval.config
     import vlmeval.dataset
     import vlmeval.vlm
-
     from truthprobe_eval.model_adapters.vlmeval_gated import TruthGatedVLM
 
     assert vlmeval.vlm.TruthGatedVLM is TruthGatedVLM
@@ -115,9 +114,9 @@ def test_other_families(vlmeval_registered, assets, family, expected_start):
 def test_qwen_pixel_budget(vlmeval_registered, assets):
     """min_pixels / max_pixels reach the Qwen2-VL image processor (more pixels, more image tokens)."""
     from PIL import Image
+    from truthprobe_eval.model_adapters.vlmeval_gated import TruthGatedVLM
 
     from truthprobe_eval.errors import TruthProbeError
-    from truthprobe_eval.model_adapters.vlmeval_gated import TruthGatedVLM
 
     path = save_tiny_mllm("qwen2_vl", assets["root"] / "qwen_pixels")
     grids = []
@@ -200,8 +199,9 @@ def smollm2_scores(request, tmp_path_factory):
 
 
 def test_llava_of_smollm2_shape_gated_by_30x9_scores(vlmeval_registered, assets, llava, llava_smollm2_shape, tmp_path):
-    from truthprobe_eval import locate_heads
     from truthprobe_eval.model_adapters.vlmeval_gated import TruthGatedVLM
+
+    from truthprobe_eval import locate_heads
 
     scores = TruthScores(np.random.default_rng(3).uniform(0.5, 0.8, size=(30, 9)),
                          meta={"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}).save(tmp_path / "s30x9.json")

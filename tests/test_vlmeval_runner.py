@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm, write_pope_questions, write_synthetic_coco
 
 from truthprobe_eval.cli import main
-from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm, write_pope_questions, write_synthetic_coco
 from truthprobe_eval.scores import TruthScores
 
 torch.set_num_threads(1)

@@ -19,9 +19,8 @@ from torch import nn
 
 from .architectures import HeadSites, locate_heads, model_name
 from .errors import GateConfigError
-from .scores import TruthScores, load_scores
-
 from .gate_config import KINDS, NORMS, SITES, check_gate_settings  # noqa: E402,F401
+from .scores import TruthScores, load_scores
 
 
 def normalize(scores: np.ndarray, norm: str = "centered") -> np.ndarray:

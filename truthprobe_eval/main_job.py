@@ -12,7 +12,6 @@ heatmap, every lm-eval result and per-sample file, and the final table as Markdo
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

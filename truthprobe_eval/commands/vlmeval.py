@@ -103,8 +103,8 @@ def _runner_values(argv: list[str]) -> dict:
 
 def _models_to_check(values: dict) -> list[tuple[str, dict, str | None]]:
     """(name, explicit settings, default checkpoint) of each gated model the run will build."""
-    from ..model_adapters.vlmeval_registration import MODEL_CLASS_NAME, MODELS
     from ..errors import TruthProbeError
+    from ..model_adapters.vlmeval_registration import MODEL_CLASS_NAME, MODELS
 
     found = []
     if values["config"]:

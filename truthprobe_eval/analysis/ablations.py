@@ -24,7 +24,7 @@ from ..halueval_judge import METRICS, Evaluation, HaluEvalJudge
 from ..scores import TruthScores
 from . import reports
 
-SUMMARY_METRICS = ("f1", "acc", "precision", "recall", "yes_ratio")
+SUMMARY_METRICS = ("f1", "acc", "precision", "recall", "yes_ratio", "unparseable")
 
 
 class AblationError(TruthProbeError, ValueError):

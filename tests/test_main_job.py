@@ -85,3 +85,15 @@ def test_selected_gate_and_table(tiny_run):
     assert table == format_table(result)
     f1_row = f"{100 * result.baseline.metrics['f1']:.1f}"
     assert "| baseline | " in table and f1_row in table and "| delta | " in table
+
+
+@pytest.mark.parametrize("gated_f1, note", [(0.0, True), (0.3, False)])
+def test_table_says_when_no_gate_beat_the_baseline(gated_f1, note):
+    from truthprobe_eval.main_job import MainJobResult
+
+    val = [_evaluation("val_baseline", {"gate": "none"}, 0.0, 0.5),
+           _evaluation("val_centered_2.5", {"gate": "truthprobe", "norm": "centered", "alpha": 2.5}, gated_f1, 0.5)]
+    result = MainJobResult(config={"draw_seed": 0, "val_offset": 10, "test_offset": 20}, scores_file="", heatmap_file=None,
+                           validation=val, baseline=val[0], gated=val[1],
+                           selected={"norm": "centered", "alpha": 2.5, "by": "validation F1"})
+    assert ("No gate beat the baseline's validation F1 (0.0)" in format_table(result)) is note

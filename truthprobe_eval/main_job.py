@@ -122,6 +122,16 @@ def _signed(metric: str, value: float) -> str:
     return f"{int(value):+d}" if metric == "unparseable" else f"{100 * value:+.1f}"
 
 
+def _tie_note(result: MainJobResult) -> str:
+    """Say so when no gate beat the ungated model on validation: the choice is then only the tie-break."""
+    base = [e for e in result.validation if e.gate["gate"] == "none"]
+    gated = [e.metrics["f1"] for e in result.validation if e.gate["gate"] != "none"]
+    if not base or not gated or max(gated) > base[0].metrics["f1"]:
+        return ""
+    return (f" No gate beat the baseline's validation F1 ({100 * base[0].metrics['f1']:.1f}); this one won the "
+            "tie-break (accuracy, then grid order).")
+
+
 def format_table(result: MainJobResult) -> str:
     """The final Markdown table: baseline, gated and their difference on the test rows (percentages)."""
     b, g, d = result.baseline, result.gated, result.deltas()
@@ -131,7 +141,7 @@ def format_table(result: MainJobResult) -> str:
         f"HaluEval QA judge, test rows {first}-{stop - 1} ({stop - first} rows, answer draw seed "
         f"{result.config['draw_seed']}); accuracy, F1, precision, recall and yes-ratio in %, unparseable as a count.",
         f"Gate chosen on validation rows {result.config['val_offset']}-{result.config['test_offset'] - 1} by F1: "
-        f"{result.selected['norm']}, alpha {result.selected['alpha']:g}.",
+        f"{result.selected['norm']}, alpha {result.selected['alpha']:g}." + _tie_note(result),
         "",
         header,
         "|" + "---|" * (len(METRICS) + 1),

@@ -96,6 +96,10 @@ def test_random_ablation_collects_lm_eval_results(regime, tmp_path):
     gates = [r["gate"] for r in payload["random"]]
     assert [g["gate"] for g in gates] == ["random"] * 3 and [g["seed"] for g in gates] == [0, 1, 2]
     assert (out / "ablation.png").stat().st_size > 5000
+    # the logged per-sample 0/1 ("correct") makes the runs pairable by truthprobe significance
+    assert main(["significance", str(out / "lm_eval" / "baseline.samples.jsonl"),
+                 str(out / "lm_eval" / "truthprobe_centered_4.5.samples.jsonl"), "--out", str(out / "sig")]) == 0
+    assert "correct" in (out / "sig" / "significance.md").read_text()
     for name in ["baseline", "truthprobe_centered_4.5", *names]:
         samples = [json.loads(line) for line in (out / "lm_eval" / f"{name}.samples.jsonl").read_text().splitlines()]
         assert sorted(s["doc"]["row"] for s in samples) == [10, 11]

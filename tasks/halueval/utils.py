@@ -220,14 +220,21 @@ SINGLE_METRICS = ("acc", "precision", "recall", "f1", "yes_ratio", "unparseable"
 STD_METRICS = ("acc_std", "precision_std", "recall_std", "f1_std", "yes_ratio_std")
 
 
-def process_results(doc: dict, results: list[str]) -> dict[str, tuple]:
-    record = judgement_record(doc, results[0])
-    return {name: record for name in SINGLE_METRICS}
+def is_correct(record: Sequence) -> float:
+    """1.0 when the parsed judgement equals the gold one, else 0.0 (unparseable replies are wrong)."""
+    _seed, gold_yes, pred = record
+    return float(pred == ("Yes" if gold_yes else "No"))
 
 
-def process_results_seeds(doc: dict, results: list[str]) -> dict[str, tuple]:
+def process_results(doc: dict, results: list[str]) -> dict[str, Any]:
+    """Every corpus metric aggregates the doc's record; ``correct`` is the per-sample 0/1 that paired tests use."""
     record = judgement_record(doc, results[0])
-    return {name: record for name in SINGLE_METRICS + STD_METRICS}
+    return {**{name: record for name in SINGLE_METRICS}, "correct": is_correct(record)}
+
+
+def process_results_seeds(doc: dict, results: list[str]) -> dict[str, Any]:
+    record = judgement_record(doc, results[0])
+    return {**{name: record for name in SINGLE_METRICS + STD_METRICS}, "correct": is_correct(record)}
 
 
 def confusion(records: Iterable[Sequence]) -> dict[str, int]:

@@ -412,6 +412,11 @@ def compare_runs(path_a: "str | os.PathLike", path_b: "str | os.PathLike", task:
     runs_a = load_runs(path_a, task, metric, filter_name)
     runs_b = load_runs(path_b, task, metric, filter_name)
     notes = [n for r in (*runs_a.values(), *runs_b.values()) for n in r.notes]
+    if Path(path_a).is_file() and Path(path_b).is_file() and len(runs_a) == len(runs_b) == 1 and runs_a.keys() != runs_b.keys():
+        # two single files (e.g. truthprobe run's <name>.samples.jsonl): the user paired them; the samples must match
+        (name_a, run_a), (name_b, _) = next(iter(runs_a.items())), next(iter(runs_b.items()))
+        notes.append(f"two files given: A's {name_a!r} is paired with B's {name_b!r}")
+        runs_a = {name_b: run_a}
     shared = [t for t in runs_a if t in runs_b]
     if not shared:
         raise SignificanceError(f"the runs share no task: A has {sorted(runs_a)}, B has {sorted(runs_b)}")

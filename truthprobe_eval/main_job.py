@@ -34,7 +34,7 @@ class MainJobError(TruthProbeError, ValueError):
 
 @dataclass
 class MainJobConfig:
-    """Sizes default to about ten minutes on a laptop CPU; ``test_rows=None`` evaluates every remaining row."""
+    """Default sizes: 1,000 judge evaluations (35-60 min on a 2-core CPU); ``test_rows=None``: every remaining row."""
 
     model: str = "smollm2-135m-instruct"
     data: str | None = None  # a HaluEval QA .jsonl(.gz); None: the embedded copy

@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
         "chosen gate on the following --test-rows rows with lm-eval's halueval_qa_seed<N> task (HaluEval's judge "
         "protocol). The three row ranges never overlap. Prints one table and writes it (results.md, results.json) "
         "with the score file, its heatmap and every lm-eval result and per-sample file to --out. The defaults take "
-        "about ten minutes on a laptop CPU; --test-rows all evaluates every remaining row (the full set).",
+        "1,000 judge evaluations (about 35-60 minutes on a 2-core CPU); --test-rows all evaluates every remaining "
+        "row (the full set).",
     )
     p.add_argument("--model", default="smollm2-135m-instruct", help="hub id, local folder or alias (default: smollm2-135m-instruct)")
     p.add_argument("--data", default=None, help="a HaluEval QA .jsonl/.jsonl.gz (default: the embedded copy)")

@@ -10,9 +10,10 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ._io import atomic_write_text
+from .errors import TruthProbeError
 
 METRICS = ("acc", "f1", "precision", "recall", "yes_ratio", "unparseable")
 LABELS = {"acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall", "yes_ratio": "yes-ratio",
@@ -95,4 +96,13 @@ class HaluEvalJudge:
                           str(result_file), str(samples_file))
 
 
-__all__ = ["Evaluation", "HaluEvalJudge", "JudgeSettings", "LABELS", "METRICS", "write_lm_eval_outputs"]
+def select_best(evaluations: Sequence[Evaluation]) -> Evaluation:
+    """Highest F1; ties go to higher accuracy, then to the earlier grid entry."""
+    gated = [e for e in evaluations if e.gate["gate"] != "none"]
+    if not gated:
+        raise TruthProbeError("selection: expected at least one gated validation run, found none")
+    return max(gated, key=lambda e: (round(e.metrics["f1"], 12), round(e.metrics["acc"], 12), -gated.index(e)))
+
+
+
+__all__ = ["Evaluation", "HaluEvalJudge", "JudgeSettings", "LABELS", "METRICS", "select_best", "write_lm_eval_outputs"]

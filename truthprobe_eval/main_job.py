@@ -15,11 +15,11 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from ._io import atomic_write_text
 from .errors import TruthProbeError
-from .halueval_judge import LABELS, METRICS, Evaluation, HaluEvalJudge, JudgeSettings
+from .halueval_judge import LABELS, METRICS, Evaluation, HaluEvalJudge, JudgeSettings, select_best
 
 PUBLISHED_GRID: tuple[tuple[str, float], ...] = (
     ("centered", 2.5), ("centered", 4.5), ("centered", 6.0), ("centered", 7.5),
@@ -162,14 +162,6 @@ def format_table(result: MainJobResult) -> str:
 
 # ---- the job ------------------------------------------------------------------------------------------------
 
-def select_best(evaluations: Sequence[Evaluation]) -> Evaluation:
-    """Highest F1; ties go to higher accuracy, then to the earlier grid entry."""
-    gated = [e for e in evaluations if e.gate["gate"] != "none"]
-    if not gated:
-        raise MainJobError("selection: expected at least one gated validation run, found none")
-    return max(gated, key=lambda e: (round(e.metrics["f1"], 12), round(e.metrics["acc"], 12), -gated.index(e)))
-
-
 def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, Path, Path | None]:
     from .probing.cache import default_cache_root
     from .probing.data import halueval_examples
@@ -196,6 +188,7 @@ def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, P
 
 def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> MainJobResult:
     """Probe, select the gate on validation rows, evaluate baseline and gate on test rows; write everything."""
+    from .analysis.ablations import grid_search
     from .models import load_model
 
     cfg.check()
@@ -216,11 +209,9 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
         result.selected = {"norm": norm, "alpha": float(alpha), "by": "given"}
     else:
         log(f"selecting alpha and norm on rows {cfg.val_offset}-{cfg.test_offset - 1} ({len(cfg.grid)} settings)")
-        result.validation.append(evaluate("val_baseline", "validation", cfg.val_offset, cfg.val_rows, {"gate": "none"}))
-        for norm, alpha in cfg.grid:
-            result.validation.append(evaluate(f"val_{norm}_{alpha:g}", "validation", cfg.val_offset, cfg.val_rows,
-                                              {"scores": scores, "alpha": alpha, "norm": norm}))
-        best = select_best(result.validation)
+        grid = grid_search(evaluate, scores, grid=cfg.grid, offset=cfg.val_offset, n=cfg.val_rows)
+        result.validation = [grid.baseline, *grid.runs]
+        best = grid.best
         result.selected = {"norm": best.gate["norm"], "alpha": best.gate["alpha"], "by": "validation F1",
                            "validation_f1": best.metrics["f1"]}
     log(f"testing on rows {cfg.test_offset}-" + (f"{cfg.test_offset + cfg.test_rows - 1}" if cfg.test_rows else "end"))

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import TruthProbeError
-from ..halueval_judge import METRICS, Evaluation, HaluEvalJudge
+from ..halueval_judge import METRICS, Evaluation, HaluEvalJudge, select_best
 from ..scores import TruthScores
 from . import reports
 
@@ -131,8 +131,6 @@ class GridResult:
 
     @property
     def best(self) -> Evaluation:
-        from ..main_job import select_best
-
         return select_best(self.runs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,6 +204,20 @@ class RegimeRow:
         return out
 
 
+def check_regime_settings(sizes: Sequence[int], epochs: Sequence[int], offset: int,
+                          folds: int) -> tuple[list[int], list[int]]:
+    """Sorted unique sizes and epochs, or an error: cheap, so callers run it before loading a model."""
+    sizes, epochs = sorted({int(s) for s in sizes}), sorted({int(e) for e in epochs})
+    if not sizes or min(sizes) < folds:
+        raise AblationError(f"sizes: expected probing row counts of at least the {folds} folds, found {sizes}")
+    if not epochs or min(epochs) < 1:
+        raise AblationError(f"epochs: expected positive epoch counts, found {epochs}")
+    if offset < max(sizes):
+        raise AblationError(f"evaluation rows start at {offset}, inside the probing rows 0-{max(sizes) - 1}: "
+                            f"start at --offset {max(sizes)} or later")
+    return sizes, epochs
+
+
 def probing_regime(model: Any, tokenizer: Any, judge: HaluEvalJudge | None, *, sizes: Sequence[int],
                    epochs: Sequence[int], alpha: float, norm: str, offset: int, n: int | None, data: str | None = None,
                    folds: int = 5, seed: int = 0, batch_size: int = 8, out: "str | Path | None" = None,
@@ -223,14 +235,7 @@ def probing_regime(model: Any, tokenizer: Any, judge: HaluEvalJudge | None, *, s
     from ..probing.trainers import train_probes
     from .compare import jaccard, top_k_set
 
-    sizes, epochs = sorted({int(s) for s in sizes}), sorted({int(e) for e in epochs})
-    if not sizes or min(sizes) < folds:
-        raise AblationError(f"sizes: expected probing row counts of at least the {folds} folds, found {sizes}")
-    if not epochs or min(epochs) < 1:
-        raise AblationError(f"epochs: expected positive epoch counts, found {epochs}")
-    if offset < max(sizes):
-        raise AblationError(f"evaluation rows start at {offset}, inside the probing rows 0-{max(sizes) - 1}: "
-                            f"start at --offset {max(sizes)} or later")
+    sizes, epochs = check_regime_settings(sizes, epochs, offset, folds)
     examples = halueval_examples(data, offset=0, n=max(sizes))
     encoder = PromptEncoder(tokenizer, resolve_prompt_format(tokenizer, "auto"), None, None, "right")
     X, _ = extract_with_cache(model, encoder, examples, batch_size=batch_size, cache_dir=default_cache_root(),
@@ -300,6 +305,7 @@ def plot_regime(rows: Sequence[RegimeRow], path: "str | Path") -> Path:
     return reports.save_figure(fig, path)
 
 
-__all__ = ["AblationError", "GridResult", "RandomAblationResult", "RegimeRow", "check_rows_clear_of_probing",
+__all__ = ["AblationError", "GridResult", "RandomAblationResult", "RegimeRow", "check_regime_settings",
+           "check_rows_clear_of_probing",
            "grid_search", "grid_table", "plot_grid", "plot_random_ablation", "plot_regime", "probing_regime",
            "random_ablation_table", "random_gate_ablation", "regime_table"]

@@ -153,9 +153,7 @@ def run_grid(args: argparse.Namespace) -> int:
 def run_regime(args: argparse.Namespace) -> int:
     from ..analysis import ablations as ab
 
-    if args.sizes and args.offset < max(args.sizes):
-        raise ab.AblationError(f"evaluation rows start at {args.offset}, inside the probing rows 0-{max(args.sizes) - 1}: "
-                               f"start at --offset {max(args.sizes)} or later")
+    ab.check_regime_settings(args.sizes, args.epochs, args.offset, args.folds)  # before the model loads
     out, model, tokenizer, judge = _setup(args)
     rows = ab.probing_regime(model, tokenizer, None if args.no_eval else judge, sizes=args.sizes, epochs=args.epochs,
                              alpha=args.alpha, norm=args.norm, offset=args.offset, n=args.n, data=args.data,

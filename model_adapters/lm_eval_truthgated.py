@@ -9,11 +9,17 @@
 (log-likelihood and generation requests alike) and removed after it; ``apply=bake`` folds the gates into the
 output-projection weights once, at load time (same numbers, no per-call cost). Gate settings are validated, and
 the score file read, before the model loads.
+
+Generation (``generate_until``) adds two things to HFLM's, neither of which changes a reply:
+- ``prefix_cache`` (default true): the prompt prefix every row of a batch shares runs once and generation
+  continues from its KV cache (``truthprobe_eval.generation``); ``prefix_cache=false`` is HFLM's plain path.
+- the first step's Yes-minus-No log-odds of every generated request, kept in ``yes_no_margins`` (context string
+  -> float) for threshold-free detection metrics (AUROC) without another forward pass.
 """
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,14 +27,16 @@ import numpy as np
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from transformers import LogitsProcessorList
 
 from ..errors import GateConfigError, ScoreFileError
+from ..generation import FirstStepLogits, SharedPrefixGenerator, answer_token_ids, yes_no_margin
 from ..gating import KINDS, NORMS, SITES, bake, check_gate_settings, gate
 from ..models import resolve_model_path
 from ..scores import TruthScores
 
 APPLY_MODES = ("hook", "bake")
-NEEDS_SCORES = ("truthprobe", "inverse")
+NEEDS_SCORES = ("truthprobe", "inverse", "shuffled")
 
 
 @dataclass
@@ -62,6 +70,14 @@ def _as_int(value: Any, what: str) -> int:
     return int(number)
 
 
+def _as_bool(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    raise GateConfigError(f"{what}: expected true or false, found {value!r}")
+
+
 def parse_gate_args(
     scores: "str | TruthScores | None" = None,
     alpha: Any = 4.5,
@@ -79,7 +95,7 @@ def parse_gate_args(
     - ``norm`` (centered): ``centered``, ``minmax`` or ``raw``, per layer.
     - ``site`` (o_proj_output): ``o_proj_output`` (published) or ``o_proj_input``.
     - ``gate`` (truthprobe): ``truthprobe``, ``inverse`` (1 - alpha * norm(s)), ``random`` (1 + alpha * U[-1, 1]
-      from ``seed``) or ``none`` (no gating: the plain ``hf`` model).
+      from ``seed``), ``shuffled`` (the truthprobe gates permuted among each layer's heads, from ``seed``) or ``none`` (no gating: the plain ``hf`` model).
     - ``seed`` (0): seed of the ``random`` gate.
     - ``apply`` (hook): ``hook`` (forward hooks around each call) or ``bake`` (weights scaled once at load).
     """
@@ -137,9 +153,11 @@ class TruthGatedLM(HFLM):
         seed: Any = 0,
         apply: Any = "hook",
         device: str | None = None,
+        prefix_cache: Any = True,
         **kwargs: Any,
     ) -> None:
         settings = parse_gate_args(scores, alpha, norm, site, gate, seed, apply)  # before anything loads
+        use_prefix_cache = _as_bool(prefix_cache, "prefix_cache")
         self._display_name = pretrained if isinstance(pretrained, str) else None
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
@@ -154,6 +172,12 @@ class TruthGatedLM(HFLM):
         self._baked = False
         self._gate_settings = settings
         self._hook_scores = self._scores_for_model(settings)
+        self._prefix_generator = SharedPrefixGenerator(self.model) if use_prefix_cache else None
+        yes_ids = answer_token_ids(self.tokenizer, ("Yes", "yes"))
+        no_ids = [i for i in answer_token_ids(self.tokenizer, ("No", "no")) if i not in yes_ids]
+        self._margin_ids = (yes_ids, no_ids)
+        self.yes_no_margins: dict[str, float] = {}
+        self._batch_contexts: list[str] | None = None
         if settings.apply == "bake" and settings.kind != "none":
             bake(self.model, self._hook_scores, settings.alpha, settings.norm, settings.site, settings.kind, settings.seed)
             self._baked = True
@@ -173,6 +197,8 @@ class TruthGatedLM(HFLM):
         scores = self._scores_for_model(settings)  # shape check against the loaded model
         self._gate_settings = settings
         self._hook_scores = scores
+        if self._prefix_generator is not None:
+            self._prefix_generator.clear()  # prefix caches were computed under the old gate
 
     def _scores_for_model(self, settings: GateSettings) -> TruthScores:
         from ..architectures import locate_heads, model_name
@@ -194,9 +220,39 @@ class TruthGatedLM(HFLM):
         with self._gated():
             return super()._model_call(*args, **kwargs)
 
+    def tok_batch_encode(self, strings: list[str], *args: Any, **kwargs: Any):
+        self._batch_contexts = list(strings)  # generate_until encodes a batch, then generates it
+        return super().tok_batch_encode(strings, *args, **kwargs)
+
     def _model_generate(self, *args: Any, **kwargs: Any):
-        with self._gated():
-            return super()._model_generate(*args, **kwargs)
+        with self._gated(), self._generation_path() as first_step:
+            out = super()._model_generate(*args, **kwargs)
+        contexts, self._batch_contexts = self._batch_contexts, None
+        if first_step.logits is not None and contexts is not None and len(contexts) == first_step.logits.shape[0]:
+            margins = yes_no_margin(first_step.logits, len(self._margin_ids[0])).tolist()
+            self.yes_no_margins.update(zip(contexts, margins))
+        return out
+
+    @contextmanager
+    def _generation_path(self):
+        """Route HFLM's ``self.model.generate(...)`` call through the prefix cache and the first-step logits."""
+        first_step = FirstStepLogits([*self._margin_ids[0], *self._margin_ids[1]])
+        generator, model = self._prefix_generator, self.model
+
+        def generate(input_ids, attention_mask=None, logits_processor=None, **kwargs):
+            processors = LogitsProcessorList([*(logits_processor or []), first_step])
+            if generator is None or attention_mask is None:
+                return type(model).generate(model, input_ids=input_ids, attention_mask=attention_mask,
+                                            logits_processor=processors, **kwargs)
+            pad = kwargs.pop("pad_token_id")
+            return generator.generate(input_ids, attention_mask, pad_token_id=pad, logits_processor=processors,
+                                      **kwargs)
+
+        model.generate = generate  # an instance attribute over the class method, removed on exit
+        try:
+            yield first_step
+        finally:
+            del model.generate
 
     # ---- data parallel on CPU ----------------------------------------------------------------------
     def _enable_cpu_data_parallel(self) -> None:

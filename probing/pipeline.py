@@ -68,10 +68,23 @@ def extract_with_cache(model: nn.Module, encoder: PromptEncoder, examples: Seque
                        cache_dir: "str | os.PathLike | None" = None, shard_size: int = DEFAULT_SHARD_SIZE,
                        progress: bool = True, extra_settings: dict | None = None,
                        on_shard: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, Path | None]:
-    """(N, L, H, D) activations, through the on-disk cache when ``cache_dir`` is given; returns (X, cache folder)."""
+    """(N, L, H, D) activations, through the on-disk cache when ``cache_dir`` is given; returns (X, cache folder).
+
+    Both paths extract shard by shard (``shard_size`` examples, batched in the same order), so the activations,
+    and the Truth Scores trained on them, are bitwise the same with and without the cache: the batch a sequence
+    is padded in changes the float rounding of its activations.
+    """
     if cache_dir is None:
-        return extract_activations(model, encoder, examples, batch_size=batch_size, drop_eos=drop_eos,
-                                   float16=float16, progress=progress), None
+        from tqdm.auto import tqdm
+
+        n = len(examples)
+        parts = []
+        with tqdm(total=n, desc="extracting", unit="ex", disable=not progress) as bar:
+            for start in range(0, max(n, 1), shard_size):
+                parts.append(extract_activations(model, encoder, examples[start:start + shard_size],
+                                                 batch_size=batch_size, drop_eos=drop_eos, float16=float16,
+                                                 progress=bar))
+        return np.concatenate(parts), None
     sites = locate_heads(model)
     settings = cache_settings(model, examples, batch_size=batch_size, drop_eos=drop_eos, **encoder.settings(),
                               **(extra_settings or {}))

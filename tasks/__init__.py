@@ -1,4 +1,5 @@
-"""truthprobe_eval.tasks: lm-evaluation-harness task configs (HaluEval QA judge, TruthfulQA from a local CSV).
+"""truthprobe_eval.tasks: lm-evaluation-harness task configs (HaluEval QA under HaluEval's own judge protocol
+and under the TruthProbe paper's protocol, TruthfulQA from a local CSV).
 
 The folder is an lm-eval ``--include_path``; after ``pip install truthprobe-eval`` the ``lm_eval`` command indexes
 it by itself (see ``truthprobe_eval.model_adapters.lm_eval_registration``).
@@ -10,6 +11,9 @@ from pathlib import Path
 TASKS_DIR = Path(__file__).resolve().parent
 HALUEVAL_TASKS = ("halueval_qa", "halueval_qa_seed0", "halueval_qa_seed1", "halueval_qa_seed2")
 HALUEVAL_GROUP = "halueval_qa_seeds"
+TRUTHPROBE_TASKS = ("halueval_truthprobe", "halueval_truthprobe_seed0", "halueval_truthprobe_seed1",
+                    "halueval_truthprobe_seed2")
+TRUTHPROBE_GROUP = "halueval_truthprobe_seeds"
 TRUTHFULQA_TASKS = ("truthfulqa_local_mc1", "truthfulqa_local_mc2", "truthfulqa_local_gen")
 
-__all__ = ["HALUEVAL_GROUP", "HALUEVAL_TASKS", "TASKS_DIR", "TRUTHFULQA_TASKS"]
+__all__ = ["HALUEVAL_GROUP", "HALUEVAL_TASKS", "TASKS_DIR", "TRUTHFULQA_TASKS", "TRUTHPROBE_GROUP", "TRUTHPROBE_TASKS"]

@@ -6,7 +6,7 @@ import math
 from .errors import GateConfigError
 
 NORMS = ("centered", "minmax", "raw")
-KINDS = ("truthprobe", "random", "inverse", "none")
+KINDS = ("truthprobe", "random", "inverse", "shuffled", "none")
 SITES = ("o_proj_output", "o_proj_input")
 
 

@@ -48,6 +48,8 @@ def gate_values(
 
     ``truthprobe``: 1 + alpha * norm(s). ``inverse``: 1 - alpha * norm(s) (boosts the heads TruthProbe damps).
     ``random``: 1 + alpha * u with u uniform in [-1, 1] from ``seed`` (same shape, scores ignored).
+    ``shuffled``: the ``truthprobe`` gate values permuted among the heads of each layer (from ``seed``): the same
+    amount of boost per layer on other heads, which separates "which heads" from "how much".
     ``none``: all ones.
     """
     alpha = check_gate_settings(alpha, norm, "o_proj_output", kind)
@@ -57,8 +59,10 @@ def gate_values(
     elif kind == "random":
         g = 1.0 + alpha * np.random.default_rng(seed).uniform(-1.0, 1.0, size=s.shape)
     else:
-        sign = 1.0 if kind == "truthprobe" else -1.0
+        sign = -1.0 if kind == "inverse" else 1.0
         g = 1.0 + sign * alpha * normalize(s, norm)
+        if kind == "shuffled":
+            g = np.random.default_rng(seed).permuted(g, axis=1)
     negative = int((g < 0).sum())
     if negative and warn_negative:
         warnings.warn(

@@ -1,8 +1,11 @@
 """HaluEval QA judge evaluations through lm-eval on one loaded model, one gate per call.
 
 ``truthprobe run`` and ``truthprobe ablate`` share this: the model is wrapped once as ``truthgated`` and each call
-sets a gate, evaluates one row range with lm-eval's ``halueval_qa_seed<N>`` task and writes lm-eval's result and
-per-sample files.
+sets a gate, evaluates one row range with lm-eval's task of the chosen protocol and draw
+(``halueval_truthprobe_seed<N>``: the TruthProbe paper's protocol, the default; ``halueval_qa_seed<N>``: HaluEval's
+own judge) and writes lm-eval's result and per-sample files. Each logged sample also gets a ``truthprobe`` record:
+the parsed "Yes" (hallucinated) prediction and the first step's Yes-minus-No log-odds, what paired tests and the
+AUROC read back (``per_sample``).
 """
 from __future__ import annotations
 
@@ -12,12 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from ._io import atomic_write_text
 from .errors import TruthProbeError
 
-METRICS = ("acc", "f1", "precision", "recall", "yes_ratio", "unparseable")
-LABELS = {"acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall", "yes_ratio": "yes-ratio",
-          "unparseable": "unparseable"}
+METRICS = ("acc", "f1", "precision", "recall", "pred_yes_share", "gold_yes_share", "unparseable", "margin_auroc")
+LABELS = {"acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall",
+          "pred_yes_share": "predicted yes", "gold_yes_share": "gold yes", "unparseable": "unparseable",
+          "margin_auroc": "margin AUROC"}
+PROTOCOLS = {"truthprobe": "halueval_truthprobe_seed{seed}", "halueval": "halueval_qa_seed{seed}"}
 
 
 @dataclass
@@ -37,11 +44,49 @@ class JudgeSettings:
     """How the judge task runs: data (None: the embedded HaluEval), answer draw, prompt and batching."""
 
     data: str | None = None
+    protocol: str = "truthprobe"
     draw_seed: int = 0
     knowledge: bool = True
     chat: bool = False
     batch_size: int = 8
     device: str = "cpu"
+    prefix_cache: bool = True
+
+    def task(self, draw_seed: int | None = None) -> str:
+        if self.protocol not in PROTOCOLS:
+            raise TruthProbeError(f"protocol: expected one of {', '.join(PROTOCOLS)}, found {self.protocol!r}")
+        return PROTOCOLS[self.protocol].format(seed=self.draw_seed if draw_seed is None else draw_seed)
+
+
+def predicted_yes(protocol: str, reply: str) -> bool:
+    """The protocol's own parse of a reply: did the judge say the answer is hallucinated?"""
+    if protocol == "truthprobe":
+        from .tasks.halueval.truthprobe_protocol import parse_reply
+
+        return parse_reply(reply) == "yes"
+    from .tasks.halueval.utils import parse_judgement
+
+    return parse_judgement(reply) == "Yes"
+
+
+def per_sample(samples_file: "str | Path") -> dict[str, np.ndarray]:
+    """Arrays in row order from a judge's samples file: row, seed, gold_yes, pred_yes, correct, margin."""
+    records = []
+    for line in Path(samples_file).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            s = json.loads(line)
+            if "truthprobe" not in s:
+                raise TruthProbeError(f"{samples_file}: expected samples written by HaluEvalJudge (with a 'truthprobe' "
+                                      "record), found a sample without one")
+            tp = s["truthprobe"]
+            margin = tp.get("yes_no_margin")
+            records.append((s["doc"]["row"], s["doc"]["seed"], s["doc"]["hallucinated"], tp["pred_yes"],
+                            float(s["correct"]), np.nan if margin is None else margin))
+    records.sort(key=lambda r: (r[0], r[1]))
+    columns = list(zip(*records)) if records else [[]] * 6
+    return {"row": np.asarray(columns[0], dtype=np.int64), "seed": np.asarray(columns[1], dtype=np.int64),
+            "gold_yes": np.asarray(columns[2], dtype=bool), "pred_yes": np.asarray(columns[3], dtype=bool),
+            "correct": np.asarray(columns[4], dtype=float), "margin": np.asarray(columns[5], dtype=float)}
 
 
 def write_lm_eval_outputs(folder: Path, name: str, results: dict) -> tuple[Path, Path]:
@@ -65,33 +110,49 @@ class HaluEvalJudge:
         from .model_adapters.lm_eval_truthgated import TruthGatedLM
 
         self.settings, self.out, self.log = settings, Path(out), log
+        self.task = settings.task()  # a bad protocol fails before the model is wrapped
         self.lm = TruthGatedLM(pretrained=model, tokenizer=tokenizer, gate="none", batch_size=settings.batch_size,
-                               device=settings.device)
-        self.task = f"halueval_qa_seed{settings.draw_seed}"
+                               device=settings.device, prefix_cache=settings.prefix_cache)
 
-    def __call__(self, name: str, split: str, offset: int, n: int | None, gate_args: dict[str, Any]) -> Evaluation:
+    def __call__(self, name: str, split: str, offset: int, n: int | None, gate_args: dict[str, Any],
+                 draw_seed: int | None = None) -> Evaluation:
+        """Evaluate rows ``[offset, offset + n)`` under the gate ``gate_args`` (answer draw: the settings' unless given)."""
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
         from .tasks import TASKS_DIR
 
         s = self.settings
+        task = s.task(draw_seed)
         self.lm.set_gate(**gate_args)
+        self.lm.yes_no_margins.clear()
         metadata = {"halueval_offset": offset, "halueval_n": n, "halueval_knowledge": s.knowledge}
         if s.data is not None:
             metadata["halueval_path"] = str(s.data)
         manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
         start = time.perf_counter()
-        results = simple_evaluate(model=self.lm, tasks=[self.task], task_manager=manager, log_samples=True,
+        results = simple_evaluate(model=self.lm, tasks=[task], task_manager=manager, log_samples=True,
                                   apply_chat_template=s.chat, bootstrap_iters=0)
         seconds = time.perf_counter() - start
-        values = results["results"][self.task]
-        metrics = {m: float(values[f"{m},none"]) for m in METRICS}
-        rows = sorted(sample["doc"]["row"] for sample in results["samples"][self.task])
+        values = results["results"][task]
+        metrics = {m: float(values[f"{m},none"]) for m in METRICS if f"{m},none" in values}
+        samples = results["samples"][task]
+        for sample in samples:
+            context = sample["arguments"][0][0]
+            sample["truthprobe"] = {"pred_yes": predicted_yes(s.protocol, sample["resps"][0][0]),
+                                    "yes_no_margin": self.lm.yes_no_margins.get(context)}
+        from .paired_stats import margin_auroc
+
+        auroc = margin_auroc([x["doc"]["hallucinated"] for x in samples],
+                             [np.nan if x["truthprobe"]["yes_no_margin"] is None else x["truthprobe"]["yes_no_margin"]
+                              for x in samples])
+        metrics["margin_auroc"] = float("nan") if auroc is None else auroc
+        rows = sorted(sample["doc"]["row"] for sample in samples)
         result_file, samples_file = write_lm_eval_outputs(self.out / "lm_eval", name, results)
         gate = self.lm.gate_settings.describe()
         self.log(f"{split:>10} {name:<22} rows {rows[0]}-{rows[-1]}: F1 {100 * metrics['f1']:.1f}, accuracy "
-                 f"{100 * metrics['acc']:.1f}, yes-ratio {100 * metrics['yes_ratio']:.1f} ({seconds:.0f} s)")
+                 f"{100 * metrics['acc']:.1f}, predicted yes {100 * metrics['pred_yes_share']:.1f}, margin AUROC "
+                 f"{metrics['margin_auroc']:.3f} ({seconds:.0f} s)")
         return Evaluation(name, split, gate, metrics, (rows[0], rows[-1] + 1), round(seconds, 2),
                           str(result_file), str(samples_file))
 
@@ -105,4 +166,5 @@ def select_best(evaluations: Sequence[Evaluation]) -> Evaluation:
 
 
 
-__all__ = ["Evaluation", "HaluEvalJudge", "JudgeSettings", "LABELS", "METRICS", "select_best", "write_lm_eval_outputs"]
+__all__ = ["Evaluation", "HaluEvalJudge", "JudgeSettings", "LABELS", "METRICS", "PROTOCOLS", "per_sample",
+           "predicted_yes", "select_best", "write_lm_eval_outputs"]

@@ -2,30 +2,41 @@
 
 1. Probe: Truth Scores from HaluEval rows ``[0, probe_rows)``.
 2. Select: alpha and norm by F1 on the validation rows that follow (published grid: centered 2.5 / 4.5 / 6.0 / 7.5,
-   min-max 0.1 / 0.2 / 0.3).
-3. Test: the baseline and the selected gate on the later, untouched test rows, through lm-eval's
-   ``halueval_qa_seed*`` task (HaluEval's judge protocol), one loaded model for every evaluation.
+   min-max 0.1 / 0.2 / 0.3), under the first answer draw.
+3. Test: the baseline and the selected gate on the later, untouched test rows, under every requested answer draw,
+   with paired statistics (exact McNemar for accuracy, paired bootstrap intervals for the accuracy and F1
+   differences, the first-token Yes-minus-No margin's AUROC) and, with ``controls``, random gates and shuffled
+   gates (the chosen gate's own values permuted among each layer's heads) on the same rows.
 
-The three row ranges are disjoint by construction. Everything goes to one folder: the score file and its
-heatmap, every lm-eval result and per-sample file, and the final table as Markdown and JSON.
+Evaluation runs through lm-eval on one loaded model: by default the TruthProbe paper's protocol
+(``halueval_truthprobe_seed<N>``), or HaluEval's own judge (``protocol="halueval"``, ``halueval_qa_seed<N>``).
+The three row ranges are disjoint by construction. Everything goes to one folder: the score file and its heatmap,
+every lm-eval result and per-sample file, the table (Markdown), the full result (JSON) and a figure.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from ._io import atomic_write_text
 from .errors import TruthProbeError
-from .halueval_judge import LABELS, METRICS, Evaluation, HaluEvalJudge, JudgeSettings, select_best
+from .halueval_judge import LABELS, METRICS, PROTOCOLS, Evaluation, HaluEvalJudge, JudgeSettings, per_sample, select_best
 
 PUBLISHED_GRID: tuple[tuple[str, float], ...] = (
     ("centered", 2.5), ("centered", 4.5), ("centered", 6.0), ("centered", 7.5),
     ("minmax", 0.1), ("minmax", 0.2), ("minmax", 0.3),
 )
 HALUEVAL_ROWS = 10_000
+CONTROLS = ("random", "shuffled")
+PROTOCOL_NAMES = {"truthprobe": "TruthProbe paper's protocol (published prompt, greedy, 7 new tokens)",
+                  "halueval": "HaluEval's own judge protocol (few-shot judge instruction)"}
+TABLE_METRICS = ("acc", "f1", "precision", "recall", "pred_yes_share", "unparseable", "margin_auroc")
 
 
 class MainJobError(TruthProbeError, ValueError):
@@ -34,17 +45,21 @@ class MainJobError(TruthProbeError, ValueError):
 
 @dataclass
 class MainJobConfig:
-    """Default sizes: 1,000 judge evaluations (35-60 min on a 2-core CPU); ``test_rows=None``: every remaining row."""
+    """Default sizes: 292 probing rows, 50 validation rows x 8 runs, 300 test rows x 2 runs (+2 with controls)."""
 
     model: str = "smollm2-135m-instruct"
     data: str | None = None  # a HaluEval QA .jsonl(.gz); None: the embedded copy
     out: str = "runs/truthprobe-run"
+    protocol: str = "truthprobe"
     probe_rows: int = 292
     val_rows: int = 50
     test_rows: int | None = 300
     grid: tuple[tuple[str, float], ...] = PUBLISHED_GRID
-    draw_seed: int = 0  # which seeded answer draw (halueval_qa_seed0/1/2)
+    draw_seeds: tuple[int, ...] = (0,)  # answer draws; the first one chooses the gate on validation
+    controls: bool = False
+    control_seed: int = 0
     batch_size: int = 8
+    prefix_cache: bool = True
     chat: bool = False  # lm-eval's --apply_chat_template
     knowledge: bool = True
     scores: str | None = None  # reuse a score file instead of probing
@@ -61,16 +76,21 @@ class MainJobConfig:
         return HALUEVAL_ROWS if self.data is None else sum(1 for _ in iter_halueval(self.data))
 
     def check(self) -> None:
-        """Fail before any model work: row ranges, grid, seeds."""
+        """Fail before any model work: protocol, draws, row ranges, grid."""
         from .gate_config import check_gate_settings
 
-        if self.draw_seed not in (0, 1, 2):
-            raise MainJobError(f"draw seed: expected 0, 1 or 2 (the tasks halueval_qa_seed0/1/2), found {self.draw_seed}")
+        if self.protocol not in PROTOCOLS:
+            raise MainJobError(f"protocol: expected one of {', '.join(PROTOCOLS)}, found {self.protocol!r}")
+        seeds = tuple(self.draw_seeds)
+        if not seeds or any(s not in (0, 1, 2) for s in seeds) or len(set(seeds)) != len(seeds):
+            raise MainJobError(f"draw seeds: expected distinct seeds among 0, 1, 2 (the tasks "
+                               f"{PROTOCOLS[self.protocol].format(seed='0/1/2')}), found {list(seeds)}")
         for name in ("probe_rows", "val_rows", "batch_size", "probe_batch_size"):
             if getattr(self, name) < (0 if name == "val_rows" else 1):
                 raise MainJobError(f"{name.replace('_', ' ')}: expected a positive integer, found {getattr(self, name)}")
-        if self.test_rows is not None and self.test_rows < 1:
-            raise MainJobError(f"test rows: expected a positive integer or 'all', found {self.test_rows}")
+        if self.test_rows is not None and self.test_rows < 2:
+            raise MainJobError(f"test rows: expected an integer >= 2 (paired tests need two rows) or 'all', found "
+                               f"{self.test_rows}")
         if not self.grid:
             raise MainJobError("grid: expected at least one (norm, alpha) pair, found none")
         for norm, alpha in self.grid:
@@ -79,7 +99,7 @@ class MainJobConfig:
             raise MainJobError(f"validation rows: 0 leaves nothing to choose among {len(self.grid)} gate settings; "
                                "give one with --norm and --alpha, or validation rows")
         total = self.rows_total()
-        used = self.probe_rows + self.val_rows + (self.test_rows or 1)
+        used = self.probe_rows + self.val_rows + (self.test_rows or 2)
         if used > total:
             raise MainJobError(f"rows: probe {self.probe_rows} + validation {self.val_rows} + test {self.test_rows} = "
                                f"{used}, but the data has {total} rows")
@@ -94,32 +114,73 @@ class MainJobConfig:
 
 
 @dataclass
+class SeedResult:
+    """One answer draw on the test rows: baseline, gated, controls, and the paired statistics against the baseline."""
+
+    draw_seed: int
+    baseline: Evaluation
+    gated: Evaluation
+    controls: dict[str, Evaluation] = field(default_factory=dict)
+    # run name -> compare_paired(baseline, run); "gated_vs_shuffled": compare_paired(shuffled control, gated)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"draw_seed": self.draw_seed, "baseline": asdict(self.baseline), "gated": asdict(self.gated),
+                "controls": {k: asdict(v) for k, v in self.controls.items()}, "stats": self.stats}
+
+
+@dataclass
 class MainJobResult:
     config: dict[str, Any]
     scores_file: str
     heatmap_file: str | None
     validation: list[Evaluation] = field(default_factory=list)
-    baseline: Evaluation | None = None
-    gated: Evaluation | None = None
     selected: dict[str, Any] = field(default_factory=dict)
+    seeds: list[SeedResult] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
-    def deltas(self) -> dict[str, float]:
-        return {m: self.gated.metrics[m] - self.baseline.metrics[m] for m in METRICS}
+    @property
+    def baseline(self) -> Evaluation:
+        return self.seeds[0].baseline
+
+    @property
+    def gated(self) -> Evaluation:
+        return self.seeds[0].gated
+
+    def deltas(self, seed_index: int = 0) -> dict[str, float]:
+        s = self.seeds[seed_index]
+        return {m: s.gated.metrics[m] - s.baseline.metrics[m] for m in METRICS}
+
+    def over_seeds(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per run (baseline, gated, delta) and metric: mean and population std (ddof=0) over the draws."""
+        runs = {"baseline": [s.baseline.metrics for s in self.seeds], "gated": [s.gated.metrics for s in self.seeds]}
+        runs["delta"] = [{m: g[m] - b[m] for m in METRICS} for b, g in zip(runs["baseline"], runs["gated"])]
+        return {run: {m: {"mean": float(np.mean([v[m] for v in values])), "std": float(np.std([v[m] for v in values]))}
+                      for m in METRICS} for run, values in runs.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config, "scores_file": self.scores_file, "heatmap_file": self.heatmap_file,
                 "selected": self.selected, "validation": [asdict(e) for e in self.validation],
-                "test": {"baseline": asdict(self.baseline), "gated": asdict(self.gated), "delta": self.deltas()}}
+                "test": [s.to_dict() for s in self.seeds], "over_seeds": self.over_seeds(),
+                "stage_seconds": self.stage_seconds}
 
 
 # ---- formatting --------------------------------------------------------------------------------------------
 
 def _pct(metric: str, value: float) -> str:
-    return str(int(value)) if metric == "unparseable" else f"{100 * value:.1f}"
+    if metric == "unparseable":
+        return str(int(value))
+    if metric == "margin_auroc":
+        return "n/a" if not math.isfinite(value) else f"{value:.3f}"
+    return f"{100 * value:.1f}"
 
 
 def _signed(metric: str, value: float) -> str:
-    return f"{int(value):+d}" if metric == "unparseable" else f"{100 * value:+.1f}"
+    if metric == "unparseable":
+        return f"{int(value):+d}"
+    if metric == "margin_auroc":
+        return "n/a" if not math.isfinite(value) else f"{value:+.3f}"
+    return f"{100 * value:+.1f}"
 
 
 def _tie_note(result: MainJobResult) -> str:
@@ -132,32 +193,121 @@ def _tie_note(result: MainJobResult) -> str:
             "tie-break (accuracy, then grid order).")
 
 
+def _run_label(result: MainJobResult, name: str) -> str:
+    sel = result.selected
+    seed = result.config.get("control_seed", 0)
+    return {"baseline": "baseline", "gated": f"TruthProbe ({sel['norm']}, alpha {sel['alpha']:g})",
+            "random": f"control: random gates (seed {seed})",
+            "shuffled": f"control: shuffled gates (seed {seed})"}[name]
+
+
+def _significance_line(label: str, st: dict[str, Any], level: float = 0.05) -> str:
+    verdict = "significant" if st["mcnemar_p"] < level else "not significant"
+    lo, hi = st["acc_delta_ci"]
+    flo, fhi = st["f1_delta_ci"]
+    first, second = label.split(" - ")
+    return (f"{label}: accuracy {100 * st['acc_delta']:+.1f} (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), "
+            f"exact McNemar p = {st['mcnemar_p']:.3g} (rows only {first} got right: {st['only_gated_right']}, "
+            f"only {second}: {st['only_baseline_right']}), {verdict} at {level:g}; F1 {100 * st['f1_delta']:+.1f} "
+            f"(95% CI {100 * flo:+.1f} to {100 * fhi:+.1f}"
+            + (", excludes 0" if flo > 0 or fhi < 0 else ", includes 0") + ").")
+
+
+def format_seed(result: MainJobResult, s: SeedResult) -> list[str]:
+    first, stop = s.baseline.rows
+    lines = [f"Test rows {first}-{stop - 1} ({stop - first} rows), answer draw seed {s.draw_seed}, gold yes share "
+             f"{100 * s.baseline.metrics['gold_yes_share']:.1f}%. Accuracy, F1, precision, recall, predicted yes in %;"
+             " unparseable as a count (scored as \"no\" under the TruthProbe protocol, as wrong under HaluEval's); "
+             "margin AUROC: first-token log P(yes) - log P(no) against the gold label.", "",
+             "| run | " + " | ".join(LABELS[m] for m in TABLE_METRICS) + " |",
+             "|" + "---|" * (len(TABLE_METRICS) + 1)]
+    runs = {"baseline": s.baseline, "gated": s.gated, **s.controls}
+    for name, e in runs.items():
+        lines.append(f"| {_run_label(result, name)} | " + " | ".join(_pct(m, e.metrics[m]) for m in TABLE_METRICS) + " |")
+    lines.append("| TruthProbe - baseline | " + " | ".join(
+        _signed(m, s.gated.metrics[m] - s.baseline.metrics[m]) for m in TABLE_METRICS) + " |")
+    lines.append("")
+    for name, st in s.stats.items():
+        short = {"gated": "TruthProbe", "random": "random gates", "shuffled": "shuffled gates"}
+        label = "TruthProbe - shuffled gates" if name == "gated_vs_shuffled" else f"{short[name]} - baseline"
+        lines.append("- " + _significance_line(label, st))
+    return lines
+
+
 def format_table(result: MainJobResult) -> str:
-    """The final Markdown table: baseline, gated and their difference on the test rows (percentages)."""
-    b, g, d = result.baseline, result.gated, result.deltas()
-    first, stop = b.rows
-    header = "| model | " + " | ".join(LABELS[m] for m in METRICS) + " |"
-    lines = [
-        f"HaluEval QA judge, test rows {first}-{stop - 1} ({stop - first} rows, answer draw seed "
-        f"{result.config['draw_seed']}); accuracy, F1, precision, recall and yes-ratio in %, unparseable as a count.",
-        f"Gate chosen on validation rows {result.config['val_offset']}-{result.config['test_offset'] - 1} by F1: "
-        f"{result.selected['norm']}, alpha {result.selected['alpha']:g}." + _tie_note(result),
-        "",
-        header,
-        "|" + "---|" * (len(METRICS) + 1),
-        "| baseline | " + " | ".join(_pct(m, b.metrics[m]) for m in METRICS) + " |",
-        f"| TruthProbe ({result.selected['norm']}, alpha {result.selected['alpha']:g}) | "
-        + " | ".join(_pct(m, g.metrics[m]) for m in METRICS) + " |",
-        "| delta | " + " | ".join(_signed(m, d[m]) for m in METRICS) + " |",
-    ]
+    """The final Markdown report: the chosen gate, the held-out table(s), significance, validation grid, timing."""
+    cfg = result.config
+    protocol = PROTOCOL_NAMES.get(cfg.get("protocol", "truthprobe"), cfg.get("protocol"))
+    sel = result.selected
+    how = ("given (no validation)" if sel.get("by") == "given" else
+           f"chosen on validation rows {cfg['val_offset']}-{cfg['test_offset'] - 1} by F1 (answer draw "
+           f"{cfg['draw_seeds'][0]})")
+    lines = [f"HaluEval QA, {protocol}; model {cfg['model']}; Truth Scores from rows 0-{cfg['probe_rows'] - 1}.",
+             f"Gate {how}: {sel['norm']}, alpha {sel['alpha']:g}." + _tie_note(result), ""]
+    for s in result.seeds:
+        lines += format_seed(result, s) + [""]
+    if len(result.seeds) > 1:
+        over = result.over_seeds()
+        lines += [f"Mean +- std (ddof=0) over the {len(result.seeds)} answer draws:", "",
+                  "| run | " + " | ".join(LABELS[m] for m in TABLE_METRICS) + " |",
+                  "|" + "---|" * (len(TABLE_METRICS) + 1)]
+        for run in ("baseline", "gated", "delta"):
+            cells = []
+            for m in TABLE_METRICS:
+                mean, std = over[run][m]["mean"], over[run][m]["std"]
+                scale = 1 if m in ("unparseable", "margin_auroc") else 100
+                cells.append("n/a" if not math.isfinite(mean) else f"{scale * mean:.3g} +- {scale * std:.2g}"
+                             if scale == 1 else f"{scale * mean:.1f} +- {scale * std:.1f}")
+            label = {"baseline": "baseline", "gated": _run_label(result, "gated"), "delta": "TruthProbe - baseline"}[run]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
     if result.validation:
-        lines += ["", "Validation grid (F1 %, accuracy %, yes-ratio %):", "",
-                  "| gate | F1 | accuracy | yes-ratio |", "|---|---|---|---|"]
+        lines += ["Validation grid (F1 %, accuracy %, predicted yes %, margin AUROC):", "",
+                  "| gate | F1 | accuracy | predicted yes | margin AUROC |", "|---|---|---|---|---|"]
         for e in result.validation:
             label = "baseline" if e.gate["gate"] == "none" else f"{e.gate['norm']}, alpha {e.gate['alpha']:g}"
             lines.append(f"| {label} | {_pct('f1', e.metrics['f1'])} | {_pct('acc', e.metrics['acc'])} | "
-                         f"{_pct('yes_ratio', e.metrics['yes_ratio'])} |")
-    return "\n".join(lines) + "\n"
+                         f"{_pct('pred_yes_share', e.metrics['pred_yes_share'])} | "
+                         f"{_pct('margin_auroc', e.metrics['margin_auroc'])} |")
+        lines.append("")
+    if result.stage_seconds:
+        lines.append("Time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items()) + ".")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def plot_result(result: MainJobResult, path: "str | Path") -> Path:
+    """Validation F1 per gate setting (left); held-out accuracy and F1 per run, first draw (right)."""
+    from .analysis import reports
+
+    plt = reports.pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if result.validation:
+        labels = ["base" if e.gate["gate"] == "none" else f"{e.gate['norm'][0]}{e.gate['alpha']:g}"
+                  for e in result.validation]
+        colors = ["tab:blue" if e.gate["gate"] == "none" else "tab:red" if e.gate.get("norm") == result.selected["norm"]
+                  and e.gate.get("alpha") == result.selected["alpha"] else "0.6" for e in result.validation]
+        left.bar(labels, [100 * e.metrics["f1"] for e in result.validation], color=colors)
+        left.set_ylabel("validation F1 (%)")
+        left.set_title("validation grid (chosen: red)", fontsize=9)
+        left.tick_params(axis="x", labelrotation=45, labelsize=8)
+    else:
+        left.axis("off")
+    s = result.seeds[0]
+    runs = {"baseline": s.baseline, "gated": s.gated, **s.controls}
+    x = np.arange(len(runs))
+    for k, (m, color) in enumerate((("acc", "tab:gray"), ("f1", "tab:red"))):
+        right.bar(x + (k - 0.5) * 0.38, [100 * e.metrics[m] for e in runs.values()], width=0.38, color=color,
+                  label=LABELS[m])
+    for i, name in enumerate(runs):
+        if name in s.stats:
+            right.annotate(f"p={s.stats[name]['mcnemar_p']:.2g}", (i, 2), ha="center", fontsize=8)
+    right.set_xticks(x, ["baseline", "TruthProbe", *[f"{n} ctrl" for n in s.controls]], fontsize=8)
+    right.set_ylabel("held-out (%)")
+    right.set_title(f"test rows {s.baseline.rows[0]}-{s.baseline.rows[1] - 1}, draw {s.draw_seed} (McNemar p vs "
+                    "baseline)", fontsize=9)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return reports.save_figure(fig, path)
 
 
 # ---- the job ------------------------------------------------------------------------------------------------
@@ -186,23 +336,43 @@ def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, P
     return scores, scores_file, heatmap
 
 
+def _paired(baseline: Evaluation, run: Evaluation, seed: int) -> dict[str, Any]:
+    from .paired_stats import compare_paired
+
+    a, b = per_sample(baseline.samples_file), per_sample(run.samples_file)
+    if not np.array_equal(a["row"], b["row"]) or not np.array_equal(a["gold_yes"], b["gold_yes"]):
+        raise MainJobError(f"paired test: {baseline.samples_file} and {run.samples_file} do not hold the same rows")
+    return compare_paired(a["gold_yes"], a["pred_yes"], b["pred_yes"], a["margin"], b["margin"], seed=seed)
+
+
 def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> MainJobResult:
-    """Probe, select the gate on validation rows, evaluate baseline and gate on test rows; write everything."""
+    """Probe, select the gate on validation rows, evaluate baseline, gate and controls on test rows; write everything."""
     from .analysis.ablations import grid_search
     from .models import load_model
 
     cfg.check()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    stages: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        stages[name] = round(now - clock[0], 1)
+        clock[0] = now
+
+    started = clock[0]
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    lap("load")
     scores, scores_file, heatmap = _probe(cfg, model, tokenizer, out, log)
-    settings = JudgeSettings(data=cfg.data, draw_seed=cfg.draw_seed, knowledge=cfg.knowledge, chat=cfg.chat,
-                             batch_size=cfg.batch_size, device=cfg.device)
+    lap("probe")
+    settings = JudgeSettings(data=cfg.data, protocol=cfg.protocol, draw_seed=cfg.draw_seeds[0], knowledge=cfg.knowledge,
+                             chat=cfg.chat, batch_size=cfg.batch_size, device=cfg.device, prefix_cache=cfg.prefix_cache)
     evaluate = HaluEvalJudge(model, tokenizer, settings, out, log)
-    config = {**asdict(cfg), "grid": [list(p) for p in cfg.grid], "val_offset": cfg.val_offset,
-              "test_offset": cfg.test_offset}
-    result = MainJobResult(config=config, scores_file=str(scores_file), heatmap_file=str(heatmap) if heatmap else None)
+    config = {**asdict(cfg), "grid": [list(p) for p in cfg.grid], "draw_seeds": list(cfg.draw_seeds),
+              "val_offset": cfg.val_offset, "test_offset": cfg.test_offset, "task": settings.task()}
+    result = MainJobResult(config=config, scores_file=str(scores_file), heatmap_file=str(heatmap) if heatmap else None,
+                           stage_seconds=stages)
 
     if len(cfg.grid) == 1 and cfg.val_rows == 0:
         norm, alpha = cfg.grid[0]
@@ -214,16 +384,35 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
         best = grid.best
         result.selected = {"norm": best.gate["norm"], "alpha": best.gate["alpha"], "by": "validation F1",
                            "validation_f1": best.metrics["f1"]}
-    log(f"testing on rows {cfg.test_offset}-" + (f"{cfg.test_offset + cfg.test_rows - 1}" if cfg.test_rows else "end"))
-    result.baseline = evaluate("test_baseline", "test", cfg.test_offset, cfg.test_rows, {"gate": "none"})
-    result.gated = evaluate("test_gated", "test", cfg.test_offset, cfg.test_rows,
-                            {"scores": scores, "alpha": result.selected["alpha"], "norm": result.selected["norm"]})
-    result.config["seconds"] = round(time.perf_counter() - started, 1)
-    table = format_table(result)
-    atomic_write_text(out / "results.md", table)
+        lap("validation")
+    chosen = {"scores": scores, "alpha": result.selected["alpha"], "norm": result.selected["norm"]}
+    last = f"{cfg.test_offset + cfg.test_rows - 1}" if cfg.test_rows else "end"
+    for seed in cfg.draw_seeds:
+        suffix = "" if len(cfg.draw_seeds) == 1 else f"_seed{seed}"
+        log(f"testing on rows {cfg.test_offset}-{last}, answer draw {seed}")
+        baseline = evaluate(f"test_baseline{suffix}", "test", cfg.test_offset, cfg.test_rows, {"gate": "none"}, seed)
+        gated = evaluate(f"test_gated{suffix}", "test", cfg.test_offset, cfg.test_rows, chosen, seed)
+        lap("test" + suffix)
+        controls = {}
+        if cfg.controls:
+            for kind in CONTROLS:
+                controls[kind] = evaluate(f"test_{kind}{suffix}", "test", cfg.test_offset, cfg.test_rows,
+                                          {**chosen, "gate": kind, "seed": cfg.control_seed}, seed)
+            lap("controls" + suffix)
+        seed_result = SeedResult(seed, baseline, gated, controls)
+        for name, run in {"gated": gated, **controls}.items():
+            seed_result.stats[name] = _paired(baseline, run, seed=seed)
+        if "shuffled" in controls:
+            seed_result.stats["gated_vs_shuffled"] = _paired(controls["shuffled"], gated, seed=seed)
+        result.seeds.append(seed_result)
+    lap("statistics")
+    stages["total"] = round(time.perf_counter() - started, 1)
+    result.config["seconds"] = stages["total"]
+    atomic_write_text(out / "results.md", format_table(result))
     atomic_write_text(out / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    plot_result(result, out / "results.png")
     return result
 
 
-__all__ = ["Evaluation", "MainJobConfig", "MainJobError", "MainJobResult", "PUBLISHED_GRID", "format_table", "run_main_job",
-           "select_best"]
+__all__ = ["CONTROLS", "Evaluation", "MainJobConfig", "MainJobError", "MainJobResult", "PUBLISHED_GRID", "SeedResult",
+           "format_table", "plot_result", "run_main_job", "select_best"]

@@ -216,7 +216,7 @@ def judgement_record(doc: dict, reply: str) -> tuple[int, bool, str | None]:
     return int(doc["seed"]), bool(doc["hallucinated"]), parse_judgement(reply)
 
 
-SINGLE_METRICS = ("acc", "precision", "recall", "f1", "yes_ratio", "unparseable")
+SINGLE_METRICS = ("acc", "precision", "recall", "f1", "yes_ratio", "pred_yes_share", "gold_yes_share", "unparseable")
 STD_METRICS = ("acc_std", "precision_std", "recall_std", "f1_std", "yes_ratio_std")
 
 
@@ -256,7 +256,8 @@ def scores_from_confusion(c: dict[str, int]) -> dict[str, float]:
     recall = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"acc": c["correct"] / n if n else 0.0, "precision": precision, "recall": recall, "f1": f1,
-            "yes_ratio": (c["tp"] + c["fp"]) / n if n else 0.0}
+            "yes_ratio": (c["tp"] + c["fp"]) / n if n else 0.0,
+            "pred_yes_share": (c["tp"] + c["fp"]) / n if n else 0.0, "gold_yes_share": (c["tp"] + c["fn"]) / n if n else 0.0}
 
 
 def per_seed_scores(records: Iterable[Sequence]) -> dict[int, dict[str, float]]:
@@ -296,6 +297,16 @@ def f1_agg(records) -> float:
 
 def yes_ratio_agg(records) -> float:
     return _mean_over_seeds("yes_ratio", records)
+
+
+def pred_yes_share_agg(records) -> float:
+    """The share of "Yes" replies (the same number as ``yes_ratio``, named as in the TruthProbe-protocol tasks)."""
+    return _mean_over_seeds("pred_yes_share", records)
+
+
+def gold_yes_share_agg(records) -> float:
+    """The share of gold "Yes" labels (what the TruthProbe paper's code calls ``yes_ratio``)."""
+    return _mean_over_seeds("gold_yes_share", records)
 
 
 def unparseable_count(records) -> int:

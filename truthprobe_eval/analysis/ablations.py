@@ -24,7 +24,7 @@ from ..halueval_judge import METRICS, Evaluation, HaluEvalJudge, select_best
 from ..scores import TruthScores
 from . import reports
 
-SUMMARY_METRICS = ("f1", "acc", "precision", "recall", "yes_ratio", "unparseable")
+SUMMARY_METRICS = ("f1", "acc", "precision", "recall", "pred_yes_share", "unparseable", "margin_auroc")
 
 
 class AblationError(TruthProbeError, ValueError):
@@ -102,7 +102,7 @@ def random_ablation_table(result: RandomAblationResult) -> tuple[list[str], list
 def plot_random_ablation(result: RandomAblationResult, path: "str | Path") -> Path:
     """Each random seed as a dot, their mean +- std as a bar, TruthProbe and the baseline as lines, per metric."""
     plt = reports.pyplot()
-    metrics = ("f1", "acc", "yes_ratio")
+    metrics = ("f1", "acc", "pred_yes_share")
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4))
     for ax, m in zip(axes, metrics):
         values = [100 * e.metrics[m] for e in result.random]

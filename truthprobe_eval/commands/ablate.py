@@ -33,7 +33,9 @@ def _common(p: argparse.ArgumentParser, offset: int, n: int, out: str) -> None:
     p.add_argument("--offset", type=int, default=offset, help=f"first evaluated row (default {offset})")
     p.add_argument("--n", type=int, default=n, help=f"evaluated rows (default {n})")
     p.add_argument("--out", default=out, help=f"output folder (default {out})")
-    p.add_argument("--draw-seed", type=int, choices=(0, 1, 2), default=0, help="answer draw: task halueval_qa_seed<N>")
+    p.add_argument("--protocol", choices=("truthprobe", "halueval"), default="truthprobe",
+                   help="truthprobe: the TruthProbe paper's protocol (default); halueval: HaluEval's own judge")
+    p.add_argument("--draw-seed", type=int, choices=(0, 1, 2), default=0, help="answer draw: task <protocol task>_seed<N>")
     p.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size (default 8)")
     p.add_argument("--chat", action="store_true", help="apply the chat template")
     p.add_argument("--device", default="cpu")
@@ -97,7 +99,7 @@ def _setup(args: argparse.Namespace):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    settings = JudgeSettings(data=args.data, draw_seed=args.draw_seed, chat=args.chat, batch_size=args.batch_size,
+    settings = JudgeSettings(data=args.data, protocol=args.protocol, draw_seed=args.draw_seed, chat=args.chat, batch_size=args.batch_size,
                              device=args.device)
     return out, model, tokenizer, HaluEvalJudge(model, tokenizer, settings, out)
 

@@ -16,18 +16,30 @@ def _rows(value: str) -> int | None:
     return number
 
 
+def _seeds(value: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in value.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated draw seeds among 0, 1, 2, found {value!r}") from None
+    if not seeds or any(s not in (0, 1, 2) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct draw seeds among 0, 1, 2, found {value!r}")
+    return seeds
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "run",
-        help="probe, choose the gate on held-out rows, evaluate baseline vs gated through lm-eval",
+        help="probe, choose the gate on held-out rows, evaluate baseline vs gated through lm-eval, with significance",
         description="The whole published LLM experiment on the embedded defaults (SmolLM2-135M-Instruct, HaluEval "
         "QA): Truth Scores from the first --probe-rows rows; alpha and norm chosen by F1 on the next --val-rows "
         "rows over the published grid (centered 2.5/4.5/6.0/7.5, min-max 0.1/0.2/0.3); then the baseline and the "
-        "chosen gate on the following --test-rows rows with lm-eval's halueval_qa_seed<N> task (HaluEval's judge "
-        "protocol). The three row ranges never overlap. Prints one table and writes it (results.md, results.json) "
-        "with the score file, its heatmap and every lm-eval result and per-sample file to --out. The defaults take "
-        "1,000 judge evaluations (about 35-60 minutes on a 2-core CPU); --test-rows all evaluates every remaining "
-        "row (the full set).",
+        "chosen gate on the following --test-rows rows, with an exact McNemar test, paired bootstrap intervals "
+        "and the first-token margin's AUROC. --protocol truthprobe (default) is the TruthProbe paper's protocol "
+        "(lm-eval task halueval_truthprobe_seed<N>); --protocol halueval is HaluEval's own few-shot judge "
+        "(halueval_qa_seed<N>, about 4x slower). The three row ranges never overlap. Prints one table and writes it "
+        "(results.md, results.json, results.png) with the score file, its heatmap and every lm-eval result and "
+        "per-sample file to --out. The defaults take about 7 minutes on a 2-core CPU (measured: "
+        "benchmarks/RESULTS.md); --controls adds random and shuffled gates on the test rows.",
     )
     p.add_argument("--model", default="smollm2-135m-instruct", help="hub id, local folder or alias (default: smollm2-135m-instruct)")
     p.add_argument("--data", default=None, help="a HaluEval QA .jsonl/.jsonl.gz (default: the embedded copy)")
@@ -39,7 +51,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--norm", default=None, help="skip the grid: use this norm (with --alpha)")
     p.add_argument("--alpha", type=float, default=None, help="skip the grid: use this alpha (with --norm)")
     p.add_argument("--scores", default=None, help="use this score file instead of probing")
-    p.add_argument("--draw-seed", type=int, choices=(0, 1, 2), default=0, help="seeded answer draw: task halueval_qa_seed<N> (default 0)")
+    p.add_argument("--protocol", choices=("truthprobe", "halueval"), default="truthprobe",
+                   help="truthprobe: the TruthProbe paper's prompt and parsing (default); halueval: HaluEval's own judge")
+    p.add_argument("--draw-seed", type=int, choices=(0, 1, 2), default=None,
+                   help="seeded answer draw: task <protocol task>_seed<N> (default 0)")
+    p.add_argument("--seeds", type=_seeds, default=None, metavar="S[,S...]",
+                   help="several answer draws on one loaded model, e.g. 0,1,2: mean and spread (the first chooses the gate)")
+    p.add_argument("--controls", action="store_true",
+                   help="also evaluate random gates and shuffled gates (the chosen gate permuted per layer) on the test rows")
+    p.add_argument("--control-seed", type=int, default=0, help="seed of the random and shuffled gates (default 0)")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="run every prompt in full (the shared prompt prefix is otherwise computed once per batch)")
     p.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size (default 8)")
     p.add_argument("--chat", action="store_true", help="apply the chat template (lm-eval's --apply_chat_template)")
     p.add_argument("--no-knowledge", action="store_true", help="leave the row's knowledge out of the judge prompt (HaluEval's own prompt)")
@@ -56,15 +78,20 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.norm is None) != (args.alpha is None):
         raise MainJobError("--norm and --alpha go together: give both to skip the grid, or neither")
+    if args.seeds is not None and args.draw_seed is not None:
+        raise MainJobError("--draw-seed and --seeds: give one of them (--seeds 0,1,2 for several draws)")
+    seeds = args.seeds or ((0,) if args.draw_seed is None else (args.draw_seed,))
     grid = PUBLISHED_GRID if args.norm is None else ((args.norm, args.alpha),)
     cfg = MainJobConfig(model=args.model, data=args.data, out=args.out, probe_rows=args.probe_rows,
                         val_rows=args.val_rows if args.norm is None else 0, test_rows=args.test_rows, grid=grid,
-                        draw_seed=args.draw_seed, batch_size=args.batch_size, chat=args.chat,
+                        protocol=args.protocol, draw_seeds=seeds, controls=args.controls,
+                        control_seed=args.control_seed, prefix_cache=not args.no_prefix_cache,
+                        batch_size=args.batch_size, chat=args.chat,
                         knowledge=not args.no_knowledge, scores=args.scores, folds=args.folds, trainer=args.trainer,
                         device=args.device, dtype=args.dtype, progress=not args.quiet)
     result = run_main_job(cfg)
     print()
     print(format_table(result), end="")
-    print(f"\nwrote {args.out}/results.md, results.json, scores.json, scores.png and lm_eval/ "
+    print(f"\nwrote {args.out}/results.md, results.json, results.png, scores.json, scores.png and lm_eval/ "
           f"({result.config['seconds']:.0f} s)")
     return 0

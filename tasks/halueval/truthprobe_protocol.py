@@ -1,0 +1,148 @@
+"""HaluEval QA under the TruthProbe paper's protocol (the lmms-eval task ``halueval_remain`` its scripts use).
+
+- Prompt: plain text, no chat template, no few-shot instruction, the row's knowledge included (``PROMPT``; the
+  typo "huallucination", the missing space after ``#Knowledge:`` and the space before ``ASSISTANT:`` are the
+  published text's own).
+- Generation: greedy, at most 7 new tokens, stop at a blank line.
+- Parsing: the reply, lower-cased and stripped, must start with ``yes`` or ``no`` as a word (optionally followed
+  by ``.`` or ``,``); anything else counts as "no" and is also counted as ``unparseable``.
+- Metrics, "Yes" (hallucinated) the positive class: accuracy, precision, recall, F1 (scikit-learn),
+  ``gold_yes_share`` (what the published code calls ``yes_ratio``: the share of gold "Yes" labels) and
+  ``pred_yes_share`` (the share of "Yes" replies); ``correct`` is the per-sample 0/1 that paired tests use.
+
+Rows and answer draws are those of the ``halueval_qa*`` tasks (``utils.build_docs``): the same data options
+(``halueval_path``, ``halueval_offset`` default 292, ``halueval_n``, ``halueval_knowledge``) and the same seeded
+draw per row, so both protocols judge the very same (row, answer) pairs.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+INSTRUCTION = (
+    "You are a huallucination detector. You MUST determine if the provided answer contains hallucination or not "
+    "for the question based on the world knowledge. The answer you provided MUST be Yes or No."
+)
+MAX_NEW_TOKENS = 7
+STOP = "\n\n"
+
+_REPLY = re.compile(r"(yes|no)(?:[.,]|\s|$)")
+
+SINGLE_METRICS = ("acc", "precision", "recall", "f1", "pred_yes_share", "gold_yes_share", "unparseable")
+STD_METRICS = ("acc_std", "precision_std", "recall_std", "f1_std", "pred_yes_share_std")
+
+
+def prompt(question: str, answer: str, knowledge: str | None) -> str:
+    """The published prompt of one (question, answer); ``knowledge=None`` drops the knowledge block."""
+    knowledge_block = f"\n\n#Knowledge:{knowledge}" if knowledge is not None else ""
+    return f"USER: {INSTRUCTION}{knowledge_block}\n\n#Question#: {question}\n#Answer#: {answer} ASSISTANT:"
+
+
+def shared_prefix() -> str:
+    """The text every prompt of the protocol starts with (what a prefix KV cache can hold)."""
+    return f"USER: {INSTRUCTION}\n\n#"
+
+
+def doc_to_text(doc: dict) -> str:
+    return prompt(doc["question"], doc["answer"], doc["knowledge"] if doc["show_knowledge"] else None)
+
+
+def parse_reply(reply: str | None) -> str | None:
+    """``"yes"``, ``"no"``, or None when the reply starts with neither as a word (then scored as "no")."""
+    match = _REPLY.match((reply or "").lower().strip())
+    return match.group(1) if match else None
+
+
+def record(doc: dict, reply: str) -> tuple[int, bool, bool, bool]:
+    """(seed, gold is "Yes", predicted "Yes", reply unparseable): what every metric of one doc aggregates."""
+    parsed = parse_reply(reply)
+    return int(doc["seed"]), bool(doc["hallucinated"]), parsed == "yes", parsed is None
+
+
+def process_results(doc: dict, results: list[str]) -> dict[str, Any]:
+    rec = record(doc, results[0])
+    return {**{name: rec for name in SINGLE_METRICS}, "correct": float(rec[1] == rec[2])}
+
+
+def process_results_seeds(doc: dict, results: list[str]) -> dict[str, Any]:
+    rec = record(doc, results[0])
+    return {**{name: rec for name in SINGLE_METRICS + STD_METRICS}, "correct": float(rec[1] == rec[2])}
+
+
+def scores(gold_yes: Sequence[bool], pred_yes: Sequence[bool]) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 ("Yes" positive; 0 where undefined) and both yes shares, as fractions."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    gold = np.asarray(gold_yes, dtype=bool)
+    pred = np.asarray(pred_yes, dtype=bool)
+    if gold.size == 0:
+        return {"acc": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "pred_yes_share": 0.0, "gold_yes_share": 0.0}
+    precision, recall, f1, _ = precision_recall_fscore_support(gold, pred, average="binary", pos_label=True,
+                                                               zero_division=0)
+    return {"acc": float(accuracy_score(gold, pred)), "precision": float(precision), "recall": float(recall),
+            "f1": float(f1), "pred_yes_share": float(pred.mean()), "gold_yes_share": float(gold.mean())}
+
+
+def per_seed_scores(records: Iterable[Sequence]) -> dict[int, dict[str, float]]:
+    by_seed: dict[int, list] = defaultdict(list)
+    for rec in records:
+        by_seed[int(rec[0])].append(rec)
+    return {seed: scores([r[1] for r in recs], [r[2] for r in recs]) for seed, recs in sorted(by_seed.items())}
+
+
+def _over_seeds(metric: str, records, reduce) -> float:
+    values = [s[metric] for s in per_seed_scores(records).values()]
+    return float(reduce(values)) if values else 0.0
+
+
+def acc_agg(records) -> float:
+    return _over_seeds("acc", records, np.mean)
+
+
+def precision_agg(records) -> float:
+    return _over_seeds("precision", records, np.mean)
+
+
+def recall_agg(records) -> float:
+    return _over_seeds("recall", records, np.mean)
+
+
+def f1_agg(records) -> float:
+    return _over_seeds("f1", records, np.mean)
+
+
+def pred_yes_share_agg(records) -> float:
+    return _over_seeds("pred_yes_share", records, np.mean)
+
+
+def gold_yes_share_agg(records) -> float:
+    return _over_seeds("gold_yes_share", records, np.mean)
+
+
+def unparseable_count(records) -> int:
+    """Replies (all docs, all seeds) that started with neither "yes" nor "no"; they were scored as "no"."""
+    return int(sum(1 for rec in records if rec[3]))
+
+
+def acc_std(records) -> float:
+    """Population standard deviation (ddof=0) over seeds, as for ``halueval_qa``; 0 for one seed."""
+    return _over_seeds("acc", records, np.std)
+
+
+def precision_std(records) -> float:
+    return _over_seeds("precision", records, np.std)
+
+
+def recall_std(records) -> float:
+    return _over_seeds("recall", records, np.std)
+
+
+def f1_std(records) -> float:
+    return _over_seeds("f1", records, np.std)
+
+
+def pred_yes_share_std(records) -> float:
+    return _over_seeds("pred_yes_share", records, np.std)

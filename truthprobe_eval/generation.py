@@ -1,0 +1,135 @@
+"""Faster batched greedy generation for judge prompts that share a long prefix, and first-step logits.
+
+``SharedPrefixGenerator`` runs the prompt prefix that every row of a left-padded batch shares (for the
+TruthProbe protocol the instruction, about 46 SmolLM2 tokens; for HaluEval's few-shot judge most of the
+prompt) once, keeps its KV cache, and generates the batch from a copy of it. The batch is rearranged from
+``[pads | prefix | suffix]`` to ``[prefix | pads | suffix]`` of the same width, with the attention mask
+moved along; transformers derives position ids from the mask (``cumsum - 1``), so every real token keeps its
+position and attends to the same tokens as on the plain path. The outputs equal the plain path's up to float
+rounding of the reordered sums (tests compare the generated tokens); the continuation starts at the same
+column, so callers that strip ``context.shape[1]`` columns (lm-eval's HFLM) are unaffected.
+
+Hooks on the model (gates, interventions) act during the prefix pass exactly as during the plain pass; the
+cache key therefore includes a caller-given ``state`` (the active gate), and ``clear()`` drops everything.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Any, Hashable, Sequence
+
+import torch
+from transformers import LogitsProcessor
+
+MIN_PREFIX_TOKENS = 16  # below this a separate prefix pass does not pay
+
+
+def common_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Length of the token prefix that every row's real (unpadded) tokens share, for a left-padded batch.
+
+    At most the shortest row's length minus one, so that every row keeps at least one token to run.
+    """
+    lengths = attention_mask.sum(dim=1)
+    if bool((attention_mask[:, -1] == 0).any()):
+        return 0  # not left-padded
+    shortest = int(lengths.min())
+    width = input_ids.shape[1]
+    starts = width - lengths
+    rows = torch.stack([input_ids[i, int(s):int(s) + shortest] for i, s in enumerate(starts)])
+    same = (rows == rows[:1]).all(dim=0)
+    mismatch = torch.nonzero(~same)
+    p = int(mismatch[0]) if mismatch.numel() else shortest
+    return max(0, min(p, shortest - 1))
+
+
+def move_prefix_left(input_ids: torch.Tensor, attention_mask: torch.Tensor, p: int,
+                     pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[pads | prefix | suffix]`` -> ``[prefix | pads | suffix]`` (same width), for ids and mask alike."""
+    width = input_ids.shape[1]
+    lengths = attention_mask.sum(dim=1)
+    ids = torch.full_like(input_ids, pad_token_id)
+    mask = torch.zeros_like(attention_mask)
+    for i, n in enumerate(lengths.tolist()):
+        start = width - n
+        ids[i, :p] = input_ids[i, start:start + p]
+        mask[i, :p] = 1
+        ids[i, start + p:] = input_ids[i, start + p:]
+        mask[i, start + p:] = 1
+    return ids, mask
+
+
+class SharedPrefixGenerator:
+    """Generation from a cached shared prefix; a small LRU of prefix caches keyed by (tokens, state)."""
+
+    def __init__(self, model: torch.nn.Module, max_entries: int = 4, min_prefix: int = MIN_PREFIX_TOKENS) -> None:
+        self.model = model
+        self._generate = type(model).generate  # the class's own, even while an instance wrapper routes here
+        self.max_entries = max_entries
+        self.min_prefix = min_prefix
+        self._caches: OrderedDict[tuple, Any] = OrderedDict()
+        self.prefix_passes = 0
+        self.reused = 0
+
+    def clear(self) -> None:
+        self._caches.clear()
+
+    @torch.no_grad()
+    def _prefix_cache(self, prefix: torch.Tensor, state: Hashable):
+        key = (tuple(prefix.tolist()), state)
+        if key in self._caches:
+            self._caches.move_to_end(key)
+            self.reused += 1
+            return self._caches[key]
+        out = self.model(input_ids=prefix[None], attention_mask=torch.ones_like(prefix)[None], use_cache=True)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        self._caches[key] = cache
+        self.prefix_passes += 1
+        while len(self._caches) > self.max_entries:
+            self._caches.popitem(last=False)
+        return cache
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, pad_token_id: int,
+                 state: Hashable = None, **generate_kwargs: Any) -> torch.Tensor:
+        """``model.generate`` on a left-padded batch; from the shared prefix's cache where it is long enough."""
+        p = common_prefix_length(input_ids, attention_mask)
+        if p < self.min_prefix:
+            return self._generate(self.model, input_ids=input_ids, attention_mask=attention_mask,
+                                  pad_token_id=pad_token_id, **generate_kwargs)
+        ids, mask = move_prefix_left(input_ids, attention_mask, p, pad_token_id)
+        cache = copy.deepcopy(self._prefix_cache(ids[0, :p], state))
+        cache.batch_repeat_interleave(ids.shape[0])
+        return self._generate(self.model, input_ids=ids, attention_mask=mask, cache=cache, pad_token_id=pad_token_id,
+                              **generate_kwargs)
+
+
+class FirstStepLogits(LogitsProcessor):
+    """Keeps the logits of the first generation step for a few token ids (it changes nothing)."""
+
+    def __init__(self, token_ids: Sequence[int]) -> None:
+        self.token_ids = torch.as_tensor(list(token_ids), dtype=torch.long)
+        self.logits: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.logits is None:
+            self.logits = scores[:, self.token_ids.to(scores.device)].detach().float().cpu()
+        return scores
+
+
+def answer_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
+    """The distinct first tokens of each word with and without a leading space (" Yes", "Yes", ...)."""
+    ids: list[int] = []
+    for word in words:
+        for text in (word, " " + word):
+            encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if encoded and encoded[0] not in ids:
+                ids.append(int(encoded[0]))
+    return ids
+
+
+def yes_no_margin(logits: torch.Tensor, n_yes: int) -> torch.Tensor:
+    """log P(any "yes" token) - log P(any "no" token) at the first step: logsumexp over each group's logits."""
+    return torch.logsumexp(logits[:, :n_yes], dim=1) - torch.logsumexp(logits[:, n_yes:], dim=1)
+
+
+__all__ = ["FirstStepLogits", "SharedPrefixGenerator", "answer_token_ids", "common_prefix_length",
+           "move_prefix_left", "yes_no_margin"]

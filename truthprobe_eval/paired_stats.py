@@ -1,0 +1,96 @@
+"""Paired comparisons of two judge runs on the same rows: McNemar, paired bootstrap intervals, margin AUROC.
+
+The tests are the libraries' own: the exact McNemar test of statsmodels, scipy's ``bootstrap`` with
+``paired=True`` (rows resampled jointly for both runs), scikit-learn's ``roc_auc_score``. Only the statistics
+being resampled (differences in accuracy and F1, vectorized over resamples) are written here.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import TruthProbeError
+
+N_RESAMPLES = 10_000
+CONFIDENCE = 0.95
+
+
+def _f1(gold: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
+    tp = np.sum(gold & pred, axis=axis)
+    fp = np.sum(~gold & pred, axis=axis)
+    fn = np.sum(gold & ~pred, axis=axis)
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+
+def _acc_difference(gold, base, gated, axis=-1):
+    return np.mean(gated == gold, axis=axis) - np.mean(base == gold, axis=axis)
+
+
+def _f1_difference(gold, base, gated, axis=-1):
+    return _f1(gold, gated, axis) - _f1(gold, base, axis)
+
+
+def _interval(statistic, arrays, seed: int, n_resamples: int, confidence: float) -> tuple[float, float]:
+    from scipy import stats
+
+    observed = float(statistic(*arrays))
+    if all(np.array_equal(arrays[1], a) for a in arrays[2:]):  # identical runs: every resample gives 0
+        return observed, observed
+    res = stats.bootstrap(arrays, statistic, paired=True, vectorized=True, n_resamples=n_resamples,
+                          confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def margin_auroc(gold_yes: np.ndarray, margin: np.ndarray) -> float | None:
+    """AUROC of the Yes-minus-No margin for gold "Yes"; None when a class is missing or a margin is unknown."""
+    from sklearn.metrics import roc_auc_score
+
+    gold = np.asarray(gold_yes, dtype=bool)
+    margin = np.asarray(margin, dtype=float)
+    if gold.all() or not gold.any() or not np.isfinite(margin).all():
+        return None
+    return float(roc_auc_score(gold, margin))
+
+
+def compare_paired(gold_yes: np.ndarray, base_yes: np.ndarray, gated_yes: np.ndarray,
+                   base_margin: np.ndarray | None = None, gated_margin: np.ndarray | None = None, *,
+                   seed: int = 0, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Baseline vs gated on the same rows ("Yes" = hallucinated, the positive class).
+
+    Returns the accuracy and F1 differences with paired percentile-bootstrap intervals, the exact McNemar
+    p-value of the accuracy difference (two-sided; the discordant counts beside it) and, where margins are
+    given, both margin AUROCs.
+    """
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    gold = np.asarray(gold_yes, dtype=bool)
+    base = np.asarray(base_yes, dtype=bool)
+    gated = np.asarray(gated_yes, dtype=bool)
+    if not (gold.shape == base.shape == gated.shape) or gold.ndim != 1 or gold.size < 2:
+        raise TruthProbeError(f"paired comparison: expected three equal-length 1-D arrays of at least 2 rows, found "
+                              f"{gold.shape}, {base.shape} and {gated.shape}")
+    base_ok, gated_ok = base == gold, gated == gold
+    table = [[int(np.sum(base_ok & gated_ok)), int(np.sum(base_ok & ~gated_ok))],
+             [int(np.sum(~base_ok & gated_ok)), int(np.sum(~base_ok & ~gated_ok))]]
+    test = mcnemar(table, exact=True)
+    arrays = (gold, base, gated)
+    acc_lo, acc_hi = _interval(_acc_difference, arrays, seed, n_resamples, confidence)
+    f1_lo, f1_hi = _interval(_f1_difference, arrays, seed, n_resamples, confidence)
+    out: dict[str, Any] = {
+        "n": int(gold.size),
+        "acc_delta": float(_acc_difference(*arrays)), "acc_delta_ci": [acc_lo, acc_hi],
+        "f1_delta": float(_f1_difference(*arrays)), "f1_delta_ci": [f1_lo, f1_hi],
+        "mcnemar_p": float(test.pvalue), "mcnemar_method": "exact (statsmodels)",
+        "only_baseline_right": table[0][1], "only_gated_right": table[1][0],
+        "bootstrap": {"method": "percentile, paired", "n_resamples": n_resamples, "confidence": confidence,
+                      "seed": seed},
+    }
+    if base_margin is not None and gated_margin is not None:
+        out["auroc_baseline"] = margin_auroc(gold, base_margin)
+        out["auroc_gated"] = margin_auroc(gold, gated_margin)
+    return out
+
+
+__all__ = ["compare_paired", "margin_auroc"]

@@ -19,7 +19,8 @@ from truthprobe_eval.scores import TruthScores
 
 
 def _evaluation(name: str, **metrics) -> Evaluation:
-    full = {"acc": 0.0, "f1": 0.0, "precision": 0.0, "recall": 0.0, "yes_ratio": 0.0, "unparseable": 0, **metrics}
+    full = {"acc": 0.0, "f1": 0.0, "precision": 0.0, "recall": 0.0, "pred_yes_share": 0.0, "gold_yes_share": 0.0,
+            "unparseable": 0, "margin_auroc": 0.5, **metrics}
     return Evaluation(name, "ablation", {}, full, (0, 1), 0.0, "", "")
 
 
@@ -66,7 +67,7 @@ def test_regime_probes_every_setting_and_evaluates_each_gate(regime):
         assert scores.meta["n_samples"] == 2 * int(r["rows"]) and scores.values.shape == (30, 9)
         assert float(r["mean_score"]) == pytest.approx(scores.values.mean())
         result = json.loads((regime / "lm_eval" / f"regime_rows{r['rows']}_epochs{r['epochs']}.json").read_text())
-        assert float(r["val_f1"]) == result["results"]["halueval_qa_seed0"]["f1,none"]
+        assert float(r["val_f1"]) == result["results"]["halueval_truthprobe_seed0"]["f1,none"]
     assert (regime / "ablation.png").stat().st_size > 5000
     assert "Probing regime" in (regime / "ablation.md").read_text()
 
@@ -82,10 +83,10 @@ def test_random_ablation_collects_lm_eval_results(regime, tmp_path):
     payload = json.loads((out / "ablation.json").read_text())
 
     def f1_of(name: str) -> float:
-        return json.loads((out / "lm_eval" / f"{name}.json").read_text())["results"]["halueval_qa_seed0"]["f1,none"]
+        return json.loads((out / "lm_eval" / f"{name}.json").read_text())["results"]["halueval_truthprobe_seed0"]["f1,none"]
 
     def acc_of(name: str) -> float:
-        return json.loads((out / "lm_eval" / f"{name}.json").read_text())["results"]["halueval_qa_seed0"]["acc,none"]
+        return json.loads((out / "lm_eval" / f"{name}.json").read_text())["results"]["halueval_truthprobe_seed0"]["acc,none"]
 
     names = [f"random_centered_4.5_seed{s}" for s in (0, 1, 2)]
     accs = [acc_of(n) for n in names]

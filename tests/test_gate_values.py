@@ -61,7 +61,7 @@ def test_random_gates_ignore_scores_and_follow_the_seed(s, seed):
 @settings(max_examples=30, deadline=None)
 def test_alpha_zero_is_identity_for_every_norm_and_kind(s):
     for norm in ("centered", "minmax", "raw"):
-        for kind in ("truthprobe", "inverse", "random", "none"):
+        for kind in ("truthprobe", "inverse", "random", "shuffled", "none"):
             np.testing.assert_array_equal(gate_values(s, 0.0, norm, kind), np.ones_like(s))
 
 
@@ -78,9 +78,19 @@ def test_negative_gates_warn_with_their_count():
         (dict(alpha=math.inf), "alpha: expected a finite number"),
         (dict(alpha="strong"), "found 'strong'"),
         (dict(alpha=1.0, norm="centred"), "norm: expected one of centered, minmax, raw, found 'centred'"),
-        (dict(alpha=1.0, kind="reverse"), "gate: expected one of truthprobe, random, inverse, none"),
+        (dict(alpha=1.0, kind="reverse"), "gate: expected one of truthprobe, random, inverse, shuffled, none"),
     ],
 )
 def test_bad_settings(kwargs, message):
     with pytest.raises(GateConfigError, match=message):
         gate_values(np.ones((2, 2)), **kwargs)
+
+
+def test_shuffled_gates_are_the_truthprobe_gates_permuted_within_each_layer():
+    s = np.random.default_rng(2).uniform(0.4, 0.95, size=(6, 9))
+    tp_gates = gate_values(s, 0.3, "minmax")
+    shuffled = gate_values(s, 0.3, "minmax", kind="shuffled", seed=1)
+    np.testing.assert_array_equal(np.sort(shuffled, axis=1), np.sort(tp_gates, axis=1))  # same values per layer
+    assert not np.array_equal(shuffled, tp_gates)  # on other heads
+    np.testing.assert_array_equal(shuffled, gate_values(s, 0.3, "minmax", kind="shuffled", seed=1))
+    assert not np.array_equal(shuffled, gate_values(s, 0.3, "minmax", kind="shuffled", seed=2))

@@ -167,7 +167,8 @@ CASE = [(True, "Yes"), (True, "Yes."), (True, "No"), (True, "???"),
 def test_metrics_of_one_seed_match_a_hand_computed_case(manager):
     task = manager.load(["halueval_qa_seed0"])["tasks"]["halueval_qa_seed0"]
     per_doc = [task.process_results(_doc(0, gold), [reply]) for gold, reply in CASE]
-    assert set(per_doc[0]) == {"acc", "precision", "recall", "f1", "yes_ratio", "unparseable", "correct"}
+    assert set(per_doc[0]) == {"acc", "precision", "recall", "f1", "yes_ratio", "pred_yes_share", "gold_yes_share",
+                               "unparseable", "correct"}
     assert [d["correct"] for d in per_doc] == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]  # the per-sample 0/1
     agg = {name: fn([d[name] for d in per_doc]) for name, fn in task.aggregation().items()}
     assert agg["correct"] == pytest.approx(agg["acc"])

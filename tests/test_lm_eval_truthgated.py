@@ -60,7 +60,7 @@ def gated_lm(smollm2, scores_file):
     ({"alpha": True}, GateConfigError, "alpha: expected a finite number, found True"),
     ({"norm": "centred"}, GateConfigError, "norm: expected one of centered, minmax, raw, found 'centred'"),
     ({"site": "o_proj"}, GateConfigError, "site: expected one of o_proj_output, o_proj_input, found 'o_proj'"),
-    ({"gate": "truthprob"}, GateConfigError, "gate: expected one of truthprobe, random, inverse, none, found 'truthprob'"),
+    ({"gate": "truthprob"}, GateConfigError, "gate: expected one of truthprobe, random, inverse, shuffled, none, found 'truthprob'"),
     ({"apply": "baked"}, GateConfigError, "apply: expected one of hook, bake, found 'baked'"),
     ({"seed": "x"}, GateConfigError, "seed: expected an integer, found 'x'"),
     ({"scores": None}, GateConfigError, "scores: gate='truthprobe' needs Truth Scores, found none; pass scores=PATH"),

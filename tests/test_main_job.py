@@ -1,21 +1,24 @@
 """``truthprobe run`` on tiny sizes with the real SmolLM2: probing, validation and test rows never overlap, the gate
-is the validation-F1 winner, and the table, the score file, the heatmap and every lm-eval file are written."""
+is the validation-F1 winner, controls and several answer draws run on one loaded model, the paired statistics are
+statsmodels' and scipy's on the written per-sample files, and every output is written."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from truthprobe_eval import TruthProbeError
 from truthprobe_eval.cli import main
-from truthprobe_eval.main_job import Evaluation, MainJobConfig, format_table, run_main_job, select_best
-
-pytestmark = pytest.mark.slow
+from truthprobe_eval.halueval_judge import per_sample
+from truthprobe_eval.main_job import Evaluation, MainJobConfig, MainJobResult, SeedResult, format_table, run_main_job, select_best
 
 
 def _evaluation(name: str, gate: dict, f1: float, acc: float) -> Evaluation:
-    metrics = {"acc": acc, "f1": f1, "precision": 0.0, "recall": 0.0, "yes_ratio": 0.0, "unparseable": 0}
+    metrics = {"acc": acc, "f1": f1, "precision": 0.0, "recall": 0.0, "pred_yes_share": 0.0, "gold_yes_share": 0.5,
+               "unparseable": 0, "margin_auroc": 0.5}
     return Evaluation(name, "validation", gate, metrics, (0, 1), 0.0, "", "")
 
 
@@ -30,7 +33,10 @@ def test_select_best_is_the_highest_validation_f1_then_accuracy():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"probe_rows": 9000, "val_rows": 900, "test_rows": 200}, "rows: probe 9000 \\+ validation 900 \\+ test 200 = 10100, but the data has 10000 rows"),
-    ({"draw_seed": 3}, "draw seed: expected 0, 1 or 2"),
+    ({"draw_seeds": (3,)}, "draw seeds: expected distinct seeds among 0, 1, 2"),
+    ({"draw_seeds": (0, 0)}, "draw seeds: expected distinct seeds"),
+    ({"protocol": "lmms"}, "protocol: expected one of truthprobe, halueval, found 'lmms'"),
+    ({"test_rows": 1}, "test rows: expected an integer >= 2"),
     ({"grid": (("centred", 2.5),)}, "norm: expected one of centered, minmax, raw, found 'centred'"),
     ({"val_rows": 0}, "validation rows: 0 leaves nothing to choose among 7 gate settings"),
 ])
@@ -39,61 +45,127 @@ def test_bad_settings_fail_before_any_model_work(kwargs, message, tmp_path):
         run_main_job(MainJobConfig(model="/no/such/model", out=str(tmp_path), **kwargs))
 
 
-def test_cli_flag_errors(tmp_path, capsys):
-    assert main(["run", "--norm", "centered", "--out", str(tmp_path)]) == 2
-    assert "--norm and --alpha go together" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--norm", "centered"], "--norm and --alpha go together"),
+    (["--seeds", "0,1", "--draw-seed", "1"], "--draw-seed and --seeds: give one of them"),
+])
+def test_cli_flag_errors(argv, message, tmp_path, capsys):
+    assert main(["run", *argv, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_rejects_bad_seed_lists(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--seeds", "0,5", "--out", str(tmp_path)])
+    assert "expected distinct draw seeds among 0, 1, 2" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = MainJobConfig(out=str(out), probe_rows=12, val_rows=2, test_rows=2, folds=3, batch_size=2,
-                        grid=(("centered", 2.5), ("minmax", 0.2)), progress=False)
+    cfg = MainJobConfig(out=str(out), probe_rows=12, val_rows=4, test_rows=6, folds=3, batch_size=3,
+                        grid=(("centered", 2.5), ("minmax", 0.3)), draw_seeds=(0, 1), controls=True, progress=False)
     lines: list[str] = []
     return run_main_job(cfg, log=lines.append), out, lines
 
 
+def _rows(evaluation) -> set[int]:
+    samples = [json.loads(line) for line in Path(evaluation.samples_file).read_text().splitlines()]
+    return {s["doc"]["row"] for s in samples}
+
+
+@pytest.mark.slow
 def test_rows_are_disjoint_and_outputs_written(tiny_run):
     result, out, lines = tiny_run
-    assert (out / "scores.json").is_file() and (out / "scores.png").stat().st_size > 1000
+    for name in ("scores.png", "results.png"):
+        assert (out / name).stat().st_size > 1000
     scores_meta = json.loads((out / "scores.json").read_text())["meta"]
     assert scores_meta["n_samples"] == 24 and scores_meta["offset"] == 0  # rows 0-11, two answers each
-
-    def rows(evaluation) -> set[int]:
-        samples = [json.loads(line) for line in Path(evaluation.samples_file).read_text().splitlines()]
-        return {s["doc"]["row"] for s in samples}
-
-    val = set().union(*(rows(e) for e in result.validation))
-    test = rows(result.baseline)
-    assert val == {12, 13} and test == {14, 15} == rows(result.gated)
-    assert [e.name for e in result.validation] == ["val_baseline", "val_centered_2.5", "val_minmax_0.2"]
-    for e in [*result.validation, result.baseline, result.gated]:
-        assert json.loads(Path(e.result_file).read_text())["results"]["halueval_qa_seed0"]["f1,none"] == e.metrics["f1"]
+    val = set().union(*(_rows(e) for e in result.validation))
+    assert val == {12, 13, 14, 15}
+    assert [e.name for e in result.validation] == ["val_baseline", "val_centered_2.5", "val_minmax_0.3"]
+    assert [s.draw_seed for s in result.seeds] == [0, 1]
+    for s in result.seeds:
+        runs = [s.baseline, s.gated, *s.controls.values()]
+        assert all(_rows(e) == set(range(16, 22)) for e in runs)
+        assert set(s.controls) == {"random", "shuffled"}
+        task = f"halueval_truthprobe_seed{s.draw_seed}"
+        for e in runs:
+            assert json.loads(Path(e.result_file).read_text())["results"][task]["f1,none"] == e.metrics["f1"]
     assert any(line.startswith("probing: HaluEval rows 0-11") for line in lines)
 
 
-def test_selected_gate_and_table(tiny_run):
+@pytest.mark.slow
+def test_selected_gate_controls_and_draws(tiny_run):
     result, out, _ = tiny_run
     best = select_best(result.validation)
     assert result.selected["norm"] == best.gate["norm"] and result.selected["alpha"] == best.gate["alpha"]
-    assert result.gated.gate["gate"] == "truthprobe" and result.gated.gate["alpha"] == result.selected["alpha"]
-    assert result.baseline.gate["gate"] == "none"
+    for s in result.seeds:
+        assert s.gated.gate["gate"] == "truthprobe" and s.gated.gate["alpha"] == result.selected["alpha"]
+        assert s.baseline.gate["gate"] == "none"
+        for kind, control in s.controls.items():
+            assert control.gate["gate"] == kind and control.gate["alpha"] == result.selected["alpha"]
+            assert control.gate["norm"] == result.selected["norm"]
+    docs = {s.draw_seed: [json.loads(x)["doc"]["answer"] for x in Path(s.baseline.samples_file).read_text().splitlines()]
+            for s in result.seeds}
+    assert docs[0] != docs[1]  # two answer draws, not the same rows twice
     saved = json.loads((out / "results.json").read_text())
-    for metric, delta in saved["test"]["delta"].items():
-        assert delta == pytest.approx(result.gated.metrics[metric] - result.baseline.metrics[metric])
-    table = (out / "results.md").read_text()
-    assert table == format_table(result)
-    f1_row = f"{100 * result.baseline.metrics['f1']:.1f}"
-    assert "| baseline | " in table and f1_row in table and "| delta | " in table
+    over = saved["over_seeds"]["delta"]["f1"]
+    deltas = [s.gated.metrics["f1"] - s.baseline.metrics["f1"] for s in result.seeds]
+    assert over["mean"] == pytest.approx(np.mean(deltas)) and over["std"] == pytest.approx(np.std(deltas))
+    assert set(saved["stage_seconds"]) >= {"load", "probe", "validation", "test_seed0", "controls_seed1", "total"}
+    assert (out / "results.md").read_text() == format_table(result)
+
+
+@pytest.mark.slow
+def test_statistics_are_the_libraries_on_the_sample_files(tiny_run):
+    from sklearn.metrics import f1_score, roc_auc_score
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    result, _, _ = tiny_run
+    for s in result.seeds:
+        base, gated = per_sample(s.baseline.samples_file), per_sample(s.gated.samples_file)
+        assert base["correct"] == pytest.approx((base["gold_yes"] == base["pred_yes"]).astype(float))
+        b, g = base["correct"].astype(bool), gated["correct"].astype(bool)
+        table = [[np.sum(b & g), np.sum(b & ~g)], [np.sum(~b & g), np.sum(~b & ~g)]]
+        st = s.stats["gated"]
+        assert st["mcnemar_p"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+        assert st["acc_delta"] == pytest.approx(g.mean() - b.mean())
+        assert st["f1_delta"] == pytest.approx(f1_score(gated["gold_yes"], gated["pred_yes"], zero_division=0)
+                                               - f1_score(base["gold_yes"], base["pred_yes"], zero_division=0))
+        assert st["acc_delta_ci"][0] <= st["acc_delta"] <= st["acc_delta_ci"][1]
+        assert np.isfinite(base["margin"]).all() and np.isfinite(gated["margin"]).all()
+        if 0 < base["gold_yes"].sum() < len(base["gold_yes"]):
+            assert st["auroc_baseline"] == pytest.approx(roc_auc_score(base["gold_yes"], base["margin"]))
+        assert set(s.stats) == {"gated", "random", "shuffled", "gated_vs_shuffled"}
+        # the binomial form of the exact McNemar test, as a second opinion
+        n = st["only_gated_right"] + st["only_baseline_right"]
+        if n:
+            assert st["mcnemar_p"] == pytest.approx(stats.binomtest(st["only_gated_right"], n, 0.5).pvalue)
+
+
+@pytest.mark.slow
+def test_halueval_protocol_still_runs(tmp_path):
+    cfg = MainJobConfig(out=str(tmp_path), protocol="halueval", probe_rows=12, val_rows=0, test_rows=2, folds=3,
+                        batch_size=2, grid=(("minmax", 0.3),), progress=False)
+    result = run_main_job(cfg, log=lambda _line: None)
+    assert result.config["task"] == "halueval_qa_seed0"
+    assert result.selected["by"] == "given" and not result.validation
+    assert json.loads(Path(result.gated.result_file).read_text())["results"]["halueval_qa_seed0"]["acc,none"] == \
+        result.gated.metrics["acc"]
 
 
 @pytest.mark.parametrize("gated_f1, note", [(0.0, True), (0.3, False)])
 def test_table_says_when_no_gate_beat_the_baseline(gated_f1, note):
-    from truthprobe_eval.main_job import MainJobResult
-
     val = [_evaluation("val_baseline", {"gate": "none"}, 0.0, 0.5),
            _evaluation("val_centered_2.5", {"gate": "truthprobe", "norm": "centered", "alpha": 2.5}, gated_f1, 0.5)]
-    result = MainJobResult(config={"draw_seed": 0, "val_offset": 10, "test_offset": 20}, scores_file="", heatmap_file=None,
-                           validation=val, baseline=val[0], gated=val[1],
-                           selected={"norm": "centered", "alpha": 2.5, "by": "validation F1"})
-    assert ("No gate beat the baseline's validation F1 (0.0)" in format_table(result)) is note
+    stats_row = {"acc_delta": 0.0, "acc_delta_ci": [-0.1, 0.1], "f1_delta": gated_f1, "f1_delta_ci": [0.0, 0.5],
+                 "mcnemar_p": 1.0, "only_baseline_right": 0, "only_gated_right": 0}
+    seed = SeedResult(0, val[0], val[1], stats={"gated": stats_row})
+    result = MainJobResult(config={"model": "m", "protocol": "truthprobe", "probe_rows": 10, "draw_seeds": [0],
+                                   "val_offset": 10, "test_offset": 20}, scores_file="", heatmap_file=None,
+                           validation=val, selected={"norm": "centered", "alpha": 2.5, "by": "validation F1"},
+                           seeds=[seed])
+    table = format_table(result)
+    assert ("No gate beat the baseline's validation F1 (0.0)" in table) is note
+    assert "not significant at 0.05" in table and "includes 0" in table

@@ -138,3 +138,26 @@ def test_load_activations_errors(tmp_path):
     (tmp_path / "manifest.json").write_text('{"format": "something-else", "format_version": 1}')
     with pytest.raises(ActivationCacheError, match="expected format 'truthprobe-activations'"):
         load_activations(tmp_path)
+
+
+@pytest.mark.slow
+def test_no_cache_equals_cache_bitwise(smollm2, uninterrupted):
+    """Same inputs, same seed: the same activations bit for bit with and without the cache (same shard batches)."""
+    model, tok = smollm2
+    X, folder = _extract(model, tok, None)
+    assert folder is None
+    assert X.dtype == uninterrupted[0].dtype and np.array_equal(X, uninterrupted[0])
+
+
+@pytest.mark.slow
+def test_no_cache_and_cached_probing_give_identical_scores(smollm2, tmp_path):
+    """The whole probing path on real HaluEval rows (several shards of length-sorted batches): equal Truth Scores."""
+    from truthprobe_eval.probing.data import halueval_examples
+    from truthprobe_eval.probing.pipeline import probe_model
+
+    model, tok = smollm2
+    examples = halueval_examples(None, offset=0, n=40)
+    kwargs = dict(n_folds=3, batch_size=8, shard_size=32, progress=False)
+    cached = probe_model(model, tok, examples, cache_dir=tmp_path / "cache", **kwargs)
+    plain = probe_model(model, tok, examples, cache_dir=None, **kwargs)
+    assert np.array_equal(cached.values, plain.values)

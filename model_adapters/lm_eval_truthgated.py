@@ -30,8 +30,8 @@ from lm_eval.models.huggingface import HFLM
 from transformers import LogitsProcessorList
 
 from ..errors import GateConfigError, ScoreFileError
-from ..generation import FirstStepLogits, SharedPrefixGenerator, answer_token_ids, yes_no_margin
 from ..gating import KINDS, NORMS, SITES, bake, check_gate_settings, gate
+from ..generation import FirstStepLogits, SharedPrefixGenerator, answer_token_ids, yes_no_margin
 from ..models import resolve_model_path
 from ..scores import TruthScores
 

@@ -13,7 +13,15 @@ from scipy import stats
 from truthprobe_eval import TruthProbeError
 from truthprobe_eval.cli import main
 from truthprobe_eval.halueval_judge import per_sample
-from truthprobe_eval.main_job import Evaluation, MainJobConfig, MainJobResult, SeedResult, format_table, run_main_job, select_best
+from truthprobe_eval.main_job import (
+    Evaluation,
+    MainJobConfig,
+    MainJobResult,
+    SeedResult,
+    format_table,
+    run_main_job,
+    select_best,
+)
 
 
 def _evaluation(name: str, gate: dict, f1: float, acc: float) -> Evaluation:

@@ -26,7 +26,16 @@ import numpy as np
 
 from ._io import atomic_write_text
 from .errors import TruthProbeError
-from .halueval_judge import LABELS, METRICS, PROTOCOLS, Evaluation, HaluEvalJudge, JudgeSettings, per_sample, select_best
+from .halueval_judge import (
+    LABELS,
+    METRICS,
+    PROTOCOLS,
+    Evaluation,
+    HaluEvalJudge,
+    JudgeSettings,
+    per_sample,
+    select_best,
+)
 
 PUBLISHED_GRID: tuple[tuple[str, float], ...] = (
     ("centered", 2.5), ("centered", 4.5), ("centered", 6.0), ("centered", 7.5),

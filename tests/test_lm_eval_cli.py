@@ -93,3 +93,41 @@ def test_cli_reports_missing_scores_before_loading(tmp_path):
     assert res.returncode != 0
     assert "GateConfigError: scores: gate='truthprobe' needs Truth Scores, found none" in res.stderr
     assert "Loading weights" not in res.stderr + res.stdout
+
+
+PUBLISHED_TASK = "halueval_truthprobe_seed0"
+
+
+def _published_run(out: Path, model: str, model_args: str) -> tuple[dict, list[dict]]:
+    cmd = [str(BIN / "lm_eval"), "--model", model, "--model_args", model_args, "--tasks", PUBLISHED_TASK,
+           "--limit", "6", "--device", "cpu", "--batch_size", "3", "--log_samples", "--output_path", str(out)]
+    res = _run(cmd)
+    assert res.returncode == 0, res.stderr[-4000:]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())
+    samples = [json.loads(x) for x in next(out.rglob(f"samples_{PUBLISHED_TASK}_*.jsonl")).read_text().splitlines()]
+    return results, sorted(samples, key=lambda s: s["doc_id"])
+
+
+def test_published_protocol_task_from_the_cli_equals_stock_hf(tmp_path):
+    """The TruthProbe-protocol task through the stock CLI: truthgated (gate none, prefix KV cache on) gives the
+    stock ``hf`` model's replies and metrics on the same rows."""
+    ours, our_samples = _published_run(tmp_path / "ours", "truthgated", "pretrained=smollm2-135m-instruct,gate=none")
+    from truthprobe_eval.models import resolve_model_path
+
+    hf_path = resolve_model_path("smollm2-135m-instruct")
+    theirs, their_samples = _published_run(tmp_path / "hf", "hf", f"pretrained={hf_path}")
+    assert [s["resps"] for s in our_samples] == [s["resps"] for s in their_samples]
+    metrics = ours["results"][PUBLISHED_TASK]
+    for name in ("acc", "precision", "recall", "f1", "pred_yes_share", "gold_yes_share", "unparseable", "correct"):
+        assert metrics[f"{name},none"] == theirs["results"][PUBLISHED_TASK][f"{name},none"]
+    assert all(s["arguments"]["gen_args_0"]["arg_0"].endswith(" ASSISTANT:") for s in our_samples)
+    assert all(s["arguments"]["gen_args_0"]["arg_0"].startswith("USER: You are a huallucination detector.")
+               for s in our_samples)
+
+
+def test_shuffled_gate_from_the_cli(scores_file, tmp_path):
+    results, _ = _published_run(tmp_path, "truthgated", f"pretrained=smollm2-135m-instruct,scores={scores_file},"
+                                                        "gate=shuffled,alpha=0.3,norm=minmax,seed=4")
+    gate = results["config"]["truthprobe_gate"]
+    assert (gate["gate"], gate["seed"], gate["alpha"], gate["norm"]) == ("shuffled", 4, 0.3, "minmax")
+    assert 0.0 <= results["results"][PUBLISHED_TASK]["acc,none"] <= 1.0

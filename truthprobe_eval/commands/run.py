@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
         "chosen gate on the following --test-rows rows, with an exact McNemar test, paired bootstrap intervals "
         "and the first-token margin's AUROC. --protocol truthprobe (default) is the TruthProbe paper's protocol "
         "(lm-eval task halueval_truthprobe_seed<N>); --protocol halueval is HaluEval's own few-shot judge "
-        "(halueval_qa_seed<N>, about 4x slower). The three row ranges never overlap. Prints one table and writes it "
+        "(halueval_qa_seed<N>). The three row ranges never overlap. Prints one table and writes it "
         "(results.md, results.json, results.png) with the score file, its heatmap and every lm-eval result and "
         "per-sample file to --out. The defaults take about 7 minutes on a 2-core CPU (measured: "
         "benchmarks/RESULTS.md); --controls adds random and shuffled gates on the test rows.",

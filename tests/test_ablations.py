@@ -81,6 +81,8 @@ def test_random_ablation_collects_lm_eval_results(regime, tmp_path):
     assert main(["ablate", "random", "--scores", str(scores), "--alpha", "4.5", "--seeds", "0,1,2", "--offset", "10",
                  "--n", "2", "--batch-size", "2", "--out", str(out), "--quiet"]) == 0
     payload = json.loads((out / "ablation.json").read_text())
+    assert (payload["task"], payload["protocol"], payload["offset"], payload["n"]) == (
+        "halueval_truthprobe_seed0", "truthprobe", 10, 2)  # the result says how it was made
 
     def f1_of(name: str) -> float:
         return json.loads((out / "lm_eval" / f"{name}.json").read_text())["results"]["halueval_truthprobe_seed0"]["f1,none"]
@@ -121,5 +123,6 @@ def test_grid_marks_the_validation_f1_winner(regime, tmp_path):
     tied = [r for r in gated if float(r["f1"]) == best_f1]
     assert float(chosen[0]["acc"]) == max(float(r["acc"]) for r in tied)
     payload = json.loads((tmp_path / "ablation.json").read_text())
+    assert payload["task"] == "halueval_truthprobe_seed0"
     assert (payload["best"]["norm"], payload["best"]["alpha"]) == (chosen[0]["norm"], float(chosen[0]["alpha"]))
     assert Path(tmp_path / "ablation.png").stat().st_size > 5000

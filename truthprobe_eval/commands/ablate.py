@@ -104,6 +104,12 @@ def _setup(args: argparse.Namespace):
     return out, model, tokenizer, HaluEvalJudge(model, tokenizer, settings, out)
 
 
+def _describe(args: argparse.Namespace, judge) -> dict:
+    """What every ablation.json records about how it was evaluated."""
+    return {"model": args.model, "task": judge.task, "protocol": judge.settings.protocol,
+            "draw_seed": judge.settings.draw_seed, "offset": args.offset, "n": args.n}
+
+
 def _write(out, headers, rows, payload: dict, plot, title: str) -> None:
     import json
 
@@ -128,7 +134,7 @@ def run_random(args: argparse.Namespace) -> int:
     result = ab.random_gate_ablation(judge, scores, alpha=args.alpha, norm=args.norm, seeds=args.seeds,
                                      offset=args.offset, n=args.n)
     headers, rows = ab.random_ablation_table(result)
-    _write(out, headers, rows, result.to_dict(), lambda p: ab.plot_random_ablation(result, p),
+    _write(out, headers, rows, {**_describe(args, judge), **result.to_dict()}, lambda p: ab.plot_random_ablation(result, p),
            f"Random-gate ablation: rows {args.offset}-{args.offset + args.n - 1}, {args.norm} alpha {args.alpha:g}, "
            f"{len(args.seeds)} seeds")
     return 0
@@ -146,7 +152,7 @@ def run_grid(args: argparse.Namespace) -> int:
     result = ab.grid_search(judge, scores, grid=grid, offset=args.offset, n=args.n)
     headers, rows = ab.grid_table(result)
     best = result.best
-    _write(out, headers, rows, result.to_dict(), lambda p: ab.plot_grid(result, p),
+    _write(out, headers, rows, {**_describe(args, judge), **result.to_dict()}, lambda p: ab.plot_grid(result, p),
            f"Alpha/norm grid on rows {args.offset}-{args.offset + args.n - 1}: chosen {best.gate['norm']}, "
            f"alpha {best.gate['alpha']:g}")
     return 0
@@ -161,7 +167,7 @@ def run_regime(args: argparse.Namespace) -> int:
                              alpha=args.alpha, norm=args.norm, offset=args.offset, n=args.n, data=args.data,
                              folds=args.folds, batch_size=args.probe_batch_size, out=out, progress=not args.quiet)
     headers, table = ab.regime_table(rows)
-    _write(out, headers, table, {"rows": [r.flat() for r in rows]}, lambda p: ab.plot_regime(rows, p),
+    _write(out, headers, table, {**_describe(args, judge), "rows": [r.flat() for r in rows]}, lambda p: ab.plot_regime(rows, p),
            f"Probing regime: rows {args.sizes} x epochs {args.epochs}"
            + ("" if args.no_eval else f"; gate {args.norm} alpha {args.alpha:g} on rows {args.offset}-{args.offset + args.n - 1}"))
     return 0

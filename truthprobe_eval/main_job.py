@@ -156,10 +156,6 @@ class MainJobResult:
     def gated(self) -> Evaluation:
         return self.seeds[0].gated
 
-    def deltas(self, seed_index: int = 0) -> dict[str, float]:
-        s = self.seeds[seed_index]
-        return {m: s.gated.metrics[m] - s.baseline.metrics[m] for m in METRICS}
-
     def over_seeds(self) -> dict[str, dict[str, dict[str, float]]]:
         """Per run (baseline, gated, delta) and metric: mean and population std (ddof=0) over the draws."""
         runs = {"baseline": [s.baseline.metrics for s in self.seeds], "gated": [s.gated.metrics for s in self.seeds]}
@@ -210,12 +206,12 @@ def _run_label(result: MainJobResult, name: str) -> str:
             "shuffled": f"control: shuffled gates (seed {seed})"}[name]
 
 
-def _significance_line(label: str, st: dict[str, Any], level: float = 0.05) -> str:
+def _significance_line(first: str, second: str, st: dict[str, Any], level: float = 0.05) -> str:
+    """One sentence on ``first - second`` (``compare_paired(second, first)``)."""
     verdict = "significant" if st["mcnemar_p"] < level else "not significant"
     lo, hi = st["acc_delta_ci"]
     flo, fhi = st["f1_delta_ci"]
-    first, second = label.split(" - ")
-    return (f"{label}: accuracy {100 * st['acc_delta']:+.1f} (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), "
+    return (f"{first} - {second}: accuracy {100 * st['acc_delta']:+.1f} (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), "
             f"exact McNemar p = {st['mcnemar_p']:.3g} (rows only {first} got right: {st['only_gated_right']}, "
             f"only {second}: {st['only_baseline_right']}), {verdict} at {level:g}; F1 {100 * st['f1_delta']:+.1f} "
             f"(95% CI {100 * flo:+.1f} to {100 * fhi:+.1f}"
@@ -238,8 +234,8 @@ def format_seed(result: MainJobResult, s: SeedResult) -> list[str]:
     lines.append("")
     for name, st in s.stats.items():
         short = {"gated": "TruthProbe", "random": "random gates", "shuffled": "shuffled gates"}
-        label = "TruthProbe - shuffled gates" if name == "gated_vs_shuffled" else f"{short[name]} - baseline"
-        lines.append("- " + _significance_line(label, st))
+        first, second = ("TruthProbe", "shuffled gates") if name == "gated_vs_shuffled" else (short[name], "baseline")
+        lines.append("- " + _significance_line(first, second, st))
     return lines
 
 

@@ -93,56 +93,32 @@ def per_seed_scores(records: Iterable[Sequence]) -> dict[int, dict[str, float]]:
     return {seed: scores([r[1] for r in recs], [r[2] for r in recs]) for seed, recs in sorted(by_seed.items())}
 
 
-def _over_seeds(metric: str, records, reduce) -> float:
-    values = [s[metric] for s in per_seed_scores(records).values()]
-    return float(reduce(values)) if values else 0.0
+def _over_seeds(metric: str, reduce, doc: str):
+    """An lm-eval aggregation: ``reduce`` (mean, or population std with ddof=0) of ``metric`` over the seeds."""
+
+    def aggregate(records) -> float:
+        values = [s[metric] for s in per_seed_scores(records).values()]
+        return float(reduce(values)) if values else 0.0
+
+    aggregate.__name__ = aggregate.__qualname__ = f"{metric}_{'agg' if reduce is np.mean else 'std'}"
+    aggregate.__doc__ = doc
+    return aggregate
 
 
-def acc_agg(records) -> float:
-    return _over_seeds("acc", records, np.mean)
-
-
-def precision_agg(records) -> float:
-    return _over_seeds("precision", records, np.mean)
-
-
-def recall_agg(records) -> float:
-    return _over_seeds("recall", records, np.mean)
-
-
-def f1_agg(records) -> float:
-    return _over_seeds("f1", records, np.mean)
-
-
-def pred_yes_share_agg(records) -> float:
-    return _over_seeds("pred_yes_share", records, np.mean)
-
-
-def gold_yes_share_agg(records) -> float:
-    return _over_seeds("gold_yes_share", records, np.mean)
+# the names the task YAMLs refer to (``!function truthprobe_protocol.<name>``)
+acc_agg = _over_seeds("acc", np.mean, "Accuracy, mean over seeds.")
+precision_agg = _over_seeds("precision", np.mean, "Precision, mean over seeds.")
+recall_agg = _over_seeds("recall", np.mean, "Recall, mean over seeds.")
+f1_agg = _over_seeds("f1", np.mean, "F1, mean over seeds.")
+pred_yes_share_agg = _over_seeds("pred_yes_share", np.mean, "Share of \"Yes\" replies, mean over seeds.")
+gold_yes_share_agg = _over_seeds("gold_yes_share", np.mean, "Share of gold \"Yes\" labels, mean over seeds.")
+acc_std = _over_seeds("acc", np.std, "Accuracy, population std over seeds (ddof=0, as halueval_qa); 0 for one seed.")
+precision_std = _over_seeds("precision", np.std, "Precision, population std over seeds.")
+recall_std = _over_seeds("recall", np.std, "Recall, population std over seeds.")
+f1_std = _over_seeds("f1", np.std, "F1, population std over seeds.")
+pred_yes_share_std = _over_seeds("pred_yes_share", np.std, "Share of \"Yes\" replies, population std over seeds.")
 
 
 def unparseable_count(records) -> int:
     """Replies (all docs, all seeds) that started with neither "yes" nor "no"; they were scored as "no"."""
     return int(sum(1 for rec in records if rec[3]))
-
-
-def acc_std(records) -> float:
-    """Population standard deviation (ddof=0) over seeds, as for ``halueval_qa``; 0 for one seed."""
-    return _over_seeds("acc", records, np.std)
-
-
-def precision_std(records) -> float:
-    return _over_seeds("precision", records, np.std)
-
-
-def recall_std(records) -> float:
-    return _over_seeds("recall", records, np.std)
-
-
-def f1_std(records) -> float:
-    return _over_seeds("f1", records, np.std)
-
-
-def pred_yes_share_std(records) -> float:
-    return _over_seeds("pred_yes_share", records, np.std)

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 
 MODEL_NAME = "truthgated"
+MODEL_NAMES = ("truthgated", "intervened")  # the second is the method-neutral alias
 MODEL_TARGET = "truthprobe_eval.model_adapters.lm_eval_truthgated:TruthGatedLM"
 PTH_NAME = "truthprobe_eval_lm_eval.pth"
 DISABLE_ENV = "TRUTHPROBE_LM_EVAL_AUTOREGISTER"
@@ -62,8 +63,9 @@ class _TruthprobeLmEvalHook:
             try:
                 if module.__name__ == "lm_eval.models":  # a lazy placeholder: imports nothing of ours
                     from lm_eval.api.registry import model_registry
-                    if %(model)r not in model_registry:
-                        model_registry.register(%(model)r, target=%(target)r)
+                    for name in %(models)r:
+                        if name not in model_registry:
+                            model_registry.register(name, target=%(target)r)
                 else:
                     from truthprobe_eval.model_adapters import lm_eval_registration
                     lm_eval_registration.on_import(module)
@@ -74,7 +76,7 @@ class _TruthprobeLmEvalHook:
         return spec
 if os.environ.get(%(env)r, "1") != "0" and not any(type(f).__name__ == "_TruthprobeLmEvalHook" for f in sys.meta_path):
     sys.meta_path.insert(0, _TruthprobeLmEvalHook())
-''' % {"targets": HOOKED_MODULES, "env": DISABLE_ENV, "model": MODEL_NAME, "target": MODEL_TARGET}
+''' % {"targets": HOOKED_MODULES, "env": DISABLE_ENV, "models": MODEL_NAMES, "target": MODEL_TARGET}
 
 
 def pth_line() -> str:
@@ -99,12 +101,13 @@ def tasks_dir() -> Path:
 
 
 def register_model(registry=None) -> None:
-    """Register ``truthgated`` as a lazy placeholder unless lm-eval already knows the name."""
+    """Register ``truthgated`` and ``intervened`` as lazy placeholders unless lm-eval already knows the names."""
     if registry is None:
         import lm_eval.models  # noqa: F401  (lm-eval's own models first: it only adds them to an empty registry)
         from lm_eval.api.registry import model_registry as registry
-    if MODEL_NAME not in registry:
-        registry.register(MODEL_NAME, target=MODEL_TARGET)
+    for name in MODEL_NAMES:
+        if name not in registry:
+            registry.register(name, target=MODEL_TARGET)
 
 
 def add_tasks_to_task_manager(manager_cls=None) -> None:
@@ -159,5 +162,5 @@ def check_installation() -> None:
                       f"'{MODEL_NAME}'; reinstall truthprobe-eval or call {__name__}.register()", stacklevel=2)
 
 
-__all__ = ["HOOK_SOURCE", "MODEL_NAME", "MODEL_TARGET", "PTH_NAME", "add_tasks_to_task_manager", "check_installation",
+__all__ = ["HOOK_SOURCE", "MODEL_NAME", "MODEL_NAMES", "MODEL_TARGET", "PTH_NAME", "add_tasks_to_task_manager", "check_installation",
            "hook_installed", "on_import", "pth_line", "register", "register_model", "tasks_dir", "write_pth"]

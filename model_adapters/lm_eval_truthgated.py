@@ -1,14 +1,21 @@
-"""``truthgated``: lm-eval's ``hf`` model with TruthProbe soft head gating.
+"""``truthgated`` (alias ``intervened``): lm-eval's ``hf`` model with any registered intervention.
 
     lm_eval --model truthgated \\
         --model_args pretrained=smollm2-135m-instruct,scores=scores/smollm2.json,alpha=4.5,norm=centered \\
         --tasks halueval_qa --apply_chat_template
+    lm_eval --model intervened \\
+        --model_args pretrained=smollm2-135m-instruct,method=iti,directions=iti.json,k=48,alpha=15 \\
+        --tasks truthfulqa_local_mc2
 
-``model_args`` are everything ``hf`` takes, plus ``scores``, ``alpha``, ``norm``, ``site``, ``gate``, ``seed`` and
-``apply`` (see ``parse_gate_args``). With ``apply=hook`` (default) forward hooks are added around every model call
-(log-likelihood and generation requests alike) and removed after it; ``apply=bake`` folds the gates into the
-output-projection weights once, at load time (same numbers, no per-call cost). Gate settings are validated, and
-the score file read, before the model loads.
+``model_args`` are everything ``hf`` takes, plus ``method`` (default ``truthprobe``) and that method's settings
+(``truthprobe_eval.interventions``: ``truthprobe`` takes ``scores``, ``alpha``, ``norm``, ``site``, ``gate``,
+``seed``; ``iti`` takes ``directions``, ``k``, ``alpha``, ``positions``, ``control``, ``seed``) and ``apply``:
+``hook`` (default; hooks around every model call, log-likelihood and generation alike, removed after it) or
+``bake`` (folded into the weights once, at load time). Settings are validated, and their files read, before the
+model loads. The intervention's ``describe()`` goes into lm-eval's results as ``config.intervention``.
+
+Position-aware methods (ITI with ``positions=answer``) learn which positions to edit from the requests: in
+log-likelihood scoring, the continuation's tokens; in generation, the prompt's last position and each new token.
 
 Generation (``generate_until``) adds two things to HFLM's, neither of which changes a reply:
 - ``prefix_cache`` (default true): the prompt prefix every row of a batch shares runs once and generation
@@ -18,111 +25,27 @@ Generation (``generate_until``) adds two things to HFLM's, neither of which chan
 """
 from __future__ import annotations
 
-import math
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from transformers import LogitsProcessorList
 
-from ..errors import GateConfigError, ScoreFileError
-from ..gating import KINDS, NORMS, SITES, bake, check_gate_settings, gate
+from ..errors import InterventionError
 from ..generation import FirstStepLogits, SharedPrefixGenerator, answer_token_ids, yes_no_margin
+from ..interventions import DEFAULT_METHOD, Intervention, build, split_kwargs
+from ..interventions.base import Param
 from ..models import resolve_model_path
-from ..scores import TruthScores
 
-APPLY_MODES = ("hook", "bake")
-NEEDS_SCORES = ("truthprobe", "inverse", "shuffled")
+ALIASES = ("truthgated", "intervened")
 
 
-@dataclass
-class GateSettings:
-    """Validated gate arguments (see ``parse_gate_args``)."""
-
-    scores: TruthScores | None
-    alpha: float = 4.5
-    norm: str = "centered"
-    site: str = "o_proj_output"
-    kind: str = "truthprobe"
-    seed: int = 0
-    apply: str = "hook"
-    source: str | None = field(default=None)
-
-    def describe(self) -> dict[str, Any]:
-        return {"gate": self.kind, "alpha": self.alpha, "norm": self.norm, "site": self.site, "seed": self.seed,
-                "apply": self.apply, "scores": self.source,
-                "scores_model": None if self.scores is None else self.scores.model}
-
-
-def _as_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise GateConfigError(f"{what}: expected an integer, found {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise GateConfigError(f"{what}: expected an integer, found {value!r}") from None
-    if not math.isfinite(number) or number != int(number):
-        raise GateConfigError(f"{what}: expected an integer, found {value!r}")
-    return int(number)
-
-
-def _as_bool(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    raise GateConfigError(f"{what}: expected true or false, found {value!r}")
-
-
-def parse_gate_args(
-    scores: "str | TruthScores | None" = None,
-    alpha: Any = 4.5,
-    norm: Any = "centered",
-    site: Any = "o_proj_output",
-    gate: Any = "truthprobe",
-    seed: Any = 0,
-    apply: Any = "hook",
-) -> GateSettings:
-    """Check every gate argument and read the score file; raises a ``TruthProbeError`` naming the bad one.
-
-    - ``scores``: our JSON score file, a published ``.npy`` (layers, heads) array or ``cv5_head_metrics.csv``.
-      Required for ``gate=truthprobe`` / ``inverse``; ``random`` and ``none`` take the shape from the model.
-    - ``alpha`` (4.5): gate strength in ``g = 1 + alpha * norm(s)``.
-    - ``norm`` (centered): ``centered``, ``minmax`` or ``raw``, per layer.
-    - ``site`` (o_proj_output): ``o_proj_output`` (published) or ``o_proj_input``.
-    - ``gate`` (truthprobe): ``truthprobe``, ``inverse`` (1 - alpha * norm(s)), ``random`` (1 + alpha * U[-1, 1]
-      from ``seed``), ``shuffled`` (the truthprobe gates permuted among each layer's heads, from ``seed``) or ``none`` (no gating: the plain ``hf`` model).
-    - ``seed`` (0): seed of the ``random`` gate.
-    - ``apply`` (hook): ``hook`` (forward hooks around each call) or ``bake`` (weights scaled once at load).
-    """
-    kind = "none" if gate is None else gate  # lm-eval's argument parser turns the string "none" into None
-    if isinstance(alpha, bool):
-        raise GateConfigError(f"alpha: expected a finite number, found {alpha!r}")
-    for name, value, choices in (("norm", norm, NORMS), ("site", site, SITES), ("gate", kind, KINDS)):
-        if not isinstance(value, str):
-            raise GateConfigError(f"{name}: expected one of {', '.join(choices)}, found {value!r}")
-    alpha_f = check_gate_settings(alpha, norm, site, kind)
-    seed_i = _as_int(seed, "seed")
-    if apply not in APPLY_MODES:
-        raise GateConfigError(f"apply: expected one of {', '.join(APPLY_MODES)}, found {apply!r}")
-    loaded: TruthScores | None = None
-    source = None
-    if isinstance(scores, TruthScores):
-        loaded, source = scores, str(scores.meta.get("source_file") or "<in memory>")
-    elif scores is not None and scores != "":
-        if not isinstance(scores, str):
-            raise ScoreFileError(f"scores: expected a path to a .json, .npy or .csv score file, found {scores!r}")
-        loaded, source = TruthScores.load(scores), scores
-    elif kind in NEEDS_SCORES:
-        raise GateConfigError(
-            f"scores: gate={kind!r} needs Truth Scores, found none; pass scores=PATH (a truthprobe .json, a published "
-            f".npy or cv5_head_metrics.csv), or use gate=none / gate=random"
-        )
-    return GateSettings(loaded, alpha_f, norm, site, kind, seed_i, apply, source)
+def parse_gate_args(**kwargs: Any) -> Intervention:
+    """TruthProbe gate settings (``scores``, ``alpha``, ``norm``, ``site``, ``gate``, ``seed``, ``apply``) as an
+    intervention; the same parser as ``interventions.build("truthprobe", ...)``."""
+    return build("truthprobe", **kwargs)
 
 
 def _config_shape(pretrained: str, **kwargs: Any) -> tuple[int, int, str] | None:
@@ -138,94 +61,129 @@ def _config_shape(pretrained: str, **kwargs: Any) -> tuple[int, int, str] | None
         return None
 
 
-@register_model("truthgated")
+def _answer_start(context_enc: list[int], continuation_enc: list[int], max_length: int) -> tuple[tuple[int, ...], int]:
+    """HFLM's causal input for one request (``(context + continuation)[-(max_length + 1):][:-1]``) and the index
+    of the continuation's first token in it."""
+    inp = (context_enc + continuation_enc)[-(max_length + 1):][:-1]
+    return tuple(inp), len(inp) - len(continuation_enc) + 1
+
+
+@register_model(*ALIASES)
 class TruthGatedLM(HFLM):
-    """HFLM whose attention heads are soft-gated by Truth Scores (``g[l, h] = 1 + alpha * norm(s)[l, h]``)."""
+    """HFLM with an intervention (default: TruthProbe head gating) attached around every model call."""
 
     def __init__(
         self,
         pretrained: Any = "smollm2-135m-instruct",
-        scores: "str | TruthScores | None" = None,
-        alpha: Any = 4.5,
-        norm: Any = "centered",
-        site: Any = "o_proj_output",
-        gate: Any = "truthprobe",
-        seed: Any = 0,
-        apply: Any = "hook",
+        method: Any = DEFAULT_METHOD,
+        intervention: Intervention | None = None,
         device: str | None = None,
         prefix_cache: Any = True,
         **kwargs: Any,
     ) -> None:
-        settings = parse_gate_args(scores, alpha, norm, site, gate, seed, apply)  # before anything loads
-        use_prefix_cache = _as_bool(prefix_cache, "prefix_cache")
+        ours, hf_kwargs = split_kwargs({"method": method, **kwargs})
+        made = intervention if intervention is not None else build(**ours)  # before anything loads
+        use_prefix_cache = Param("prefix_cache", bool, True).parse(prefix_cache, InterventionError)
         self._display_name = pretrained if isinstance(pretrained, str) else None
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
-            config_kwargs = {k: kwargs[k] for k in ("trust_remote_code", "revision") if kwargs.get(k)}
+            config_kwargs = {k: hf_kwargs[k] for k in ("trust_remote_code", "revision") if hf_kwargs.get(k)}
             shape = _config_shape(pretrained, **config_kwargs)
-            if shape is not None and settings.scores is not None:
-                settings.scores.check_fits(shape[0], shape[1], self._display_name)
+            if shape is not None:
+                made.check_shape(shape[0], shape[1], self._display_name)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        super().__init__(pretrained=pretrained, device=device, **kwargs)
+        super().__init__(pretrained=pretrained, device=device, **hf_kwargs)
         self._enable_cpu_data_parallel()
         self._baked = False
-        self._gate_settings = settings
-        self._hook_scores = self._scores_for_model(settings)
-        self._prefix_generator = SharedPrefixGenerator(self.model) if use_prefix_cache else None
+        self._answer_starts: dict[tuple[int, ...], int] = {}
+        self._prefix_generator = (SharedPrefixGenerator(self.model, prefix_context=self._prefix_positions)
+                                  if use_prefix_cache else None)
         yes_ids = answer_token_ids(self.tokenizer, ("Yes", "yes"))
         no_ids = [i for i in answer_token_ids(self.tokenizer, ("No", "no")) if i not in yes_ids]
         self._margin_ids = (yes_ids, no_ids)
         self.yes_no_margins: dict[str, float] = {}
         self._batch_contexts: list[str] | None = None
-        if settings.apply == "bake" and settings.kind != "none":
-            bake(self.model, self._hook_scores, settings.alpha, settings.norm, settings.site, settings.kind, settings.seed)
+        self._intervention = made
+        self._intervention.check_fits(self.model)
+        if made.apply == "bake" and not made.identity:
+            made.bake(self.model)
             self._baked = True
 
-    # ---- gate --------------------------------------------------------------------------------------
+    # ---- the intervention ---------------------------------------------------------------------------
     @property
-    def gate_settings(self) -> GateSettings:
-        return self._gate_settings
+    def intervention(self) -> Intervention:
+        return self._intervention
 
-    def set_gate(self, settings: "GateSettings | None" = None, **gate_args: Any) -> None:
-        """Change the hook gate between evaluations (``apply=hook`` only): a ``GateSettings`` or ``parse_gate_args`` keywords."""
+    def set_intervention(self, intervention: Intervention | None = None, **kwargs: Any) -> None:
+        """Change the hooked intervention between evaluations: an ``Intervention`` or ``build`` keywords
+        (``method`` defaults to truthprobe). Not after ``apply=bake``."""
         if self._baked:
-            raise GateConfigError("apply=bake: the gates are folded into the weights; load a new model to change them")
-        settings = settings if settings is not None else parse_gate_args(**gate_args)
-        if settings.apply != "hook":
-            raise GateConfigError(f"set_gate: expected apply='hook' (bake works at load time only), found {settings.apply!r}")
-        scores = self._scores_for_model(settings)  # shape check against the loaded model
-        self._gate_settings = settings
-        self._hook_scores = scores
+            raise InterventionError("apply=bake: the intervention is folded into the weights; load a new model to "
+                                    "change it")
+        made = intervention if intervention is not None else build(**{"method": DEFAULT_METHOD, **kwargs})
+        if made.apply != "hook":
+            raise InterventionError(f"set_intervention: expected apply='hook' (bake works at load time only), found "
+                                    f"{made.apply!r}")
+        made.check_fits(self.model)
+        self._intervention = made
         if self._prefix_generator is not None:
-            self._prefix_generator.clear()  # prefix caches were computed under the old gate
+            self._prefix_generator.clear()  # prefix caches were computed under the old intervention
 
-    def _scores_for_model(self, settings: GateSettings) -> TruthScores:
-        from ..architectures import locate_heads, model_name
+    set_gate = set_intervention  # the TruthProbe-only name of earlier versions
 
-        sites = locate_heads(self.model)
-        name = self._display_name or model_name(self.model)
-        if settings.scores is None:  # gate=random / none: only the shape matters
-            return TruthScores(np.zeros((sites.num_layers, sites.num_heads)), meta={"model": name})
-        settings.scores.check_fits(sites.num_layers, sites.num_heads, name)
-        return settings.scores
+    def _attached(self, stack: ExitStack, positions: Any = None) -> None:
+        made = self._intervention
+        if self._baked or made.identity:
+            return
+        stack.enter_context(made.attach(self.model))
+        if made.wants_positions:
+            stack.enter_context(made.edit_positions(positions))
 
-    def _gated(self):
-        s = self._gate_settings
-        if self._baked or s.kind == "none":
-            return nullcontext()
-        return gate(self.model, self._hook_scores, s.alpha, s.norm, s.site, s.kind, s.seed)
+    def _prefix_positions(self):
+        made = self._intervention
+        if self._baked or not made.wants_positions:
+            return ExitStack()
+        return made.edit_positions("skip")
 
-    def _model_call(self, *args: Any, **kwargs: Any):
-        with self._gated():
-            return super()._model_call(*args, **kwargs)
+    def _row_starts(self, inps: torch.Tensor) -> torch.Tensor | None:
+        """Per row of a log-likelihood batch, where its continuation starts (None if a row is not a known request)."""
+        starts = []
+        for row in inps.tolist():
+            n = len(row)
+            while n > 0 and row[n - 1] == 0:  # HFLM pads with zeros on the right
+                n -= 1
+            for length in range(max(n, 1), len(row) + 1):
+                start = self._answer_starts.get(tuple(row[:length]))
+                if start is not None:
+                    starts.append(start)
+                    break
+            else:
+                return None
+        return torch.tensor(starts)
+
+    def _loglikelihood_tokens(self, requests, *args: Any, **kwargs: Any):
+        if self._intervention.wants_positions and not self._baked:
+            self._answer_starts = dict(_answer_start(ctx, cont, self.max_length) for _, ctx, cont in requests)
+        try:
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+        finally:
+            self._answer_starts = {}
+
+    def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: Any = None):
+        with ExitStack() as stack:
+            starts = self._row_starts(inps) if self._answer_starts else None
+            self._attached(stack, positions=starts)
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
     def tok_batch_encode(self, strings: list[str], *args: Any, **kwargs: Any):
         self._batch_contexts = list(strings)  # generate_until encodes a batch, then generates it
         return super().tok_batch_encode(strings, *args, **kwargs)
 
     def _model_generate(self, *args: Any, **kwargs: Any):
-        with self._gated(), self._generation_path() as first_step:
+        with ExitStack() as stack:
+            self._attached(stack, positions="last")
+            first_step = stack.enter_context(self._generation_path())
             out = super()._model_generate(*args, **kwargs)
         contexts, self._batch_contexts = self._batch_contexts, None
         if first_step.logits is not None and contexts is not None and len(contexts) == first_step.logits.shape[0]:
@@ -273,8 +231,8 @@ class TruthGatedLM(HFLM):
     # ---- results metadata --------------------------------------------------------------------------
     def get_model_info(self) -> dict:
         info = super().get_model_info()
-        info["truthprobe_gate"] = self._gate_settings.describe()
+        info["intervention"] = self._intervention.describe()
         return info
 
 
-__all__ = ["APPLY_MODES", "GateSettings", "TruthGatedLM", "parse_gate_args"]
+__all__ = ["ALIASES", "TruthGatedLM", "parse_gate_args"]

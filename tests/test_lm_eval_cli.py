@@ -61,9 +61,10 @@ def test_cli_finds_the_model_and_the_task_and_keeps_samples(one_process, scores_
         assert f"{name},none" in metrics
     assert 0.0 <= metrics["acc,none"] <= 1.0 and metrics["unparseable,none"] in range(LIMIT + 1)
     assert results["config"]["model"] == "truthgated"
-    assert results["config"]["truthprobe_gate"] == {
-        "gate": "truthprobe", "alpha": 2.5, "norm": "centered", "site": "o_proj_output", "seed": 0, "apply": "hook",
-        "scores": str(scores_file), "scores_model": "synthetic-smollm2"}
+    assert results["config"]["intervention"] == {
+        "method": "truthprobe", "gate": "truthprobe", "alpha": 2.5, "norm": "centered", "site": "o_proj_output",
+        "seed": 0, "apply": "hook", "scores": str(scores_file), "scores_model": "synthetic-smollm2",
+        "label": "TruthProbe (centered, alpha 2.5)", "identity": False}
     assert [s["doc_id"] for s in samples] == list(range(LIMIT))
     for s in samples:
         assert s["doc"]["row"] == 292 + s["doc_id"]  # probing rows 0..291 are not evaluated
@@ -128,6 +129,6 @@ def test_published_protocol_task_from_the_cli_equals_stock_hf(tmp_path):
 def test_shuffled_gate_from_the_cli(scores_file, tmp_path):
     results, _ = _published_run(tmp_path, "truthgated", f"pretrained=smollm2-135m-instruct,scores={scores_file},"
                                                         "gate=shuffled,alpha=0.3,norm=minmax,seed=4")
-    gate = results["config"]["truthprobe_gate"]
+    gate = results["config"]["intervention"]
     assert (gate["gate"], gate["seed"], gate["alpha"], gate["norm"]) == ("shuffled", 4, 0.3, "minmax")
     assert 0.0 <= results["results"][PUBLISHED_TASK]["acc,none"] <= 1.0

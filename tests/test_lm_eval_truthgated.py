@@ -17,6 +17,7 @@ from truthprobe_eval.model_adapters import lm_eval_registration as registration
 from truthprobe_eval.model_adapters.lm_eval_truthgated import TruthGatedLM, parse_gate_args
 
 from truthprobe_eval import GateConfigError, ScoreFileError, ShapeMismatchError, TruthScores
+from truthprobe_eval.errors import InterventionError
 
 REQUESTS = [("Context:\nParis is the capital of France.\n\nQuestion: What is the capital of France?\nAnswer:", " Paris"),
             ("Question: Who wrote Hamlet?\nAnswer:", " William Shakespeare"),
@@ -75,8 +76,9 @@ def test_bad_gate_arguments_fail_before_loading(args, error, message, scores_fil
 
 def test_gate_none_and_random_need_no_scores():
     assert parse_gate_args(gate=None).kind == "none"  # lm-eval parses the string "none" into None
-    assert parse_gate_args(gate="random", seed="3").seed == 3
+    assert parse_gate_args(gate="random", seed="3").settings["seed"] == 3
     assert parse_gate_args(scores=None, gate="none").scores is None
+    assert parse_gate_args(gate=None).identity and not parse_gate_args(gate="random").identity
 
 
 def test_scores_of_another_model_name_both_shapes(tmp_path):
@@ -113,10 +115,12 @@ def test_hook_equals_bake(gated_lm, scores_file):
     assert np.allclose(_loglikelihoods(baked), _loglikelihoods(gated_lm), atol=1e-4)
     assert _generate(baked) == _generate(gated_lm)
     assert baked.model.config.truthprobe_gating["alpha"] == 2.5
-    with pytest.raises(GateConfigError, match="apply=bake: the gates are folded into the weights"):
+    with pytest.raises(InterventionError, match="apply=bake: the intervention is folded into the weights"):
         baked.set_gate(gate="none")
-    info = baked.get_model_info()["truthprobe_gate"]
-    assert info["apply"] == "bake" and info["gate"] == "truthprobe" and info["scores"] == str(scores_file)
+    info = baked.get_model_info()["intervention"]
+    assert info["method"] == "truthprobe" and info["apply"] == "bake" and info["gate"] == "truthprobe"
+    assert info["scores"] == str(scores_file)
+    assert baked.model.config.truthprobe_interventions[-1]["alpha"] == 2.5
 
 
 def test_set_gate_switches_between_evaluations(smollm2, hf_lm, scores_file):

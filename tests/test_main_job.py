@@ -107,13 +107,13 @@ def test_rows_are_disjoint_and_outputs_written(tiny_run):
 def test_selected_gate_controls_and_draws(tiny_run):
     result, out, _ = tiny_run
     best = select_best(result.validation)
-    assert result.selected["norm"] == best.gate["norm"] and result.selected["alpha"] == best.gate["alpha"]
+    assert result.selected["norm"] == best.intervention["norm"] and result.selected["alpha"] == best.intervention["alpha"]
     for s in result.seeds:
-        assert s.gated.gate["gate"] == "truthprobe" and s.gated.gate["alpha"] == result.selected["alpha"]
-        assert s.baseline.gate["gate"] == "none"
+        assert s.gated.intervention["gate"] == "truthprobe" and s.gated.intervention["alpha"] == result.selected["alpha"]
+        assert s.baseline.intervention["identity"]
         for kind, control in s.controls.items():
-            assert control.gate["gate"] == kind and control.gate["alpha"] == result.selected["alpha"]
-            assert control.gate["norm"] == result.selected["norm"]
+            assert control.intervention["gate"] == kind and control.intervention["alpha"] == result.selected["alpha"]
+            assert control.intervention["norm"] == result.selected["norm"]
     docs = {s.draw_seed: [json.loads(x)["doc"]["answer"] for x in Path(s.baseline.samples_file).read_text().splitlines()]
             for s in result.seeds}
     assert docs[0] != docs[1]  # two answer draws, not the same rows twice

@@ -1,9 +1,17 @@
-"""Where each architecture keeps its attention heads: one declarative table, no per-model branches.
+"""Where each architecture keeps the components interventions read and edit: one declarative table.
 
 An entry names, for a ``config.model_type``, the candidate dotted paths (from the top-level model) to the
 ModuleList of decoder layers (the first that exists wins, which covers transformers versions that moved
-the language model inside an MLLM), the attention module inside a layer, and its output projection.
-Head counts come from the (text) config. To support a new model, add one line to ``ARCHITECTURES``.
+the language model inside an MLLM), and, inside a layer, the attention module, its q/k/v projection weights
+and output projection, the MLP and the MLP's output projection. Head counts come from the (text) config.
+To support a new model, add one line to ``ARCHITECTURES``.
+
+The sites an intervention can use (``SITES``), each a module per decoder layer and which side of it:
+
+- ``o_proj_input``: the per-head outputs, (B, T, H * D) before the attention output projection (probes read it);
+- ``o_proj_output``: the attention block's output after the output projection (TruthProbe's published site);
+- ``mlp_activation``: the MLP's intermediate activations, the input of ``down_proj`` / GPT-2's ``c_proj``;
+- ``attention``: the attention module itself (for edits of the attention pattern).
 """
 from __future__ import annotations
 
@@ -21,6 +29,32 @@ class HeadLayout:
     attention: str = "self_attn"  # attribute of a decoder layer
     out_proj: str = "o_proj"  # attribute of the attention module
     conv1d: bool = False  # GPT-2's fused Conv1D: weight is (in_features, out_features)
+    qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")  # attention attributes: separate q, k, v or one fused
+    mlp: str = "mlp"  # attribute of a decoder layer
+    mlp_out: str = "down_proj"  # attribute of the MLP: its output projection (input = the MLP activation)
+
+    @property
+    def qkv_scheme(self) -> str:
+        """How the checkpoint stores q, k, v: ``separate``, ``fused`` (one qkv_proj) or ``conv1d`` (GPT-2 c_attn)."""
+        if len(self.qkv) == 3:
+            return "separate"
+        return "conv1d" if self.conv1d else "fused"
+
+
+@dataclass(frozen=True)
+class Site:
+    """A place in every decoder layer: the module (``component`` of ``HeadSites``) and which side of it is read."""
+
+    component: str  # "out_projs", "mlp_outs" or "attentions"
+    side: str  # "input", "output" or "module"
+
+
+SITES: dict[str, Site] = {
+    "o_proj_input": Site("out_projs", "input"),
+    "o_proj_output": Site("out_projs", "output"),
+    "mlp_activation": Site("mlp_outs", "input"),
+    "attention": Site("attentions", "module"),
+}
 
 
 _DECODER = HeadLayout(("model.layers",))
@@ -38,8 +72,9 @@ ARCHITECTURES: dict[str, HeadLayout] = {
     "gemma": _DECODER,
     "gemma2": _DECODER,
     "gemma3_text": _DECODER,
-    "phi3": _DECODER,
-    "gpt2": HeadLayout(("transformer.h", "h"), attention="attn", out_proj="c_proj", conv1d=True),
+    "phi3": HeadLayout(("model.layers",), qkv=("qkv_proj",)),
+    "gpt2": HeadLayout(("transformer.h", "h"), attention="attn", out_proj="c_proj", conv1d=True, qkv=("c_attn",),
+                       mlp_out="c_proj"),
     # multimodal models: the gate applies to the language model only
     "llava": _LLAVA,
     "llava_next": _LLAVA,
@@ -62,6 +97,24 @@ class HeadSites:
     num_heads: int
     head_dim: int
     hidden_size: int  # output features of the projection
+    attentions: tuple[nn.Module, ...] = ()  # one attention module per decoder layer
+    mlp_outs: tuple[nn.Module, ...] = ()  # one MLP output projection per decoder layer
+
+    def modules(self, site: str) -> tuple[nn.Module, ...]:
+        """The per-layer modules of one of ``SITES``."""
+        if site not in SITES:
+            raise UnsupportedArchitectureError(f"site: expected one of {', '.join(SITES)}, found {site!r}")
+        modules = getattr(self, SITES[site].component)
+        if len(modules) != self.num_layers:
+            raise UnsupportedArchitectureError(f"{self.model_type}: site {site!r} not found in every decoder layer "
+                                               f"(found {len(modules)} of {self.num_layers})")
+        return modules
+
+    @property
+    def mlp_width(self) -> int:
+        """Input features of the MLP output projection (the number of MLP neurons per layer)."""
+        w = self.mlp_outs[0].weight
+        return int(w.shape[0] if self.layout.conv1d else w.shape[1])
 
     @property
     def num_layers(self) -> int:
@@ -120,7 +173,7 @@ def locate_heads(model: nn.Module) -> HeadSites:
             f"{type(model).__name__} (model_type {model_type!r}): expected decoder layers at one of "
             f"{list(layout.layers)}, found none. Module lists present: {'; '.join(_module_lists(model)) or 'none'}"
         )
-    projs = []
+    projs, attentions, mlp_outs = [], [], []
     for i, layer in enumerate(layers):
         proj = _get(layer, f"{layout.attention}.{layout.out_proj}")
         if proj is None:
@@ -129,6 +182,10 @@ def locate_heads(model: nn.Module) -> HeadSites:
                 f"{layers_path}.{i}: expected {layout.attention}.{layout.out_proj}, found children: {children}"
             )
         projs.append(proj)
+        attentions.append(_get(layer, layout.attention))
+        mlp_out = _get(layer, f"{layout.mlp}.{layout.mlp_out}")
+        if mlp_out is not None:
+            mlp_outs.append(mlp_out)
 
     tcfg = text_config(config)
     num_heads = int(tcfg.num_attention_heads)
@@ -140,7 +197,8 @@ def locate_heads(model: nn.Module) -> HeadSites:
             f"{type(model).__name__}: expected the output projection to take {num_heads} heads x {head_dim} "
             f"features and give a multiple of {num_heads}; found {in_features} -> {out_features}"
         )
-    return HeadSites(model_type, layout, tuple(projs), layers_path, num_heads, int(head_dim), int(out_features))
+    return HeadSites(model_type, layout, tuple(projs), layers_path, num_heads, int(head_dim), int(out_features),
+                     tuple(attentions), tuple(mlp_outs) if len(mlp_outs) == len(projs) else ())
 
 
 def model_name(model: nn.Module) -> str:
@@ -165,4 +223,4 @@ def out_proj_weight_dims(sites: HeadSites) -> tuple[int, int]:
     return (0, 1) if sites.layout.conv1d else (1, 0)
 
 
-__all__ = ["ARCHITECTURES", "HeadLayout", "HeadSites", "locate_heads", "describe", "text_config", "model_name"]
+__all__ = ["ARCHITECTURES", "SITES", "HeadLayout", "Site", "HeadSites", "locate_heads", "describe", "text_config", "model_name"]

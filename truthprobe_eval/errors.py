@@ -20,5 +20,9 @@ class UnsupportedArchitectureError(TruthProbeError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class GateConfigError(TruthProbeError, ValueError):
+class InterventionError(TruthProbeError, ValueError):
+    """An intervention's method name or settings are not valid, or it does not fit the model."""
+
+
+class GateConfigError(InterventionError):
     """A gate setting (alpha, norm, site, kind) is not valid."""

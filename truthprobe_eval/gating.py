@@ -87,6 +87,33 @@ def _feature_scale(gates_row: np.ndarray, width: int, like: torch.Tensor) -> tor
     return torch.as_tensor(np.repeat(gates_row, chunk), dtype=like.dtype, device=like.device)
 
 
+def gate_hooks(
+    model: nn.Module,
+    scores: "TruthScores | np.ndarray | str | os.PathLike",
+    alpha: float = 4.5,
+    norm: str = "centered",
+    site: str = "o_proj_output",
+    kind: str = "truthprobe",
+    seed: int = 0,
+) -> list:
+    """Register the gate hooks on every output projection; returns their handles (remove them to restore)."""
+    sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
+    handles = []
+    try:
+        for layer, proj in enumerate(sites.out_projs):
+            if site == "o_proj_output":
+                scale = _feature_scale(gates[layer], sites.hidden_size, proj.weight)
+                handles.append(proj.register_forward_hook(lambda _m, _a, out, s=scale: out * s))
+            else:
+                scale = _feature_scale(gates[layer], sites.in_features, proj.weight)
+                handles.append(proj.register_forward_pre_hook(lambda _m, args, s=scale: (args[0] * s, *args[1:])))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return handles
+
+
 @contextmanager
 def gate(
     model: nn.Module,
@@ -98,17 +125,9 @@ def gate(
     seed: int = 0,
 ) -> Iterator[np.ndarray]:
     """Gate every head of ``model`` while the block runs; yields the gate array. Hooks are removed on exit."""
-    sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
-    handles = []
+    handles = gate_hooks(model, scores, alpha, norm, site, kind, seed)
     try:
-        for layer, proj in enumerate(sites.out_projs):
-            if site == "o_proj_output":
-                scale = _feature_scale(gates[layer], sites.hidden_size, proj.weight)
-                handles.append(proj.register_forward_hook(lambda _m, _a, out, s=scale: out * s))
-            else:
-                scale = _feature_scale(gates[layer], sites.in_features, proj.weight)
-                handles.append(proj.register_forward_pre_hook(lambda _m, args, s=scale: (args[0] * s, *args[1:])))
-        yield gates
+        yield gate_values(scores, alpha, norm, kind, seed, warn_negative=False)
     finally:
         for handle in handles:
             handle.remove()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Any, Hashable, Sequence
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Hashable, Sequence
 
 import torch
 from transformers import LogitsProcessor
@@ -61,8 +62,12 @@ def move_prefix_left(input_ids: torch.Tensor, attention_mask: torch.Tensor, p: i
 class SharedPrefixGenerator:
     """Generation from a cached shared prefix; a small LRU of prefix caches keyed by (tokens, state)."""
 
-    def __init__(self, model: torch.nn.Module, max_entries: int = 4, min_prefix: int = MIN_PREFIX_TOKENS) -> None:
+    def __init__(self, model: torch.nn.Module, max_entries: int = 4, min_prefix: int = MIN_PREFIX_TOKENS,
+                 prefix_context: Callable[[], ContextManager] | None = None) -> None:
         self.model = model
+        # entered around the prefix's own forward pass (a position-aware intervention skips it: the prefix's last
+        # position is not the prompt's last one)
+        self.prefix_context = prefix_context
         self._generate = type(model).generate  # the class's own, even while an instance wrapper routes here
         self.max_entries = max_entries
         self.min_prefix = min_prefix
@@ -80,7 +85,8 @@ class SharedPrefixGenerator:
             self._caches.move_to_end(key)
             self.reused += 1
             return self._caches[key]
-        out = self.model(input_ids=prefix[None], attention_mask=torch.ones_like(prefix)[None], use_cache=True)
+        with self.prefix_context() if self.prefix_context is not None else nullcontext():
+            out = self.model(input_ids=prefix[None], attention_mask=torch.ones_like(prefix)[None], use_cache=True)
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
         self._caches[key] = cache
         self.prefix_passes += 1

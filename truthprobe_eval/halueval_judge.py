@@ -1,7 +1,7 @@
-"""HaluEval QA judge evaluations through lm-eval on one loaded model, one gate per call.
+"""HaluEval QA judge evaluations through lm-eval on one loaded model, one intervention per call.
 
-``truthprobe run`` and ``truthprobe ablate`` share this: the model is wrapped once as ``truthgated`` and each call
-sets a gate, evaluates one row range with lm-eval's task of the chosen protocol and draw
+``truthprobe run``, ``truthprobe ablate`` and ``truthprobe compare-methods`` share this: the model is wrapped once
+as ``truthgated`` and each call attaches an intervention (any method), evaluates one row range with lm-eval's task of the chosen protocol and draw
 (``halueval_truthprobe_seed<N>``: the TruthProbe paper's protocol, the default; ``halueval_qa_seed<N>``: HaluEval's
 own judge) and writes lm-eval's result and per-sample files. Each logged sample also gets a ``truthprobe`` record:
 the parsed "Yes" (hallucinated) prediction and the first step's Yes-minus-No log-odds, what paired tests and the
@@ -13,12 +13,15 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from ._io import atomic_write_text
 from .errors import TruthProbeError
+
+if TYPE_CHECKING:
+    from .interventions import Intervention
 
 METRICS = ("acc", "f1", "precision", "recall", "pred_yes_share", "gold_yes_share", "unparseable", "margin_auroc")
 LABELS = {"acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall",
@@ -31,7 +34,7 @@ PROTOCOLS = {"truthprobe": "halueval_truthprobe_seed{seed}", "halueval": "haluev
 class Evaluation:
     name: str
     split: str
-    gate: dict[str, Any]
+    intervention: dict[str, Any]  # its describe(): method, settings, files, label
     metrics: dict[str, float]
     rows: tuple[int, int]  # [first, last + 1)
     seconds: float
@@ -111,12 +114,13 @@ class HaluEvalJudge:
 
         self.settings, self.out, self.log = settings, Path(out), log
         self.task = settings.task()  # a bad protocol fails before the model is wrapped
-        self.lm = TruthGatedLM(pretrained=model, tokenizer=tokenizer, gate="none", batch_size=settings.batch_size,
+        self.lm = TruthGatedLM(pretrained=model, tokenizer=tokenizer, method="none", batch_size=settings.batch_size,
                                device=settings.device, prefix_cache=settings.prefix_cache)
 
-    def __call__(self, name: str, split: str, offset: int, n: int | None, gate_args: dict[str, Any],
+    def __call__(self, name: str, split: str, offset: int, n: int | None, intervention: "Intervention | dict[str, Any]",
                  draw_seed: int | None = None) -> Evaluation:
-        """Evaluate rows ``[offset, offset + n)`` under the gate ``gate_args`` (answer draw: the settings' unless given)."""
+        """Evaluate rows ``[offset, offset + n)`` under ``intervention`` (or ``build`` keywords, method default
+        truthprobe); answer draw: the settings' unless given."""
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
@@ -124,7 +128,10 @@ class HaluEvalJudge:
 
         s = self.settings
         task = s.task(draw_seed)
-        self.lm.set_gate(**gate_args)
+        if isinstance(intervention, dict):
+            self.lm.set_intervention(**intervention)
+        else:
+            self.lm.set_intervention(intervention)
         self.lm.yes_no_margins.clear()
         metadata = {"halueval_offset": offset, "halueval_n": n, "halueval_knowledge": s.knowledge}
         if s.data is not None:
@@ -149,19 +156,19 @@ class HaluEvalJudge:
         metrics["margin_auroc"] = float("nan") if auroc is None else auroc
         rows = sorted(sample["doc"]["row"] for sample in samples)
         result_file, samples_file = write_lm_eval_outputs(self.out / "lm_eval", name, results)
-        gate = self.lm.gate_settings.describe()
+        described = self.lm.intervention.describe()
         self.log(f"{split:>10} {name:<22} rows {rows[0]}-{rows[-1]}: F1 {100 * metrics['f1']:.1f}, accuracy "
                  f"{100 * metrics['acc']:.1f}, predicted yes {100 * metrics['pred_yes_share']:.1f}, margin AUROC "
                  f"{metrics['margin_auroc']:.3f} ({seconds:.0f} s)")
-        return Evaluation(name, split, gate, metrics, (rows[0], rows[-1] + 1), round(seconds, 2),
+        return Evaluation(name, split, described, metrics, (rows[0], rows[-1] + 1), round(seconds, 2),
                           str(result_file), str(samples_file))
 
 
 def select_best(evaluations: Sequence[Evaluation]) -> Evaluation:
     """Highest F1; ties go to higher accuracy, then to the earlier grid entry."""
-    gated = [e for e in evaluations if e.gate["gate"] != "none"]
+    gated = [e for e in evaluations if not e.intervention.get("identity")]
     if not gated:
-        raise TruthProbeError("selection: expected at least one gated validation run, found none")
+        raise TruthProbeError("selection: expected at least one intervened validation run, found none")
     return max(gated, key=lambda e: (round(e.metrics["f1"], 12), round(e.metrics["acc"], 12), -gated.index(e)))
 
 

@@ -190,8 +190,8 @@ def _signed(metric: str, value: float) -> str:
 
 def _tie_note(result: MainJobResult) -> str:
     """Say so when no gate beat the ungated model on validation: the choice is then only the tie-break."""
-    base = [e for e in result.validation if e.gate["gate"] == "none"]
-    gated = [e.metrics["f1"] for e in result.validation if e.gate["gate"] != "none"]
+    base = [e for e in result.validation if e.intervention["identity"]]
+    gated = [e.metrics["f1"] for e in result.validation if not e.intervention["identity"]]
     if not base or not gated or max(gated) > base[0].metrics["f1"]:
         return ""
     return (f" No gate beat the baseline's validation F1 ({100 * base[0].metrics['f1']:.1f}); this one won the "
@@ -270,7 +270,8 @@ def format_table(result: MainJobResult) -> str:
         lines += ["Validation grid (F1 %, accuracy %, predicted yes %, margin AUROC):", "",
                   "| gate | F1 | accuracy | predicted yes | margin AUROC |", "|---|---|---|---|---|"]
         for e in result.validation:
-            label = "baseline" if e.gate["gate"] == "none" else f"{e.gate['norm']}, alpha {e.gate['alpha']:g}"
+            label = ("baseline" if e.intervention["identity"] else
+                     f"{e.intervention['norm']}, alpha {e.intervention['alpha']:g}")
             lines.append(f"| {label} | {_pct('f1', e.metrics['f1'])} | {_pct('acc', e.metrics['acc'])} | "
                          f"{_pct('pred_yes_share', e.metrics['pred_yes_share'])} | "
                          f"{_pct('margin_auroc', e.metrics['margin_auroc'])} |")
@@ -287,10 +288,10 @@ def plot_result(result: MainJobResult, path: "str | Path") -> Path:
     plt = reports.pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     if result.validation:
-        labels = ["base" if e.gate["gate"] == "none" else f"{e.gate['norm'][0]}{e.gate['alpha']:g}"
+        labels = ["base" if e.intervention["identity"] else f"{e.intervention['norm'][0]}{e.intervention['alpha']:g}"
                   for e in result.validation]
-        colors = ["tab:blue" if e.gate["gate"] == "none" else "tab:red" if e.gate.get("norm") == result.selected["norm"]
-                  and e.gate.get("alpha") == result.selected["alpha"] else "0.6" for e in result.validation]
+        colors = ["tab:blue" if e.intervention["identity"] else "tab:red" if e.intervention.get("norm") ==
+                  result.selected["norm"] and e.intervention.get("alpha") == result.selected["alpha"] else "0.6" for e in result.validation]
         left.bar(labels, [100 * e.metrics["f1"] for e in result.validation], color=colors)
         left.set_ylabel("validation F1 (%)")
         left.set_title("validation grid (chosen: red)", fontsize=9)
@@ -352,7 +353,8 @@ def _paired(baseline: Evaluation, run: Evaluation, seed: int) -> dict[str, Any]:
 
 def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> MainJobResult:
     """Probe, select the gate on validation rows, evaluate baseline, gate and controls on test rows; write everything."""
-    from .analysis.ablations import grid_search
+    from .analysis.ablations import grid_search, truthprobe_grid
+    from .interventions import Baseline, build
     from .models import load_model
 
     cfg.check()
@@ -384,25 +386,27 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
         result.selected = {"norm": norm, "alpha": float(alpha), "by": "given"}
     else:
         log(f"selecting alpha and norm on rows {cfg.val_offset}-{cfg.test_offset - 1} ({len(cfg.grid)} settings)")
-        grid = grid_search(evaluate, scores, grid=cfg.grid, offset=cfg.val_offset, n=cfg.val_rows)
+        grid = grid_search(evaluate, build("truthprobe", scores=scores), grid=truthprobe_grid(cfg.grid),
+                           offset=cfg.val_offset, n=cfg.val_rows)
         result.validation = [grid.baseline, *grid.runs]
         best = grid.best
-        result.selected = {"norm": best.gate["norm"], "alpha": best.gate["alpha"], "by": "validation F1",
+        result.selected = {"norm": best.intervention["norm"], "alpha": best.intervention["alpha"], "by": "validation F1",
                            "validation_f1": best.metrics["f1"]}
         lap("validation")
-    chosen = {"scores": scores, "alpha": result.selected["alpha"], "norm": result.selected["norm"]}
+    chosen = build("truthprobe", scores=scores, alpha=result.selected["alpha"], norm=result.selected["norm"])
+    result.selected["intervention"] = chosen.describe()
     last = f"{cfg.test_offset + cfg.test_rows - 1}" if cfg.test_rows else "end"
     for seed in cfg.draw_seeds:
         suffix = "" if len(cfg.draw_seeds) == 1 else f"_seed{seed}"
         log(f"testing on rows {cfg.test_offset}-{last}, answer draw {seed}")
-        baseline = evaluate(f"test_baseline{suffix}", "test", cfg.test_offset, cfg.test_rows, {"gate": "none"}, seed)
+        baseline = evaluate(f"test_baseline{suffix}", "test", cfg.test_offset, cfg.test_rows, Baseline(), seed)
         gated = evaluate(f"test_gated{suffix}", "test", cfg.test_offset, cfg.test_rows, chosen, seed)
         lap("test" + suffix)
         controls = {}
         if cfg.controls:
             for kind in CONTROLS:
                 controls[kind] = evaluate(f"test_{kind}{suffix}", "test", cfg.test_offset, cfg.test_rows,
-                                          {**chosen, "gate": kind, "seed": cfg.control_seed}, seed)
+                                          chosen.control(kind, cfg.control_seed), seed)
             lap("controls" + suffix)
         seed_result = SeedResult(seed, baseline, gated, controls)
         for name, run in {"gated": gated, **controls}.items():

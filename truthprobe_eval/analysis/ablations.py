@@ -1,8 +1,10 @@
-"""Ablations that run the harness and collect the results (what ``truthprobe ablate`` runs).
+"""Ablations that run the harness and collect the results (what ``truthprobe ablate`` runs), for any intervention.
 
-- ``random_gate_ablation``: the Truth-Score gate against random gates of the same alpha and norm over several seeds
-  (mean and standard deviation, as the published appendix reports them), plus the ungated baseline.
-- ``grid_search``: alpha and norm on a held-out validation slice (the published grid by default).
+- ``random_control_ablation``: an intervention against one of its random controls over several seeds (mean and
+  standard deviation, as the TruthProbe appendix reports random gates), plus the baseline;
+  ``random_gate_ablation`` is the TruthProbe case.
+- ``grid_search``: any settings of any method on a held-out validation slice (TruthProbe: the published
+  (norm, alpha) grid by default).
 - ``probing_regime``: how the number of probing rows N and the published trainer's epochs change the scores
   (mean, agreement with the largest setting) and the gated model on a validation slice.
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from ..errors import TruthProbeError
 from ..halueval_judge import METRICS, Evaluation, HaluEvalJudge, select_best
+from ..interventions import Baseline, Intervention, build
 from ..scores import TruthScores
 from . import reports
 
@@ -49,19 +52,33 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(values)), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
-# ---- random-gate ablation -------------------------------------------------------------------------------------
+# ---- random-control ablation ---------------------------------------------------------------------------------
+
+def _scores_of(intervention: Intervention) -> TruthScores | None:
+    return getattr(intervention, "scores", None)
+
+
+def _check_clear(intervention: Intervention, offset: int, n: int | None) -> None:
+    scores = _scores_of(intervention)
+    if scores is not None:
+        check_rows_clear_of_probing(scores, offset, n)
+
 
 @dataclass
 class RandomAblationResult:
-    alpha: float
-    norm: str
+    intervention: dict[str, Any]  # the method's describe()
+    control: str
     seeds: list[int]
     baseline: Evaluation
-    truthprobe: Evaluation
+    truthprobe: Evaluation  # the method itself (the name of earlier versions, when TruthProbe was the only one)
     random: list[Evaluation] = field(default_factory=list)
 
+    @property
+    def method(self) -> Evaluation:
+        return self.truthprobe
+
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per metric: baseline, TruthProbe, random mean and sample std, and how many random seeds beat TruthProbe."""
+        """Per metric: baseline, the method, the controls' mean and sample std, and how many controls reached it."""
         out = {}
         for m in SUMMARY_METRICS:
             mean, std = _mean_std([e.metrics[m] for e in self.random])
@@ -71,63 +88,88 @@ class RandomAblationResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "norm": self.norm, "seeds": self.seeds, "summary": self.summary(),
-                "baseline": asdict(self.baseline), "truthprobe": asdict(self.truthprobe),
+        return {"intervention": self.intervention, "control": self.control, "seeds": self.seeds,
+                "summary": self.summary(), "baseline": asdict(self.baseline), "method": asdict(self.truthprobe),
                 "random": [asdict(e) for e in self.random]}
+
+
+def random_control_ablation(judge: HaluEvalJudge, intervention: Intervention, *, control: str, seeds: Sequence[int],
+                            offset: int, n: int | None) -> RandomAblationResult:
+    """Baseline, the intervention, and its random ``control`` once per seed, all on rows ``[offset, offset + n)``."""
+    if len(seeds) < 2:
+        raise AblationError(f"seeds: expected at least 2 control seeds for a standard deviation, found {len(seeds)}")
+    controls = [intervention.control(control, int(seed)) for seed in seeds]  # a bad control fails before any run
+    _check_clear(intervention, offset, n)
+    tag = _slug(intervention)
+    baseline = judge("baseline", "ablation", offset, n, Baseline())
+    method = judge(tag, "ablation", offset, n, intervention)
+    result = RandomAblationResult(intervention.describe(), control, [int(s) for s in seeds], baseline, method)
+    for seed, made in zip(seeds, controls):
+        result.random.append(judge(f"{control}_{tag}_seed{seed}", "ablation", offset, n, made))
+    return result
 
 
 def random_gate_ablation(judge: HaluEvalJudge, scores: TruthScores, *, alpha: float, norm: str, seeds: Sequence[int],
                          offset: int, n: int | None) -> RandomAblationResult:
-    """Baseline, the Truth-Score gate and one random gate per seed, all on rows ``[offset, offset + n)``."""
-    if len(seeds) < 2:
-        raise AblationError(f"seeds: expected at least 2 random-gate seeds for a standard deviation, found {len(seeds)}")
-    check_rows_clear_of_probing(scores, offset, n)
-    gate = {"scores": scores, "alpha": alpha, "norm": norm}
-    baseline = judge("baseline", "ablation", offset, n, {"gate": "none"})
-    truthprobe = judge(f"truthprobe_{norm}_{alpha:g}", "ablation", offset, n, gate)
-    result = RandomAblationResult(float(alpha), norm, [int(s) for s in seeds], baseline, truthprobe)
-    for seed in seeds:
-        result.random.append(judge(f"random_{norm}_{alpha:g}_seed{seed}", "ablation", offset, n,
-                                   {**gate, "gate": "random", "seed": int(seed)}))
-    return result
+    """TruthProbe against random gates of the same alpha and norm (``random_control_ablation`` for TruthProbe)."""
+    made = build("truthprobe", scores=scores, alpha=alpha, norm=norm)
+    return random_control_ablation(judge, made, control="random", seeds=seeds, offset=offset, n=n)
+
+
+def _slug(intervention: Intervention) -> str:
+    """A file-name tag from the method and its numeric settings, e.g. ``truthprobe_centered_2.5`` or ``iti_k48_a15``."""
+    s = intervention.settings
+    if intervention.name == "truthprobe":
+        return f"truthprobe_{s['norm']}_{s['alpha']:g}"
+    parts = [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in s.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"]
+    return "_".join([intervention.name, *parts])
 
 
 def random_ablation_table(result: RandomAblationResult) -> tuple[list[str], list[list[Any]]]:
-    headers = ["metric", "baseline", "TruthProbe", "random mean", "random std", f"random seeds >= TruthProbe (of {len(result.seeds)})"]
+    name = result.intervention.get("label", "method")
+    headers = ["metric", "baseline", name, f"{result.control} mean", f"{result.control} std",
+               f"{result.control} seeds >= method (of {len(result.seeds)})"]
     rows = [[m, v["baseline"], v["truthprobe"], v["random_mean"], v["random_std"], v["random_at_least_truthprobe"]]
             for m, v in result.summary().items()]
     return headers, rows
 
 
 def plot_random_ablation(result: RandomAblationResult, path: "str | Path") -> Path:
-    """Each random seed as a dot, their mean +- std as a bar, TruthProbe and the baseline as lines, per metric."""
+    """Each control seed as a dot, their mean +- std as a bar, the method and the baseline as lines, per metric."""
     plt = reports.pyplot()
     metrics = ("f1", "acc", "pred_yes_share")
+    label = result.intervention.get("label", "method")
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4))
     for ax, m in zip(axes, metrics):
         values = [100 * e.metrics[m] for e in result.random]
         ax.scatter(np.full(len(values), 0.0) + np.linspace(-0.08, 0.08, len(values)), values, color="0.5", s=18,
-                   label="random gates", zorder=3)
+                   label=f"{result.control} controls", zorder=3)
         mean, std = _mean_std(values)
         ax.errorbar([0.3], [mean], yerr=[0 if np.isnan(std) else std], fmt="o", color="black", capsize=4,
-                    label="random mean +- std")
-        ax.axhline(100 * result.truthprobe.metrics[m], color="tab:red", label="TruthProbe")
+                    label="control mean +- std")
+        ax.axhline(100 * result.truthprobe.metrics[m], color="tab:red", label=label)
         ax.axhline(100 * result.baseline.metrics[m], color="tab:blue", linestyle="--", label="baseline")
         ax.set_xlim(-0.5, 0.8)
         ax.set_xticks([])
         ax.set_title(m.replace("_", "-") + " (%)")
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"Random-gate ablation ({result.norm}, alpha {result.alpha:g}, {len(result.seeds)} seeds)", fontsize=10)
+    fig.suptitle(f"{result.control} control ablation: {label}, {len(result.seeds)} seeds", fontsize=10)
     fig.tight_layout()
     return reports.save_figure(fig, path)
 
 
-# ---- alpha / norm grid -----------------------------------------------------------------------------------------
+# ---- validation grid over any method's settings --------------------------------------------------------------
+
+def _changed(e: Evaluation, keys: Sequence[str]) -> dict[str, Any]:
+    return {k: e.intervention.get(k) for k in keys}
+
 
 @dataclass
 class GridResult:
     baseline: Evaluation
     runs: list[Evaluation]
+    keys: list[str] = field(default_factory=list)  # the settings the grid varies
 
     @property
     def best(self) -> Evaluation:
@@ -135,51 +177,59 @@ class GridResult:
 
     def to_dict(self) -> dict[str, Any]:
         best = self.best
-        return {"best": {"norm": best.gate["norm"], "alpha": best.gate["alpha"], **best.metrics},
+        return {"varied": self.keys, "best": {**_changed(best, self.keys), **best.metrics},
+                "best_intervention": best.intervention,
                 "baseline": asdict(self.baseline), "runs": [asdict(e) for e in self.runs]}
 
 
-def grid_search(judge: HaluEvalJudge, scores: TruthScores, *, grid: Sequence[tuple[str, float]], offset: int,
-                n: int | None) -> GridResult:
-    """The baseline and every (norm, alpha) of ``grid`` on the validation rows; ``best`` is the F1 winner."""
-    from ..gate_config import check_gate_settings
+def truthprobe_grid(pairs: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
+    """The published (norm, alpha) pairs as grid points."""
+    return [{"norm": norm, "alpha": float(alpha)} for norm, alpha in pairs]
 
+
+def grid_search(judge: HaluEvalJudge, base: "Intervention | TruthScores", *,
+                grid: Sequence["dict[str, Any] | tuple[str, float]"], offset: int, n: int | None) -> GridResult:
+    """The baseline and ``base`` under every grid point (a dict of settings to change; TruthProbe's (norm, alpha)
+    pairs are accepted too) on the validation rows; ``best`` is the F1 winner (ties: accuracy, then grid order)."""
+    if isinstance(base, TruthScores):
+        base = build("truthprobe", scores=base)
     if not grid:
-        raise AblationError("grid: expected at least one (norm, alpha) pair, found none")
-    for norm, alpha in grid:
-        check_gate_settings(alpha, norm)
-    check_rows_clear_of_probing(scores, offset, n)
-    baseline = judge("val_baseline", "validation", offset, n, {"gate": "none"})
-    runs = [judge(f"val_{norm}_{alpha:g}", "validation", offset, n, {"scores": scores, "alpha": alpha, "norm": norm})
-            for norm, alpha in grid]
-    return GridResult(baseline, runs)
+        raise AblationError("grid: expected at least one setting, found none")
+    points = [p if isinstance(p, dict) else {"norm": p[0], "alpha": float(p[1])} for p in grid]
+    made = [base.with_settings(**p) for p in points]  # every point is validated before the first run
+    _check_clear(base, offset, n)
+    keys = list(dict.fromkeys(k for p in points for k in p))
+    baseline = judge("val_baseline", "validation", offset, n, Baseline())
+    runs = [judge("val_" + _slug(m) if base.name == "truthprobe" else f"val_{i:02d}_{_slug(m)}", "validation", offset, n, m)
+            for i, m in enumerate(made)]
+    return GridResult(baseline, runs, keys)
 
 
 def grid_table(result: GridResult) -> tuple[list[str], list[list[Any]]]:
     best = result.best
-    headers = ["gate", "norm", "alpha", *METRICS, "chosen"]
-    rows = [["baseline", "", "", *(result.baseline.metrics[m] for m in METRICS), ""]]
-    rows += [["truthprobe", e.gate["norm"], e.gate["alpha"], *(e.metrics[m] for m in METRICS),
+    headers = ["method", *result.keys, *METRICS, "chosen"]
+    rows = [["baseline", *([""] * len(result.keys)), *(result.baseline.metrics[m] for m in METRICS), ""]]
+    rows += [[e.intervention["method"], *_changed(e, result.keys).values(), *(e.metrics[m] for m in METRICS),
               "yes" if e is best else ""] for e in result.runs]
     return headers, rows
 
 
 def plot_grid(result: GridResult, path: "str | Path") -> Path:
-    """F1 and accuracy against alpha, one line per norm, the baseline dashed."""
+    """F1 and accuracy per grid point (the chosen one red), the baseline dashed."""
     plt = reports.pyplot()
-    norms = list(dict.fromkeys(e.gate["norm"] for e in result.runs))
-    fig, axes = plt.subplots(len(norms), 2, figsize=(7, 2.8 * len(norms)), squeeze=False)
-    for row, norm in zip(axes, norms):
-        runs = sorted((e for e in result.runs if e.gate["norm"] == norm), key=lambda e: e.gate["alpha"])
-        for ax, m in zip(row, ("f1", "acc")):
-            ax.plot([e.gate["alpha"] for e in runs], [100 * e.metrics[m] for e in runs], "o-", color="tab:red",
-                    label="TruthProbe")
-            ax.axhline(100 * result.baseline.metrics[m], color="tab:blue", linestyle="--", label="baseline")
-            ax.set_xlabel(f"alpha ({norm})")
-            ax.set_ylabel(f"{m} (%)")
-    axes[0][0].legend(fontsize=7)
     best = result.best
-    fig.suptitle(f"Validation grid: chosen {best.gate['norm']}, alpha {best.gate['alpha']:g}", fontsize=10)
+    labels = [", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in _changed(e, result.keys).items())
+              for e in result.runs]
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 0.8 * len(labels) + 3), 3.4))
+    for ax, m in zip(axes, ("f1", "acc")):
+        colors = ["tab:red" if e is best else "0.6" for e in result.runs]
+        ax.bar(range(len(labels)), [100 * e.metrics[m] for e in result.runs], color=colors)
+        ax.axhline(100 * result.baseline.metrics[m], color="tab:blue", linestyle="--", label="baseline")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel(f"validation {m} (%)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Validation grid, {result.runs[0].intervention['method']}: chosen "
+                 f"{labels[result.runs.index(best)]}", fontsize=10)
     fig.tight_layout()
     return reports.save_figure(fig, path)
 
@@ -266,7 +316,7 @@ def probing_regime(model: Any, tokenizer: Any, judge: HaluEvalJudge | None, *, s
                         jaccard(top_k_set(scores, 20), ref_top), round(seconds, 2))
         if judge is not None:
             row.evaluation = judge(f"regime_rows{size}_epochs{ep}", "validation", offset, n,
-                                   {"scores": scores, "alpha": alpha, "norm": norm})
+                                   build("truthprobe", scores=scores, alpha=alpha, norm=norm))
         rows.append(row)
     return rows
 
@@ -306,6 +356,6 @@ def plot_regime(rows: Sequence[RegimeRow], path: "str | Path") -> Path:
 
 
 __all__ = ["AblationError", "GridResult", "RandomAblationResult", "RegimeRow", "check_regime_settings",
-           "check_rows_clear_of_probing",
+           "check_rows_clear_of_probing", "random_control_ablation", "truthprobe_grid",
            "grid_search", "grid_table", "plot_grid", "plot_random_ablation", "plot_regime", "probing_regime",
            "random_ablation_table", "random_gate_ablation", "regime_table"]

@@ -16,7 +16,6 @@ import contextlib
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -76,12 +75,12 @@ class Checkpoint:
         self._handles.clear()
 
     def layer_names(self, layer: int) -> dict[str, str]:
+        from ..architectures import ARCHITECTURES
+
         base = f"{self.layers_prefix}.{layer}.{self.attention}"
-        if self.scheme == "separate":
-            return {p: f"{base}.{p}_proj.weight" for p in "qkv"} | {"o": f"{base}.{self.out_proj}.weight"}
-        if self.scheme == "fused":
-            return {"qkv": f"{base}.qkv_proj.weight", "o": f"{base}.{self.out_proj}.weight"}
-        return {"qkv": f"{base}.c_attn.weight", "o": f"{base}.{self.out_proj}.weight"}
+        qkv = ARCHITECTURES[self.model_type].qkv
+        names = dict(zip("qkv", qkv)) if len(qkv) == 3 else {"qkv": qkv[0]}
+        return {k: f"{base}.{v}.weight" for k, v in names.items()} | {"o": f"{base}.{self.out_proj}.weight"}
 
     def attention_weights(self, layer: int) -> dict[str, "object"]:
         """q (H*D, hidden), k and v (KV*D, hidden), o (hidden, H*D) as float32 torch tensors."""
@@ -162,30 +161,22 @@ def open_checkpoint(name_or_path: str) -> Checkpoint:
     model_type, shape = _attention_shape(folder)
     files = _tensor_files(folder)
     layout = ARCHITECTURES.get(model_type)
-    candidates = list(layout.layers) if layout else []
-    attention, out_proj = (layout.attention, layout.out_proj) if layout else ("self_attn", "o_proj")
-    prefix = next((c for c in candidates if any(n.startswith(f"{c}.0.{attention}.") for n in files)), None)
-    if prefix is None:  # a naming the table does not list: the one prefix holding numbered layers with attention
-        pattern = re.compile(rf"^(.*)\.0\.{re.escape(attention)}\.")
-        found = {m.group(1) for n in files if (m := pattern.match(n))}
-        found = {f for f in found if not re.search(r"vision|visual|image|audio", f)}
-        if len(found) != 1:
-            raise CheckpointError(
-                f"{folder} (model_type {model_type!r}): expected decoder layers at one of {candidates or '?'}, "
-                f"found attention tensors under {sorted(found) or 'no prefix'}"
-            )
-        prefix = found.pop()
+    if layout is None:
+        raise CheckpointError(f"{folder}: no architecture entry for model_type {model_type!r}; known: "
+                              f"{', '.join(sorted(ARCHITECTURES))} (add one line to truthprobe_eval/architectures.py)")
+    attention, out_proj = layout.attention, layout.out_proj
+    prefix = next((c for c in layout.layers if any(n.startswith(f"{c}.0.{attention}.") for n in files)), None)
+    if prefix is None:
+        found = sorted({n.split(f".0.{attention}.")[0] for n in files if f".0.{attention}." in n})
+        raise CheckpointError(f"{folder} (model_type {model_type!r}): expected decoder layers at one of "
+                              f"{list(layout.layers)}, found attention tensors under {found or 'no prefix'}")
     base = f"{prefix}.0.{attention}"
-    if f"{base}.q_proj.weight" in files:
-        scheme = "separate"
-    elif f"{base}.qkv_proj.weight" in files:
-        scheme = "fused"
-    elif f"{base}.c_attn.weight" in files:
-        scheme = "conv1d"
-    else:
+    expected = [f"{base}.{name}.weight" for name in layout.qkv]
+    if not all(name in files for name in expected):
         present = sorted(n for n in files if n.startswith(base + "."))
-        raise CheckpointError(f"{folder}: expected q_proj/k_proj/v_proj, qkv_proj or c_attn weights under {base}, "
-                              f"found {present}")
+        raise CheckpointError(f"{folder}: expected {', '.join(expected)} (the architecture table's q/k/v weights for "
+                              f"{model_type!r}), found {present}")
+    scheme = layout.qkv_scheme
     return Checkpoint(folder, model_type, shape, prefix, attention, out_proj, files, scheme)
 
 

@@ -1,7 +1,13 @@
-"""``truthprobe ablate random|grid|regime``: ablations that run lm-eval's HaluEval judge task and collect the results."""
+"""``truthprobe ablate random|grid|regime``: ablations that run lm-eval's HaluEval judge task and collect the results.
+
+``random`` and ``grid`` take any registered method (``--method``, settings with ``--set NAME=VALUE``), e.g.
+``truthprobe ablate grid --method iti --set directions=iti.json --vary alpha=5,10,15 --vary k=16,48``.
+"""
 from __future__ import annotations
 
 import argparse
+import itertools
+from typing import Any
 
 RANDOM_SEEDS = "0,1,2,3,4"
 
@@ -25,6 +31,41 @@ def _grid(value: str) -> list[tuple[str, float]]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"alpha: expected numbers, found {alphas!r}") from None
     return pairs
+
+
+def _assignment(value: str) -> tuple[str, str]:
+    name, sep, rest = value.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, found {value!r}")
+    return name.strip(), rest.strip()
+
+
+def _method_options(p: argparse.ArgumentParser, alpha_default: str) -> None:
+    p.add_argument("--method", default="truthprobe", help="intervention method (default truthprobe; also iti)")
+    p.add_argument("--scores", help="TruthProbe: score file (ours, or a published .npy / cv5_head_metrics.csv)")
+    p.add_argument("--alpha", help=f"strength (TruthProbe default here {alpha_default}; else the method's default)")
+    p.add_argument("--norm", help="TruthProbe: centered (default), minmax or raw")
+    p.add_argument("--set", dest="settings", action="append", type=_assignment, default=[], metavar="NAME=VALUE",
+                   help="any setting of the method, e.g. --set directions=iti.json --set k=48 (repeatable)")
+
+
+def _intervention(args: argparse.Namespace, alpha_default: float | None = None):
+    """The method and its settings from the command line, validated (files read) before any model loads."""
+    from ..errors import InterventionError
+    from ..interventions import build
+
+    settings: dict[str, Any] = dict(args.settings)
+    if args.scores is not None:
+        settings["scores"] = args.scores
+    if args.alpha is not None:
+        settings["alpha"] = args.alpha
+    elif args.method == "truthprobe" and alpha_default is not None:
+        settings.setdefault("alpha", alpha_default)
+    if args.norm is not None:
+        settings["norm"] = args.norm
+    if args.method == "truthprobe" and not settings.get("scores"):
+        raise InterventionError("--scores: TruthProbe needs a score file, found none")
+    return build(args.method, **settings)
 
 
 def _common(p: argparse.ArgumentParser, offset: int, n: int, out: str) -> None:
@@ -51,20 +92,24 @@ def add_parser(subparsers) -> None:
         "(lm_eval/) to --out. Evaluation rows must not overlap the rows the scores were probed on.")
     sub = p.add_subparsers(dest="ablation", metavar="ABLATION", required=True)
 
-    r = sub.add_parser("random", help="TruthProbe vs random gates over seeds (mean and std)",
-                       description="The baseline, the Truth-Score gate and a random gate (same alpha and norm) per seed.")
-    r.add_argument("--scores", required=True, help="score file (ours, or a published .npy / cv5_head_metrics.csv)")
-    r.add_argument("--alpha", type=float, default=2.5)
-    r.add_argument("--norm", default="centered")
-    r.add_argument("--seeds", type=_ints, default=_ints(RANDOM_SEEDS), help=f"random-gate seeds (default {RANDOM_SEEDS})")
+    r = sub.add_parser("random", help="a method vs its random control over seeds (mean and std)",
+                       description="The baseline, the method and its random control (TruthProbe: random gates of the "
+                       "same alpha and norm; ITI: random heads or random directions) once per seed.")
+    _method_options(r, "2.5")
+    r.add_argument("--control", help="the method's control (default: its first, TruthProbe random, ITI random_heads)")
+    r.add_argument("--seeds", type=_ints, default=_ints(RANDOM_SEEDS), help=f"control seeds (default {RANDOM_SEEDS})")
     _common(r, offset=342, n=100, out="runs/ablate-random")
     r.set_defaults(func=run_random)
 
-    g = sub.add_parser("grid", help="alpha and norm on a validation slice",
-                       description="The baseline and every gate of the grid; the F1 winner is marked (ties: accuracy).")
-    g.add_argument("--scores", required=True, help="score file")
+    g = sub.add_parser("grid", help="any method's settings on a validation slice",
+                       description="The baseline and the method under every grid point; the F1 winner is marked (ties: "
+                       "accuracy, then grid order).")
+    _method_options(g, "4.5")
     g.add_argument("--grid", type=_grid, default=None,
-                   help="NORM:ALPHA,...;NORM:... (default: the published grid centered:2.5,4.5,6,7.5;minmax:0.1,0.2,0.3)")
+                   help="TruthProbe: NORM:ALPHA,...;NORM:... (default: the published grid centered:2.5,4.5,6,7.5;"
+                   "minmax:0.1,0.2,0.3)")
+    g.add_argument("--vary", action="append", type=_assignment, default=[], metavar="NAME=V1,V2",
+                   help="a setting and its values; several --vary give every combination (any method)")
     _common(g, offset=292, n=50, out="runs/ablate-grid")
     g.set_defaults(func=run_grid)
 
@@ -94,7 +139,7 @@ def _setup(args: argparse.Namespace):
         from ..analysis.ablations import AblationError
 
         raise AblationError(f"rows: expected --offset >= 0 and --n >= 1, found {args.offset} and {args.n}")
-    if getattr(args, "alpha", None) is not None:
+    if getattr(args, "method", None) is None and getattr(args, "alpha", None) is not None:
         check_gate_settings(args.alpha, args.norm)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,35 +171,52 @@ def _write(out, headers, rows, payload: dict, plot, title: str) -> None:
 
 def run_random(args: argparse.Namespace) -> int:
     from ..analysis import ablations as ab
-    from ..scores import TruthScores
 
-    scores = TruthScores.load(args.scores)
-    ab.check_rows_clear_of_probing(scores, args.offset, args.n)
+    made = _intervention(args, alpha_default=2.5)
+    control = args.control or next(iter(made.controls), None)
+    if control is None:
+        from ..errors import InterventionError
+
+        raise InterventionError(f"method {made.name!r} has no random control")
+    made.control(control, 0)  # a bad control fails before the model loads
+    ab._check_clear(made, args.offset, args.n)
     out, _, _, judge = _setup(args)
-    result = ab.random_gate_ablation(judge, scores, alpha=args.alpha, norm=args.norm, seeds=args.seeds,
-                                     offset=args.offset, n=args.n)
+    result = ab.random_control_ablation(judge, made, control=control, seeds=args.seeds, offset=args.offset, n=args.n)
     headers, rows = ab.random_ablation_table(result)
     _write(out, headers, rows, {**_describe(args, judge), **result.to_dict()}, lambda p: ab.plot_random_ablation(result, p),
-           f"Random-gate ablation: rows {args.offset}-{args.offset + args.n - 1}, {args.norm} alpha {args.alpha:g}, "
+           f"Random-control ablation: rows {args.offset}-{args.offset + args.n - 1}, {made.label()} vs {control}, "
            f"{len(args.seeds)} seeds")
     return 0
 
 
+def _grid_points(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from ..analysis.ablations import truthprobe_grid
+    from ..main_job import PUBLISHED_GRID
+
+    if args.vary:
+        names = [name for name, _ in args.vary]
+        values = [[v.strip() for v in spec.split(",") if v.strip()] for _, spec in args.vary]
+        return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+    if args.method != "truthprobe":
+        raise argparse.ArgumentTypeError(f"--vary: method {args.method!r} needs the settings to vary, found none")
+    return truthprobe_grid(args.grid or list(PUBLISHED_GRID))
+
+
 def run_grid(args: argparse.Namespace) -> int:
     from ..analysis import ablations as ab
-    from ..main_job import PUBLISHED_GRID
-    from ..scores import TruthScores
 
-    grid = args.grid or list(PUBLISHED_GRID)
-    scores = TruthScores.load(args.scores)
-    ab.check_rows_clear_of_probing(scores, args.offset, args.n)
+    made = _intervention(args)
+    points = _grid_points(args)
+    for point in points:
+        made.with_settings(**point)  # every point is checked before the model loads
+    ab._check_clear(made, args.offset, args.n)
     out, _, _, judge = _setup(args)
-    result = ab.grid_search(judge, scores, grid=grid, offset=args.offset, n=args.n)
+    result = ab.grid_search(judge, made, grid=points, offset=args.offset, n=args.n)
     headers, rows = ab.grid_table(result)
     best = result.best
+    chosen = ", ".join(f"{k} {best.intervention.get(k)}" for k in result.keys)
     _write(out, headers, rows, {**_describe(args, judge), **result.to_dict()}, lambda p: ab.plot_grid(result, p),
-           f"Alpha/norm grid on rows {args.offset}-{args.offset + args.n - 1}: chosen {best.gate['norm']}, "
-           f"alpha {best.gate['alpha']:g}")
+           f"{made.name} grid on rows {args.offset}-{args.offset + args.n - 1}: chosen {chosen}")
     return 0
 
 

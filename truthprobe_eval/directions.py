@@ -1,0 +1,154 @@
+"""ITI direction files: per head a unit direction, the activations' spread along it, and the probe accuracy.
+
+Format (JSON, written atomically)::
+
+    {"format": "truthprobe-iti-directions", "version": 1,
+     "meta": {"model", "architecture", "num_layers", "num_heads", "head_dim", "data", "questions",
+              "direction": "mass_mean" | "probe", "folds", "seed", ...},
+     "directions": [L][H][D],         # unit vectors: mean(true) - mean(false), or the probe's weight vector
+     "sigma": [L][H],                 # std of the training activations projected on the direction
+     "accuracy": [L][H],              # the head's k-fold probe accuracy (a Truth Score: it ranks the heads)
+     "random_directions": [L][H][D],  # seeded random unit vectors (the random-direction control) ...
+     "random_sigma": [L][H]}          # ... and the spread of the same activations along them
+
+Everything is computed on the training questions only. ``to_scores()`` gives the accuracies as ``TruthScores``
+(heatmaps, lineage comparisons, and shape checks that name both models, as for score files).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._io import atomic_write_text
+from .errors import ShapeMismatchError, TruthProbeError
+
+FORMAT = "truthprobe-iti-directions"
+ARRAYS = {"directions": 3, "sigma": 2, "accuracy": 2, "random_directions": 3, "random_sigma": 2}
+
+
+class DirectionFileError(TruthProbeError, ValueError):
+    """A direction file that cannot be read or holds inconsistent arrays."""
+
+
+@dataclass
+class ITIDirections:
+    directions: np.ndarray  # (L, H, D)
+    sigma: np.ndarray  # (L, H)
+    accuracy: np.ndarray  # (L, H)
+    random_directions: np.ndarray  # (L, H, D)
+    random_sigma: np.ndarray  # (L, H)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, ndim in ARRAYS.items():
+            value = np.asarray(getattr(self, name), dtype=np.float64)
+            if value.ndim != ndim or not np.isfinite(value).all():
+                raise DirectionFileError(f"{name}: expected a finite {ndim}-d array, found shape {value.shape}"
+                                         + ("" if np.isfinite(value).all() else " with NaN/inf"))
+            setattr(self, name, value)
+        shape = self.directions.shape
+        for name in ARRAYS:
+            want = shape if ARRAYS[name] == 3 else shape[:2]
+            if getattr(self, name).shape != want:
+                raise DirectionFileError(f"{name}: expected shape {want} (from directions), found "
+                                         f"{getattr(self, name).shape}")
+        for name in ("directions", "random_directions"):
+            norms = np.linalg.norm(getattr(self, name), axis=-1)
+            if not np.allclose(norms, 1.0, atol=1e-4):
+                raise DirectionFileError(f"{name}: expected unit vectors, found norms from {norms.min():.4g} to "
+                                         f"{norms.max():.4g}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.directions.shape)  # type: ignore[return-value]
+
+    @property
+    def model(self) -> str:
+        return str(self.meta.get("model", "unknown model"))
+
+    def check_fits(self, num_layers: int, num_heads: int, head_dim: int, model_name: str = "the model") -> None:
+        if self.shape != (num_layers, num_heads, head_dim):
+            raise ShapeMismatchError(
+                f"ITI directions of {self.model} have shape {self.shape} (layers, heads, head dim), but {model_name} "
+                f"has ({num_layers}, {num_heads}, {head_dim}): directions transfer only within a lineage of the same shape")
+
+    def to_scores(self):
+        from .scores import TruthScores
+
+        return TruthScores(self.accuracy, meta={**self.meta, "metric": "iti_probe_accuracy"})
+
+    def top_heads(self, k: int) -> list[tuple[int, int]]:
+        """The k heads of highest probe accuracy (ties: lower layer, then lower head first)."""
+        flat = self.accuracy.reshape(-1)
+        order = sorted(range(flat.size), key=lambda i: (-flat[i], i))[:k]
+        heads = self.accuracy.shape[1]
+        return [(i // heads, i % heads) for i in order]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": 1, "meta": self.meta,
+                **{name: np.round(getattr(self, name), 7).tolist() for name in ARRAYS}}
+
+    def save(self, path: "str | os.PathLike") -> Path:
+        return atomic_write_text(path, json.dumps(self.to_dict()) + "\n")
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike") -> "ITIDirections":
+        path = Path(path)
+        if not path.is_file():
+            raise DirectionFileError(f"directions: expected an ITI direction file (truthprobe iti fit writes one), "
+                                     f"found no file at {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DirectionFileError(f"{path}: expected JSON, found {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise DirectionFileError(f"{path}: expected format {FORMAT!r}, found {found!r}")
+        missing = [k for k in ARRAYS if k not in data]
+        if missing:
+            raise DirectionFileError(f"{path}: expected arrays {', '.join(ARRAYS)}, missing {', '.join(missing)}")
+        try:
+            made = cls(**{k: data[k] for k in ARRAYS}, meta={**(data.get("meta") or {}), "source_file": str(path)})
+        except (DirectionFileError, ValueError) as exc:
+            raise DirectionFileError(f"{path}: {exc}") from None
+        return made
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.where(norm > 0, norm, 1.0)
+
+
+def fit_directions(X: np.ndarray, y: np.ndarray, accuracy: np.ndarray, *, probe_weights: np.ndarray | None = None,
+                   direction: str = "mass_mean", seed: int = 0, meta: dict | None = None) -> ITIDirections:
+    """Directions and spreads from (N, L, H, D) training activations and 0/1 labels (1 = true answer).
+
+    ``mass_mean``: mean(true) - mean(false), normalized; ``probe``: the probe's weight vector (``probe_weights``).
+    sigma: the standard deviation of the activations projected on the direction (ddof=0, as np.std).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y).astype(bool)
+    if X.ndim != 4 or len(y) != X.shape[0] or y.all() or not y.any():
+        raise DirectionFileError(f"fit: expected (N, L, H, D) activations and N labels of both classes, found X "
+                                 f"{X.shape} and {len(y)} labels ({int(y.sum())} true)")
+    if direction == "mass_mean":
+        d = unit(X[y].mean(axis=0) - X[~y].mean(axis=0))
+    elif direction == "probe":
+        if probe_weights is None:
+            raise DirectionFileError("direction 'probe': expected the probes' weight vectors, found none")
+        d = unit(np.asarray(probe_weights, dtype=np.float64))
+    else:
+        raise DirectionFileError(f"direction: expected mass_mean or probe, found {direction!r}")
+    rand = unit(np.random.default_rng(seed).standard_normal(d.shape))
+    sigma = np.einsum("nlhd,lhd->nlh", X, d).std(axis=0)
+    random_sigma = np.einsum("nlhd,lhd->nlh", X, rand).std(axis=0)
+    return ITIDirections(d, sigma, np.asarray(accuracy, dtype=np.float64), rand, random_sigma,
+                         meta={"direction": direction, "seed": seed, "n_examples": int(len(y)), **(meta or {})})
+
+
+__all__ = ["DirectionFileError", "FORMAT", "ITIDirections", "fit_directions"]

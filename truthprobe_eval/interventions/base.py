@@ -1,0 +1,274 @@
+"""The intervention interface: one small base class, declared parameters, one registry.
+
+An intervention is built from keyword arguments (``build("iti", directions="iti.json", k=48)``; the same parser
+serves lm-eval's ``model_args``, VLMEvalKit's config keys, the CLI and Python), attaches to a model as a context
+manager (hooks in, hooks out, the model exactly restored), may bake into the weights, and describes itself as a
+plain dict that every result records (``describe()``; ``from_description`` rebuilds it).
+
+A new method is a new subclass with a ``name``, its ``params`` and ``hooks``; nothing else moves.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import InterventionError
+
+APPLY_MODES = ("hook", "bake")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared setting: name, type (float, int, str, bool or "path"), default, allowed values, help."""
+
+    name: str
+    kind: Any
+    default: Any = None
+    choices: tuple = ()
+    help: str = ""
+    objects: tuple = ()  # in-memory types a "path" setting also accepts (e.g. loaded TruthScores)
+
+    def parse(self, value: Any, error: type[Exception] = InterventionError) -> Any:
+        """``value`` (a Python value or lm-eval's parsed string) as this parameter's type; raises ``error``."""
+        if self.objects and isinstance(value, self.objects):
+            return value
+        if isinstance(value, str) and value == "" or value is None:
+            if self.kind == "path" or self.default is None:
+                return None
+            value = self.default
+        expected = {float: "a finite number", int: "an integer", bool: "true or false", str: "a string",
+                    "path": "a file path"}[self.kind]
+        wanted = f"one of {', '.join(map(str, self.choices))}" if self.choices else expected
+        fail = error(f"{self.name}: expected {wanted}, found {value!r}")
+        if self.kind is float:
+            if isinstance(value, bool):
+                raise fail
+            try:
+                out: Any = float(value)
+            except (TypeError, ValueError):
+                raise fail from None
+            if not math.isfinite(out):
+                raise fail
+        elif self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise fail
+            try:
+                number = float(value)
+            except ValueError:
+                raise fail from None
+            if not math.isfinite(number) or number != int(number):
+                raise fail
+            out = int(number)
+        elif self.kind is bool:
+            if isinstance(value, bool):
+                out = value
+            elif isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                out = value.lower() in ("true", "1")
+            else:
+                raise fail
+        else:
+            if not isinstance(value, str):
+                import os
+
+                if self.kind == "path" and isinstance(value, os.PathLike):
+                    value = os.fspath(value)
+                else:
+                    raise fail
+            out = value
+        if self.choices and out not in self.choices:
+            raise fail
+        return out
+
+
+class Intervention:
+    """Base class. Subclasses set ``name``, ``params`` and ``label_text``, and implement ``hooks`` (and maybe
+    ``bake``, ``load`` for files, ``check_fits`` for shapes)."""
+
+    name: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    error: ClassVar[type[Exception]] = InterventionError
+    #: True when the edit depends on which positions it touches (see ``edit_positions``)
+    position_aware: ClassVar[bool] = False
+    #: the method's random controls: name -> the settings that turn it into the control (a ``seed`` is added)
+    controls: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+        self.apply = settings.get("apply", "hook")
+        self._positions: Any = None  # None: every position; see edit_positions
+
+    # ---- construction ------------------------------------------------------------------------------
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        return ("apply", *(p.name for p in cls.params))
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "Intervention":
+        """Parse and validate every setting (files are read here, before any model loads)."""
+        unknown = sorted(set(kwargs) - set(cls.param_names()))
+        if unknown:
+            raise cls.error(f"method {cls.name!r}: unknown argument(s) {', '.join(unknown)}; expected "
+                            f"{', '.join(cls.param_names())}")
+        apply = Param("apply", str, "hook", APPLY_MODES).parse(kwargs.get("apply"), cls.error)
+        if apply == "bake" and cls.bake is Intervention.bake:
+            raise cls.error(f"apply: method {cls.name!r} cannot be baked into weights; use apply=hook")
+        settings = {"apply": apply, **{p.name: p.parse(kwargs.get(p.name), cls.error) for p in cls.params}}
+        made = cls(**settings)
+        made.load()
+        return made
+
+    def load(self) -> None:
+        """Read and check the files the settings name (score files, direction files)."""
+
+    def with_settings(self, **changes: Any) -> "Intervention":
+        """A new intervention of the same method with some settings changed (grids and ablations use this)."""
+        return type(self).from_kwargs(**{**self.given(), **changes})
+
+    def control(self, name: str, seed: int = 0) -> "Intervention":
+        """The random control ``name`` of this intervention (same strength, random heads / gates / directions)."""
+        if name not in self.controls:
+            raise self.error(f"control: method {self.name!r} has {', '.join(self.controls) or 'no controls'}, "
+                             f"found {name!r}")
+        return self.with_settings(**self.controls[name], seed=seed)
+
+    def given(self) -> dict[str, Any]:
+        """The settings as keyword arguments (in-memory objects kept, e.g. loaded scores)."""
+        return dict(self.settings)
+
+    # ---- what it does ------------------------------------------------------------------------------
+    @property
+    def identity(self) -> bool:
+        """True when attaching changes nothing (baselines skip the hooks altogether)."""
+        return False
+
+    def check_fits(self, model: nn.Module) -> None:
+        """Raise when the intervention's data do not fit ``model`` (layers, heads, widths)."""
+
+    def check_shape(self, num_layers: int, num_heads: int, name: str) -> None:
+        """Raise when the intervention cannot fit a model of this shape (read from its config, before loading)."""
+
+    @property
+    def wants_positions(self) -> bool:
+        """True when a harness should say which positions to edit (``edit_positions``) rather than all of them."""
+        return self.position_aware and self.settings.get("positions", "all") != "all"
+
+    def hooks(self, model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        raise NotImplementedError
+
+    @contextmanager
+    def attach(self, model: nn.Module) -> Iterator["Intervention"]:
+        """Hooks in for the block, out afterwards; the model is exactly as before."""
+        if self.identity:
+            yield self
+            return
+        self.check_fits(model)
+        handles = self.hooks(model)
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def bake(self, model: nn.Module) -> nn.Module:
+        """Fold the intervention into the weights in place; recorded in ``model.config.truthprobe_interventions``."""
+        raise self.error(f"method {self.name!r} cannot be baked into weights")
+
+    def record_bake(self, model: nn.Module, extra: dict | None = None) -> None:
+        config = getattr(model, "config", None)
+        if config is not None:
+            previous = list(getattr(config, "truthprobe_interventions", None) or [])
+            config.truthprobe_interventions = [*previous, {**self.describe(), **(extra or {})}]
+
+    @contextmanager
+    def edit_positions(self, positions: Any) -> Iterator[None]:
+        """Which positions a position-aware edit touches during the block: ``None`` (every position), ``"last"``
+        (the last position of each forward call: the prompt's last token, then each generated one), ``"skip"``
+        (none) or a (batch,) tensor of first positions per row (log-likelihood scoring: the answer's first token)."""
+        previous, self._positions = self._positions, positions
+        try:
+            yield
+        finally:
+            self._positions = previous
+
+    # ---- self-description --------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """A plain, JSON-ready dict: the method, every setting, provenance of the files it read, a label."""
+        settings = {k: v for k, v in self.settings.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        return {"method": self.name, **settings, **self.provenance(), "label": self.label(), "identity": self.identity}
+
+    def provenance(self) -> dict[str, Any]:
+        return {}
+
+    def label(self) -> str:
+        """A short human name for tables ("ITI (K 48, alpha 15)")."""
+        return self.name
+
+
+class Baseline(Intervention):
+    """``method=none``: no intervention (the plain model through the same code)."""
+
+    name = "none"
+
+    @property
+    def identity(self) -> bool:
+        return True
+
+    def hooks(self, model: nn.Module) -> list:
+        return []
+
+    def bake(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def label(self) -> str:
+        return "baseline"
+
+
+REGISTRY: dict[str, type[Intervention]] = {}
+
+
+def register(cls: type[Intervention]) -> type[Intervention]:
+    """Class decorator: make ``cls`` buildable as ``method=<cls.name>``."""
+    if not cls.name:
+        raise InterventionError(f"{cls.__name__}: expected a method name, found none")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+register(Baseline)
+
+
+def method_class(method: Any) -> type[Intervention]:
+    name = "none" if method is None else method
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise InterventionError(f"method: expected one of {', '.join(sorted(REGISTRY))}, found {method!r}")
+    return REGISTRY[name]
+
+
+def build(method: Any = "truthprobe", **kwargs: Any) -> Intervention:
+    """The one parser: ``build("iti", directions=..., k=48, alpha=15)``."""
+    return method_class(method).from_kwargs(**kwargs)
+
+
+def split_kwargs(kwargs: dict[str, Any], default_method: str = "truthprobe") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the intervention's keyword arguments incl. ``method``, everything else) for harnesses whose
+    constructor also takes its own arguments (lm-eval's ``hf``)."""
+    method = kwargs.get("method", default_method)
+    names = set(method_class(method).param_names())
+    ours = {k: v for k, v in kwargs.items() if k in names}
+    ours["method"] = method
+    return ours, {k: v for k, v in kwargs.items() if k not in names and k != "method"}
+
+
+def from_description(description: dict[str, Any]) -> Intervention:
+    """Rebuild an intervention from its recorded ``describe()`` dict."""
+    cls = method_class(description.get("method"))
+    return cls.from_kwargs(**{k: v for k, v in description.items() if k in cls.param_names()})
+
+
+__all__ = ["APPLY_MODES", "Baseline", "Intervention", "Param", "REGISTRY", "build", "from_description",
+           "method_class", "register", "split_kwargs"]

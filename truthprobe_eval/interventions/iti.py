@@ -1,0 +1,162 @@
+"""ITI (inference-time intervention, Li et al. 2023): shift the top-K heads along their truthful direction.
+
+For each of the K heads of highest probe accuracy, ``alpha * sigma * direction`` is added to that head's slice
+of the attention output projection's input (``o_proj_input``, the site the probes read). Settings
+(``method=iti``): ``directions`` (a file from ``truthprobe iti fit``), ``k`` (48), ``alpha`` (15, the published
+defaults), ``positions`` and ``control``.
+
+``positions``:
+- ``answer`` (default, the published code's choice): in log-likelihood scoring, every position from the answer's
+  first token on; in generation, the prompt's last position and then each newly generated token;
+- ``all``: every position of every forward call.
+
+Outside a harness (plain ``with iti.attach(model): model(...)``) every position is shifted unless the caller
+says otherwise with ``edit_positions``.
+
+``control``: ``random_heads`` (K heads drawn at random, from ``seed``, with their own directions) or
+``random_directions`` (the same top-K heads, shifted along the file's seeded random unit vectors, by the
+activations' own spread along those vectors).
+
+``apply=bake`` adds the shift to the output projection's bias (created where there is none): W_o @ shift.
+This equals the hook with ``positions=all`` (tested) and is not position-equivalent to ``answer``: it shifts
+the prompt too.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..directions import ITIDirections
+from ..errors import InterventionError
+from .base import Intervention, Param, register
+
+POSITIONS = ("answer", "all")
+CONTROLS = ("none", "random_heads", "random_directions")
+
+
+@register
+class ITI(Intervention):
+    name = "iti"
+    position_aware = True
+    controls = {"random_heads": {"control": "random_heads"}, "random_directions": {"control": "random_directions"}}
+    params = (
+        Param("directions", "path", None, help="ITI direction file (truthprobe iti fit)"),
+        Param("k", int, 48, help="number of heads shifted (top-K by probe accuracy)"),
+        Param("alpha", float, 15.0, help="shift strength, in units of sigma"),
+        Param("positions", str, "answer", POSITIONS, help="answer: from the answer on / new tokens; all"),
+        Param("control", str, "none", CONTROLS, help="none, random_heads or random_directions"),
+        Param("seed", int, 0, help="seed of the random-heads control"),
+    )
+
+    def load(self) -> None:
+        if not self.settings["directions"]:
+            raise InterventionError("directions: method 'iti' needs a direction file (truthprobe iti fit writes one), "
+                                    "found none; pass directions=PATH")
+        self.data = ITIDirections.load(self.settings["directions"])
+        L, H, _ = self.data.shape
+        if not 0 <= self.settings["k"] <= L * H:
+            raise InterventionError(f"k: expected 0 to {L * H} heads ({L} layers x {H}), found {self.settings['k']}")
+
+    @property
+    def identity(self) -> bool:
+        return self.settings["k"] == 0 or self.settings["alpha"] == 0
+
+    def heads(self) -> list[tuple[int, int]]:
+        s = self.settings
+        if s["control"] == "random_heads":
+            L, H, _ = self.data.shape
+            picked = np.random.default_rng(s["seed"]).choice(L * H, size=s["k"], replace=False)
+            return sorted((int(i) // H, int(i) % H) for i in picked)
+        return sorted(self.data.top_heads(s["k"]))
+
+    def shifts(self) -> np.ndarray:
+        """(L, H, D) the vector added to each head's output (zero for heads not chosen)."""
+        s = self.settings
+        random_dirs = s["control"] == "random_directions"
+        d = self.data.random_directions if random_dirs else self.data.directions
+        sigma = self.data.random_sigma if random_dirs else self.data.sigma
+        out = np.zeros(self.data.shape)
+        for layer, head in self.heads():
+            out[layer, head] = s["alpha"] * sigma[layer, head] * d[layer, head]
+        return out
+
+    def check_fits(self, model: nn.Module) -> None:
+        from ..architectures import locate_heads, model_name
+
+        sites = locate_heads(model)
+        self.data.check_fits(sites.num_layers, sites.num_heads, sites.head_dim, model_name(model))
+
+    def check_shape(self, num_layers: int, num_heads: int, name: str) -> None:
+        L, H, _ = self.data.shape
+        if (L, H) != (num_layers, num_heads):
+            self.data.check_fits(num_layers, num_heads, self.data.shape[2], name)
+
+    def _mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, T, 1) 0/1 of the positions to shift, or None for all of them."""
+        p = self._positions
+        if p is None:
+            return None
+        B, T = x.shape[0], x.shape[1]
+        if isinstance(p, str):
+            mask = torch.zeros(B, T, 1, dtype=x.dtype, device=x.device)
+            if p == "last":
+                mask[:, -1] = 1
+            return mask
+        starts = torch.as_tensor(p, device=x.device).reshape(B, 1)
+        return (torch.arange(T, device=x.device)[None, :] >= starts).to(x.dtype)[..., None]
+
+    def hooks(self, model: nn.Module) -> list:
+        from ..architectures import locate_heads
+
+        sites = locate_heads(model)
+        shifts = self.shifts()
+        handles = []
+        for layer, proj in enumerate(sites.out_projs):
+            if not shifts[layer].any():
+                continue
+            v = torch.as_tensor(shifts[layer].reshape(-1), dtype=proj.weight.dtype, device=proj.weight.device)
+
+            def add(_module, args, v=v):
+                x = args[0]
+                mask = self._mask(x)
+                return (x + v if mask is None else x + mask * v, *args[1:])
+
+            handles.append(proj.register_forward_pre_hook(add))
+        return handles
+
+    @torch.no_grad()
+    def bake(self, model: nn.Module) -> nn.Module:
+        from ..architectures import locate_heads
+
+        if self.identity:
+            return model
+        self.check_fits(model)
+        sites = locate_heads(model)
+        shifts = self.shifts()
+        for layer, proj in enumerate(sites.out_projs):
+            if not shifts[layer].any():
+                continue
+            w = proj.weight
+            v = torch.as_tensor(shifts[layer].reshape(-1), dtype=torch.float64, device=w.device)
+            delta = (v @ w.double()) if sites.layout.conv1d else (w.double() @ v)
+            if getattr(proj, "bias", None) is None:
+                proj.bias = nn.Parameter(torch.zeros(delta.shape[0], dtype=w.dtype, device=w.device))
+            proj.bias.add_(delta.to(w.dtype))
+        self.record_bake(model, {"heads": [list(h) for h in self.heads()]})
+        return model
+
+    def provenance(self) -> dict[str, Any]:
+        return {"directions_model": self.data.model, "direction": self.data.meta.get("direction"),
+                "heads": [list(h) for h in self.heads()]}
+
+    def label(self) -> str:
+        s = self.settings
+        control = {"none": "", "random_heads": f", random heads seed {s['seed']}",
+                   "random_directions": ", random directions"}[s["control"]]
+        return f"ITI (K {s['k']}, alpha {s['alpha']:g}{control})"
+
+
+__all__ = ["CONTROLS", "ITI", "POSITIONS"]

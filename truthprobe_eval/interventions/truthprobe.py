@@ -1,0 +1,128 @@
+"""TruthProbe: soft-gate every attention head, ``g[l, h] = 1 + alpha * norm(s)[l, h]`` (the maths: ``gating``).
+
+Settings (``method=truthprobe``, the default): ``scores`` (a Truth Score file: ours, a published ``.npy`` or
+``cv5_head_metrics.csv``; required for ``gate`` truthprobe / inverse / shuffled), ``alpha`` (4.5), ``norm``
+(centered, minmax, raw), ``site`` (o_proj_output, the published site, or o_proj_input), ``gate`` (truthprobe,
+inverse, random, shuffled, none) and ``seed`` (of the random and shuffled gates). ``apply=bake`` scales W_o.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..errors import GateConfigError, ScoreFileError
+from ..gate_config import KINDS, NORMS, SITES
+from ..scores import TruthScores
+from .base import Intervention, Param, register
+
+NEEDS_SCORES = ("truthprobe", "inverse", "shuffled")
+
+
+@register
+class TruthProbeGate(Intervention):
+    name = "truthprobe"
+    error = GateConfigError
+    controls = {"random": {"gate": "random"}, "shuffled": {"gate": "shuffled"}}
+    params = (
+        Param("scores", "path", None, help="Truth Score file (.json, published .npy or cv5_head_metrics.csv)",
+              objects=(TruthScores, np.ndarray)),
+        Param("alpha", float, 4.5, help="gate strength"),
+        Param("norm", str, "centered", NORMS, help="per-layer normalization of the scores"),
+        Param("site", str, "o_proj_output", SITES, help="where the gate multiplies"),
+        Param("gate", str, "truthprobe", KINDS, help="truthprobe, or a control: inverse, random, shuffled, none"),
+        Param("seed", int, 0, help="seed of the random and shuffled gates"),
+    )
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "TruthProbeGate":
+        if "gate" in kwargs and kwargs["gate"] is None:  # lm-eval's parser turns the string "none" into None
+            kwargs = {**kwargs, "gate": "none"}
+        given = kwargs.get("scores")
+        if given is not None and not isinstance(given, (str, os.PathLike, TruthScores, np.ndarray)):
+            raise ScoreFileError(f"scores: expected a path to a .json, .npy or .csv score file, found {given!r}")
+        return super().from_kwargs(**kwargs)
+
+    def load(self) -> None:
+        from ..scores import load_scores
+
+        given = self.settings["scores"]
+        self.scores: TruthScores | None = None
+        self.source: str | None = None
+        if isinstance(given, (TruthScores, np.ndarray)):
+            self.scores = load_scores(given)
+            self.source = str(self.scores.meta.get("source_file") or "<in memory>")
+        elif given:
+            self.scores, self.source = TruthScores.load(given), str(given)
+        elif self.kind in NEEDS_SCORES:
+            raise GateConfigError(
+                f"scores: gate={self.kind!r} needs Truth Scores, found none; pass scores=PATH (a truthprobe .json, a "
+                "published .npy or cv5_head_metrics.csv), or use gate=none / gate=random")
+
+    @property
+    def kind(self) -> str:
+        return self.settings["gate"]
+
+    @property
+    def identity(self) -> bool:
+        return self.kind == "none"
+
+    def scores_for(self, model: nn.Module) -> TruthScores:
+        """The scores checked against ``model`` (zeros of its shape for the random gate, which ignores them)."""
+        from ..architectures import locate_heads, model_name
+
+        sites = locate_heads(model)
+        if self.scores is None:
+            return TruthScores(np.zeros(sites.shape), meta={"model": model_name(model)})
+        self.scores.check_fits(sites.num_layers, sites.num_heads, model_name(model))
+        return self.scores
+
+    def check_fits(self, model: nn.Module) -> None:
+        self.scores_for(model)
+
+    def check_shape(self, num_layers: int, num_heads: int, name: str) -> None:
+        """Shape check from a config alone (before weights load)."""
+        if self.scores is not None:
+            self.scores.check_fits(num_layers, num_heads, name)
+
+    def gates(self, model: nn.Module) -> np.ndarray:
+        from ..gating import gate_values
+
+        s = self.settings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return gate_values(self.scores_for(model), s["alpha"], s["norm"], s["gate"], s["seed"])
+
+    def hooks(self, model: nn.Module) -> list:
+        from ..gating import gate_hooks
+
+        s = self.settings
+        return gate_hooks(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"])
+
+    def bake(self, model: nn.Module) -> nn.Module:
+        from ..gating import bake
+
+        if self.identity:
+            return model
+        s = self.settings
+        bake(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"])
+        self.record_bake(model)
+        return model
+
+    def provenance(self) -> dict[str, Any]:
+        return {"scores": self.source, "scores_model": None if self.scores is None else self.scores.model}
+
+    def label(self) -> str:
+        s = self.settings
+        if self.identity:
+            return "baseline"
+        what = {"truthprobe": "TruthProbe", "inverse": "inverse gate", "random": "random gate",
+                "shuffled": "shuffled gate"}[s["gate"]]
+        seed = f", seed {s['seed']}" if s["gate"] in ("random", "shuffled") else ""
+        return f"{what} ({s['norm']}, alpha {s['alpha']:g}{seed})"
+
+
+__all__ = ["NEEDS_SCORES", "TruthProbeGate"]

@@ -20,6 +20,7 @@ log-likelihood scoring, the continuation's tokens; in generation, the prompt's l
 Generation (``generate_until``) adds two things to HFLM's, neither of which changes a reply:
 - ``prefix_cache`` (default true): the prompt prefix every row of a batch shares runs once and generation
   continues from its KV cache (``truthprobe_eval.generation``); ``prefix_cache=false`` is HFLM's plain path.
+  Log-likelihood batches (multiple choice: a few-shot prompt shared by every choice) use the same idea.
 - the first step's Yes-minus-No log-odds of every generated request, kept in ``yes_no_margins`` (context string
   -> float) for threshold-free detection metrics (AUROC) without another forward pass.
 """
@@ -34,7 +35,7 @@ from lm_eval.models.huggingface import HFLM
 from transformers import LogitsProcessorList
 
 from ..errors import InterventionError
-from ..generation import FirstStepLogits, SharedPrefixGenerator, answer_token_ids, yes_no_margin
+from ..generation import FirstStepLogits, SharedPrefixGenerator, SharedPrefixScorer, answer_token_ids, yes_no_margin
 from ..interventions import DEFAULT_METHOD, Intervention, build, split_kwargs
 from ..interventions.base import Param
 from ..models import resolve_model_path
@@ -99,6 +100,8 @@ class TruthGatedLM(HFLM):
         self._answer_starts: dict[tuple[int, ...], int] = {}
         self._prefix_generator = (SharedPrefixGenerator(self.model, prefix_context=self._prefix_positions)
                                   if use_prefix_cache else None)
+        self._prefix_scorer = (SharedPrefixScorer(self.model, prefix_context=self._prefix_positions)
+                               if use_prefix_cache else None)
         yes_ids = answer_token_ids(self.tokenizer, ("Yes", "yes"))
         no_ids = [i for i in answer_token_ids(self.tokenizer, ("No", "no")) if i not in yes_ids]
         self._margin_ids = (yes_ids, no_ids)
@@ -127,8 +130,9 @@ class TruthGatedLM(HFLM):
                                     f"{made.apply!r}")
         made.check_fits(self.model)
         self._intervention = made
-        if self._prefix_generator is not None:
-            self._prefix_generator.clear()  # prefix caches were computed under the old intervention
+        for cached in (self._prefix_generator, self._prefix_scorer):
+            if cached is not None:
+                cached.clear()  # prefix caches were computed under the old intervention
 
     set_gate = set_intervention  # the TruthProbe-only name of earlier versions
 
@@ -171,8 +175,23 @@ class TruthGatedLM(HFLM):
             self._answer_starts = {}
 
     def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: Any = None):
+        made = self._intervention
+        starts = self._row_starts(inps) if self._answer_starts else None
         with ExitStack() as stack:
-            starts = self._row_starts(inps) if self._answer_starts else None
+            positional = made.wants_positions and not self._baked and not made.identity
+            if (self._prefix_scorer is not None and attn_mask is None and labels is None
+                    and (starts is not None or not positional)):
+                self._attached(stack, positions="skip")  # the passes below say which positions to edit
+                shifted = positional
+
+                def suffix(p: int):
+                    return made.edit_positions(starts.to(inps.device) - p if shifted else None)
+
+                logits = self._prefix_scorer.logits(inps, max_prefix=int(starts.min()) if shifted else None,
+                                                    suffix_context=suffix if shifted else None)
+                if logits is not None:
+                    return logits
+                stack.close()
             self._attached(stack, positions=starts)
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 

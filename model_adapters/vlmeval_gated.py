@@ -5,14 +5,15 @@ One class, ``TruthGatedVLM``, serves every Hugging Face-native image-text-to-tex
 and decodes greedily. The few differences between families sit in ``FAMILIES`` (a fallback template where a
 checkpoint ships none, processor call options such as Qwen2-VL's pixel budget).
 
-The gate ``g[l, h] = 1 + alpha * norm(s)[l, h]`` applies to the language model only (``locate_heads`` finds
-it inside LLaVA, LLaVA-NeXT, Qwen2-VL / Qwen2.5-VL, Idefics3 / SmolVLM); scores come from any score file of
-the same (layers, heads) shape: probed on the base LLM (transfer, e.g. Vicuna-7B -> LLaVA-1.5-7B) or on the
-MLLM itself. A shape mismatch raises ``ShapeMismatchError`` naming both, before the weights load.
+The intervention (``method``, default ``truthprobe``; any method of ``truthprobe_eval.interventions``, built by
+the same parser as lm-eval's ``model_args``) applies to the language model only (the architecture table finds it
+inside LLaVA, LLaVA-NeXT, Qwen2-VL / Qwen2.5-VL, Idefics3 / SmolVLM). TruthProbe's scores come from any score
+file of the same (layers, heads) shape: probed on the base LLM (transfer, e.g. Vicuna-7B -> LLaVA-1.5-7B) or on
+the MLLM itself. A shape mismatch raises ``ShapeMismatchError`` naming both, before the weights load.
 
 Every setting is a constructor argument (the keys of a VLMEvalKit JSON ``--config`` model entry) or else an
-environment variable (for ``--model <name>`` runs), see ``ENV``; gate ``none`` runs the plain model through
-the same code (the baseline).
+environment variable (for ``--model <name>`` runs), see ``ENV``; ``method=none`` (or TruthProbe's gate
+``none``) runs the plain model through the same code (the baseline).
 """
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ from typing import Any
 import torch
 from vlmeval.vlm.base import BaseModel
 
-from truthprobe_eval.errors import GateConfigError, TruthProbeError
-from truthprobe_eval.gating import KINDS, NORMS, SITES, check_gate_settings
+from truthprobe_eval.errors import TruthProbeError
+from truthprobe_eval.interventions import Intervention, method_class
 
-# constructor argument -> environment variable
+# constructor argument -> environment variable (for ``--model <name>`` runs, where no constructor key is given)
 ENV = {
     "model_path": "TRUTHPROBE_MODEL_PATH",
+    "method": "TRUTHPROBE_METHOD",
+    "method_args": "TRUTHPROBE_METHOD_ARGS",  # any method's settings, lm-eval style: "directions=iti.json,k=48"
     "scores": "TRUTHPROBE_SCORES",
     "alpha": "TRUTHPROBE_ALPHA",
     "norm": "TRUTHPROBE_NORM",
@@ -42,11 +45,7 @@ ENV = {
     "device": "TRUTHPROBE_DEVICE",
     "max_new_tokens": "TRUTHPROBE_MAX_NEW_TOKENS",
 }
-DEFAULTS = {"alpha": 4.5, "norm": "centered", "site": "o_proj_output", "gate": "truthprobe", "seed": 0,
-            "apply": "hook", "dtype": "auto", "device": "auto", "max_new_tokens": 512}
-APPLY = ("hook", "bake")
-
-
+DEFAULTS = {"method": "truthprobe", "dtype": "auto", "device": "auto", "max_new_tokens": 512}
 @dataclass(frozen=True)
 class Family:
     """Per-family prompt/processor quirks; everything else is the processor's chat template."""
@@ -82,69 +81,66 @@ def _from_env(name: str, value: Any) -> Any:
     return env if env != "" else DEFAULTS.get(name)
 
 
-@dataclass(frozen=True)
-class GateSettings:
-    scores: str | None
-    alpha: float
-    norm: str
-    site: str
-    gate: str
-    seed: int
-    apply: str
-
-    @classmethod
-    def resolve(cls, **given: Any) -> "GateSettings":
-        """Constructor values, else environment variables, else defaults; validated (no model needed)."""
-        v = {k: _from_env(k, given.get(k)) for k in ("scores", "alpha", "norm", "site", "gate", "seed", "apply")}
-        if v["gate"] not in KINDS:
-            raise GateConfigError(f"gate ({ENV['gate']}): expected one of {', '.join(KINDS)}, found {v['gate']!r}")
-        if v["norm"] not in NORMS:
-            raise GateConfigError(f"norm ({ENV['norm']}): expected one of {', '.join(NORMS)}, found {v['norm']!r}")
-        if v["site"] not in SITES:
-            raise GateConfigError(f"site ({ENV['site']}): expected one of {', '.join(SITES)}, found {v['site']!r}")
-        if v["apply"] not in APPLY:
-            raise GateConfigError(f"apply ({ENV['apply']}): expected one of {', '.join(APPLY)}, found {v['apply']!r}")
-        alpha = check_gate_settings(v["alpha"], v["norm"], v["site"], v["gate"])
-        try:
-            seed = int(v["seed"])
-        except (TypeError, ValueError):
-            raise GateConfigError(f"seed ({ENV['seed']}): expected an integer, found {v['seed']!r}") from None
-        if v["gate"] != "none" and not v["scores"]:
-            raise GateConfigError(
-                f"scores: expected a score file (config key 'scores' or {ENV['scores']}) for gate {v['gate']!r}, "
-                "found none; use gate 'none' for the ungated baseline"
-            )
-        return cls(str(v["scores"]) if v["scores"] else None, alpha, v["norm"], v["site"], v["gate"], seed, v["apply"])
-
-    @property
-    def active(self) -> bool:
-        return self.gate != "none"
-
-    def describe(self) -> dict:
-        return {"scores": self.scores, "alpha": self.alpha, "norm": self.norm, "site": self.site,
-                "gate": self.gate, "seed": self.seed, "apply": self.apply}
+def _args_string(text: str) -> dict[str, str]:
+    out = {}
+    for part in (text or "").split(","):
+        if part.strip():
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise TruthProbeError(f"{ENV['method_args']}: expected NAME=VALUE[,NAME=VALUE...], found {part!r}")
+            out[key.strip()] = value.strip()
+    return out
 
 
-def check_scores_fit(model_path: str, settings: GateSettings) -> None:
-    """Load the score file and compare its shape with the model's language model config (no weights).
+def resolve_intervention(given: dict[str, Any]) -> Intervention:
+    """The intervention from constructor values, else environment variables, else the method's defaults.
 
-    Raises ``ShapeMismatchError`` naming the scores' model and this model.
+    ``given`` holds the constructor's keys (``method`` and any method setting). The same parser as lm-eval's
+    ``model_args`` (``interventions.build``); an error names the config key and the environment variable.
     """
-    if not settings.active:
+    from truthprobe_eval.interventions import method_class
+
+    method = _from_env("method", given.get("method"))
+    cls = method_class(method)
+    from_env_args = _args_string(os.environ.get(ENV["method_args"], ""))
+    settings = {}
+    for name in cls.param_names():
+        value = given.get(name)
+        if value is None or value == "":
+            value = os.environ.get(ENV[name], "") if name in ENV else ""
+        if value == "":
+            value = from_env_args.get(name, "")
+        if value != "":
+            settings[name] = value
+    try:
+        return cls.from_kwargs(**settings)
+    except TruthProbeError as exc:
+        name = str(exc).split(":", 1)[0]
+        if name in settings or name in cls.param_names():
+            where = f"config key '{name}' or {ENV[name]}" if name in ENV else f"config key '{name}' or {ENV['method_args']}"
+            raise type(exc)(f"{name} ({where}):{str(exc).split(':', 1)[1]}") from None
+        raise
+
+
+def check_fits_config(model_path: str, intervention: Intervention) -> None:
+    """Compare the intervention's shape with the model's language model config (no weights).
+
+    Raises ``ShapeMismatchError`` naming the scores' (directions') model and this model.
+    """
+    if intervention.identity:
         return
     from transformers import AutoConfig
 
     from truthprobe_eval.architectures import text_config
     from truthprobe_eval.models import resolve_model_path
-    from truthprobe_eval.scores import TruthScores
 
-    scores = TruthScores.load(settings.scores)
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(model_path))
     except OSError as exc:
         raise TruthProbeError(f"could not load a model config from {model_path!r}: {exc}") from None
     tcfg = text_config(config)
-    scores.check_fits(int(tcfg.num_hidden_layers), int(tcfg.num_attention_heads), f"the language model of {model_path}")
+    intervention.check_shape(int(tcfg.num_hidden_layers), int(tcfg.num_attention_heads),
+                             f"the language model of {model_path}")
 
 
 def _auto_device(device: str) -> str:
@@ -165,8 +161,9 @@ class TruthGatedVLM(BaseModel):
     """A Hugging Face MLLM with TruthProbe head gating on its language model, for VLMEvalKit.
 
     Arguments (each also read from the environment, see ``ENV``): ``model_path`` (hub id, local folder);
-    ``scores`` (score file: ours, published ``.npy`` or ``cv5_head_metrics.csv``), ``alpha``, ``norm``,
-    ``site``, ``gate`` (truthprobe, random, inverse, none), ``seed``, ``apply`` (hook or bake, same numbers);
+    ``method`` (truthprobe, iti, none) and its settings, e.g. TruthProbe's ``scores`` (score file: ours, published
+    ``.npy`` or ``cv5_head_metrics.csv``), ``alpha``, ``norm``, ``site``, ``gate`` (truthprobe, random, inverse,
+    shuffled, none), ``seed``, and ``apply`` (hook or bake, same numbers);
     ``dtype``, ``device`` (auto: CUDA + bfloat16 where available, else CPU + float32); ``max_new_tokens``;
     ``min_pixels`` / ``max_pixels`` (Qwen2-VL family); any other keyword goes to ``generate``.
     """
@@ -178,13 +175,7 @@ class TruthGatedVLM(BaseModel):
     def __init__(
         self,
         model_path: str | None = None,
-        scores: str | None = None,
-        alpha: float | str | None = None,
-        norm: str | None = None,
-        site: str | None = None,
-        gate: str | None = None,
-        seed: int | str | None = None,
-        apply: str | None = None,
+        method: str | None = None,
         dtype: str | None = None,
         device: str | None = None,
         max_new_tokens: int | str | None = None,
@@ -193,7 +184,7 @@ class TruthGatedVLM(BaseModel):
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         use_vllm: bool = False,
-        **generate_kwargs: Any,
+        **kwargs: Any,
     ):
         super().__init__()
         if use_vllm:
@@ -202,8 +193,10 @@ class TruthGatedVLM(BaseModel):
         if not path:
             raise TruthProbeError(f"TruthGatedVLM: expected a model (config key 'model_path' or {ENV['model_path']}), found none")
         self.model_path = str(path)
-        self.settings = GateSettings.resolve(scores=scores, alpha=alpha, norm=norm, site=site, gate=gate, seed=seed, apply=apply)
-        check_scores_fit(self.model_path, self.settings)  # before the weights load
+        names = set(method_class(_from_env("method", method)).param_names())
+        self.intervention = resolve_intervention({"method": method, **{k: v for k, v in kwargs.items() if k in names}})
+        generate_kwargs = {k: v for k, v in kwargs.items() if k not in names}
+        check_fits_config(self.model_path, self.intervention)  # before the weights load
 
         from truthprobe_eval.models import load_model
 
@@ -235,26 +228,22 @@ class TruthGatedVLM(BaseModel):
             size["longest_edge"] = int(max_pixels)
         return {"size": size}
 
-    # ---- gating -------------------------------------------------------------------------------------
+    # ---- the intervention ---------------------------------------------------------------------------
     def _apply_gate(self) -> None:
-        from truthprobe_eval.gating import bake, gate
-
-        s = self.settings
-        if not s.active:
+        made = self.intervention
+        if made.identity:
             return
-        kwargs = dict(alpha=s.alpha, norm=s.norm, site=s.site, kind=s.gate, seed=s.seed)
-        if s.apply == "bake":
-            bake(self.model, s.scores, **kwargs)
-            from truthprobe_eval.gating import gate_values
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.gates = gate_values(s.scores, s.alpha, s.norm, s.gate, s.seed)
+        if made.apply == "bake":
+            made.bake(self.model)
         else:
-            self.gates = self._gate_stack.enter_context(gate(self.model, s.scores, **kwargs))
+            self._gate_stack.enter_context(made.attach(self.model))
+        if made.wants_positions:  # one generation per call: the prompt's last position, then each new token
+            self._gate_stack.enter_context(made.edit_positions("last"))
+        gates = getattr(made, "gates", None)
+        self.gates = gates(self.model) if callable(gates) else None
 
     def close(self) -> None:
-        """Remove the gate hooks (a baked model stays gated)."""
+        """Remove the hooks (a baked model stays changed)."""
         self._gate_stack.close()
 
     # ---- prompting ----------------------------------------------------------------------------------
@@ -315,7 +304,7 @@ class TruthGatedVLM(BaseModel):
 
     def describe(self) -> dict:
         return {"model_path": self.model_path, "family": self.family.name, "device": self.device, "dtype": self.dtype,
-                "max_new_tokens": self.max_new_tokens, **self.settings.describe()}
+                "max_new_tokens": self.max_new_tokens, "intervention": self.intervention.describe()}
 
 
-__all__ = ["TruthGatedVLM", "GateSettings", "Family", "FAMILIES", "ENV", "check_scores_fit", "family_of"]
+__all__ = ["TruthGatedVLM", "Family", "FAMILIES", "ENV", "check_fits_config", "family_of", "resolve_intervention"]

@@ -59,6 +59,25 @@ def halueval_examples(path: "str | os.PathLike | None" = None, offset: int = 0, 
     return examples
 
 
+def truthfulqa_examples(csv: "str | os.PathLike | None" = None, rows: Sequence[int] | None = None) -> list[ProbeExample]:
+    """ITI's probing data: one example per (TruthfulQA question, answer), label 1 for each correct answer and 0 for
+    each incorrect one (answers with a final period, as in the multiple-choice set), grouped by question (the CSV
+    row index). ``rows``: which questions (default all); ``csv``: the file, else ``$TRUTHPROBE_TRUTHFULQA_CSV``."""
+    from ..tasks.truthfulqa.utils import read_rows, with_period
+
+    table = read_rows(csv)
+    chosen = range(len(table)) if rows is None else rows
+    examples = []
+    for i in chosen:
+        if not 0 <= int(i) < len(table):
+            raise ProbeDataError(f"TruthfulQA rows: expected indices 0 to {len(table) - 1}, found {i}")
+        row = table[int(i)]
+        for answers, label in ((row["correct_answers"], 1), (row["incorrect_answers"], 0)):
+            examples += [ProbeExample("", row["question"], with_period(a), label, int(i)) for a in answers]
+    check_examples(examples, source="TruthfulQA")
+    return examples
+
+
 def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
@@ -199,4 +218,4 @@ def fingerprint(examples: Iterable[ProbeExample]) -> str:
 
 
 __all__ = ["ProbeDataError", "ProbeExample", "check_examples", "fingerprint", "halueval_examples", "is_halueval_source", "jsonl_examples",
-           "labels_and_groups", "load_examples"]
+           "labels_and_groups", "load_examples", "truthfulqa_examples"]

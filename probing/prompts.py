@@ -4,6 +4,7 @@ LLMs (a tokenizer):
 - ``text``, the published format: ``Context:\\n{context}\\n\\nQuestion: {question}\\nAnswer: {answer}``.
 - ``chat``: the tokenizer's chat template, a user turn with context and question and an assistant turn
   with the answer, rendered with ``continue_final_message`` so nothing follows the answer.
+- ``qa``, ITI's probing format: ``Q: {question} A: {answer}`` (no context).
 
 MLLMs (a processor): the image takes the place of (or joins) the context, under one of three conditions,
 ``image`` (the row's image, from the image folder), ``black`` (a black image of the same size) and ``text``
@@ -20,7 +21,7 @@ import torch
 
 from .data import ProbeDataError, ProbeExample
 
-PROMPT_FORMATS = ("text", "chat")
+PROMPT_FORMATS = ("text", "chat", "qa")
 CONDITIONS = ("image", "black", "text")
 PADDING_SIDES = ("right", "left")
 DEFAULT_BLACK_SIZE = (336, 336)  # only for rows without an image under condition "black"
@@ -37,6 +38,10 @@ def tokenizer_of(helper: Any):
 
 def published_prompt(example: ProbeExample) -> str:
     return f"Context:\n{example.context}\n\nQuestion: {example.question}\nAnswer: {example.answer}"
+
+
+def qa_prompt(example: ProbeExample) -> str:
+    return f"Q: {example.question} A: {example.answer}"
 
 
 def user_text(example: ProbeExample) -> str:
@@ -138,11 +143,13 @@ class PromptEncoder:
     def prompt(self, example: ProbeExample) -> str:
         if self.multimodal:
             return mllm_prompt(self.helper, example, self.condition != "text", self.prompt_format)
+        if self.prompt_format == "qa":
+            return qa_prompt(example)
         return published_prompt(example) if self.prompt_format == "text" else chat_prompt(self.helper, example)
 
     def token_ids(self, example: ProbeExample) -> list[int]:
         """Text token ids of one prompt (for LLMs, exactly what the model sees; for MLLMs, before image expansion)."""
-        add_special = self.prompt_format == "text" and not self.multimodal
+        add_special = self.prompt_format in ("text", "qa") and not self.multimodal
         return list(self.tokenizer(self.prompt(example), add_special_tokens=add_special)["input_ids"])
 
     def image(self, example: ProbeExample):

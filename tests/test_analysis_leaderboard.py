@@ -31,6 +31,14 @@ def _samples(path: Path, correct: list[float]) -> None:
                                  "prompt_hash": "0", "target_hash": "1", "acc": c, "f1": ["Yes", "Yes"]}) + "\n")
 
 
+def _described(model_args: dict) -> dict:
+    """What the truthgated model records: the intervention built from its model_args by the real parser."""
+    from truthprobe_eval.interventions import build, split_kwargs
+
+    ours, _ = split_kwargs({k: v for k, v in model_args.items() if k != "pretrained"})
+    return build(**ours).describe()
+
+
 def lm_eval_run(folder: Path, model: str, model_args: dict, correct: list[float], f1: float) -> Path:
     """results_<ts>.json and samples_<task>_<ts>.jsonl as lm-eval 0.4.13 writes them (config.model_args a dict)."""
     out = folder / re.sub(r"[/.]", "__", model_args["pretrained"])
@@ -41,7 +49,8 @@ def lm_eval_run(folder: Path, model: str, model_args: dict, correct: list[float]
                                     "f1_stderr,none": "N/A", "sample_len": len(correct)}},
         "group_subtasks": {"halueval_qa": []}, "configs": {}, "versions": {"halueval_qa": 1.0},
         "n-samples": {"halueval_qa": {"original": len(correct), "effective": len(correct)}},
-        "config": {"model": model, "model_args": model_args, "batch_size": 1, "limit": None},
+        "config": {"model": model, "model_args": model_args, "batch_size": 1, "limit": None,
+                   **({"intervention": _described(model_args)} if model != "hf" else {})},
         "model_name": model_args["pretrained"], "model_name_sanitized": out.name,
     }
     (out / f"results_{TS}.json").write_text(json.dumps(results))
@@ -76,6 +85,12 @@ def result_dirs(tmp_path):
     for name, yes_correct in (("llava_tiny", 30), ("llava_tiny_truthprobe_llm", 45)):
         d = vlm / name
         d.mkdir(parents=True)
+        if name != "llava_tiny":  # what `truthprobe vlmeval` records in the model's work folder
+            from truthprobe_eval.interventions import build
+
+            made = build("truthprobe", scores=str(base_scores), alpha=4.5)
+            (d / "intervention.json").write_text(json.dumps({"model": "/ckpts/llava_tiny", "intervention":
+                                                             made.describe()}))
         answers = ["Yes"] * 50 + ["No"] * 50
         preds = ["Yes" if i < yes_correct else "No" for i in range(50)] + ["No"] * 50
         pd.DataFrame({"index": range(100), "question": [f"Is there a q{i}?" for i in range(100)], "answer": answers,
@@ -99,7 +114,7 @@ def test_methods_deltas_and_marks(result_dirs):
     assert ("smollm2-135m-instruct", lb.RANDOM, "alpha=4.5, norm=centered, seed=1") in rows
     assert ("my-finetune", lb.TP_BASE, "alpha=4.5, norm=centered") in rows  # the base LLM's scores on a descendant
     assert ("my-finetune", lb.TP_OWN, "alpha=2.5, norm=centered") in rows
-    assert ("llava_tiny", lb.TP_BASE, "") in rows and ("llava_tiny", lb.VANILLA, "") in rows
+    assert ("llava_tiny", lb.TP_BASE, "alpha=4.5, norm=centered") in rows and ("llava_tiny", lb.VANILLA, "") in rows
 
     tp = board.cells[(("smollm2-135m-instruct", lb.TP_OWN, "alpha=4.5, norm=centered"), ("halueval_qa", "acc"))]
     assert tp.value == pytest.approx(128 / 200) and tp.delta == pytest.approx(28 / 200)
@@ -109,13 +124,13 @@ def test_methods_deltas_and_marks(result_dirs):
     rnd = board.cells[(("smollm2-135m-instruct", lb.RANDOM, "alpha=4.5, norm=centered, seed=1"), ("halueval_qa", "acc"))]
     assert rnd.delta == 0 and rnd.p == pytest.approx(1.0) and rnd.mark == ""
 
-    pope = board.cells[(("llava_tiny", lb.TP_BASE, ""), ("POPE", "acc"))]
+    pope = board.cells[(("llava_tiny", lb.TP_BASE, "alpha=4.5, norm=centered"), ("POPE", "acc"))]
     assert pope.value == pytest.approx(95.0) and pope.delta == pytest.approx(15.0)
     assert pope.p is not None and pope.mark == "***"  # 15 of 15 discordant pairs favour B: exact p = 2 / 2**15
-    assert board.cells[(("llava_tiny", lb.TP_BASE, ""), ("POPE", "recall (adversarial)"))].delta == pytest.approx(30.0)
-    chair = board.cells[(("llava_tiny", lb.TP_BASE, ""), ("CHAIR", "CHAIRs"))]
+    assert board.cells[(("llava_tiny", lb.TP_BASE, "alpha=4.5, norm=centered"), ("POPE", "recall (adversarial)"))].delta == pytest.approx(30.0)
+    chair = board.cells[(("llava_tiny", lb.TP_BASE, "alpha=4.5, norm=centered"), ("CHAIR", "CHAIRs"))]
     assert chair.delta == pytest.approx(-0.1) and chair.better  # fewer hallucinated objects is better
-    assert board.cells[(("llava_tiny", lb.TP_BASE, ""), ("POPE", "F1"))].delta == pytest.approx(200 * 0.9 / 1.9 - 75)
+    assert board.cells[(("llava_tiny", lb.TP_BASE, "alpha=4.5, norm=centered"), ("POPE", "F1"))].delta == pytest.approx(200 * 0.9 / 1.9 - 75)
 
 
 def test_outputs_and_cli(result_dirs, tmp_path):

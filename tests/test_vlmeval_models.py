@@ -11,7 +11,7 @@ import pytest
 import torch
 from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm, write_synthetic_coco
 
-from truthprobe_eval.errors import GateConfigError, ShapeMismatchError
+from truthprobe_eval.errors import GateConfigError, ShapeMismatchError, TruthProbeError
 from truthprobe_eval.scores import TruthScores
 
 torch.set_num_threads(1)
@@ -116,7 +116,6 @@ def test_qwen_pixel_budget(vlmeval_registered, assets):
     from PIL import Image
     from truthprobe_eval.model_adapters.vlmeval_gated import TruthGatedVLM
 
-    from truthprobe_eval.errors import TruthProbeError
 
     path = save_tiny_mllm("qwen2_vl", assets["root"] / "qwen_pixels")
     grids = []
@@ -144,13 +143,17 @@ def test_settings_from_environment_and_config(vlmeval_registered, assets, llava,
     # a supported_VLM entry, built the way VLMEvalKit's inference builds it (Qwen2-VL names get use_vllm)
     model = vlmeval.config.supported_VLM["Qwen2-VL-2B-Instruct_truthprobe"](use_vllm=False)
     assert model.model_path == llava and model.max_new_tokens == 3
-    assert model.settings.describe() == {"scores": assets["scores"], "alpha": 2.5, "norm": "minmax",
-                                         "site": "o_proj_output", "gate": "truthprobe", "seed": 0, "apply": "hook"}
+    described = model.intervention.describe()
+    assert {k: described[k] for k in ("method", "scores", "alpha", "norm", "site", "gate", "seed", "apply")} == {
+        "method": "truthprobe", "scores": assets["scores"], "alpha": 2.5, "norm": "minmax", "site": "o_proj_output",
+        "gate": "truthprobe", "seed": 0, "apply": "hook"}
+    assert model.describe()["intervention"] == described
     # a JSON --config entry: its keys beat the environment
     cfg = {"gated": {"class": "TruthGatedVLM", "model_path": llava, "alpha": 1.5, "norm": "centered", "gate": "inverse"}}
     built = build_model_from_config(cfg, "gated")
-    assert (built.settings.alpha, built.settings.norm, built.settings.gate) == (1.5, "centered", "inverse")
-    assert built.settings.scores == assets["scores"]
+    settings = built.intervention.settings
+    assert (settings["alpha"], settings["norm"], settings["gate"]) == (1.5, "centered", "inverse")
+    assert settings["scores"] == assets["scores"]
     monkeypatch.setenv("TRUTHPROBE_NORM", "zscore")
     with pytest.raises(GateConfigError, match="TRUTHPROBE_NORM.*found 'zscore'"):
         vlmeval.config.supported_VLM["truthprobe_hf"]()
@@ -161,6 +164,13 @@ def test_settings_from_environment_and_config(vlmeval_registered, assets, llava,
     monkeypatch.delenv("TRUTHPROBE_ALPHA")
     monkeypatch.delenv("TRUTHPROBE_SCORES")
     with pytest.raises(GateConfigError, match="TRUTHPROBE_SCORES"):
+        vlmeval.config.supported_VLM["truthprobe_hf"]()
+    # the same parser as lm-eval: a random gate takes its shape from the model and needs no scores
+    monkeypatch.setenv("TRUTHPROBE_GATE", "random")
+    random_gate = vlmeval.config.supported_VLM["truthprobe_hf"]()
+    assert random_gate.intervention.settings["gate"] == "random" and random_gate.gates.shape == (2, 4)
+    monkeypatch.setenv("TRUTHPROBE_METHOD", "itti")
+    with pytest.raises(TruthProbeError, match="method: expected one of iti, none, truthprobe, found 'itti'"):
         vlmeval.config.supported_VLM["truthprobe_hf"]()
 
 

@@ -108,6 +108,64 @@ class SharedPrefixGenerator:
                               **generate_kwargs)
 
 
+def shared_columns(inps: torch.Tensor) -> int:
+    """How many leading columns every row of a (right-padded) batch shares."""
+    same = (inps == inps[:1]).all(dim=0)
+    return int(same.long().cumprod(0).sum())
+
+
+class SharedPrefixScorer:
+    """Log-likelihood logits of a right-padded batch from a cached shared prefix (lm-eval's few-shot prompts).
+
+    The columns every row shares run once (cached by their tokens, LRU); the rest of the batch runs on a copy of
+    that KV cache. The logits equal one full pass up to float rounding; the prefix's own logits are the cached
+    pass's (the same for every row). Hooks act in both passes; ``prefix_context`` is entered around the prefix
+    pass and ``suffix_context(p)`` around the rest (position-aware interventions shift their positions by p).
+    """
+
+    def __init__(self, model: torch.nn.Module, max_entries: int = 4, min_prefix: int = MIN_PREFIX_TOKENS,
+                 prefix_context: Callable[[], ContextManager] | None = None) -> None:
+        self.model = model
+        self.max_entries = max_entries
+        self.min_prefix = min_prefix
+        self.prefix_context = prefix_context
+        self._caches: OrderedDict[tuple, Any] = OrderedDict()
+        self.prefix_passes = 0
+        self.reused = 0
+
+    def clear(self) -> None:
+        self._caches.clear()
+
+    def _prefix(self, prefix: torch.Tensor):
+        key = tuple(prefix.tolist())
+        if key in self._caches:
+            self._caches.move_to_end(key)
+            self.reused += 1
+            return self._caches[key]
+        with self.prefix_context() if self.prefix_context is not None else nullcontext():
+            out = self.model(input_ids=prefix[None], use_cache=True)
+        entry = (out.cache if hasattr(out, "cache") else out.past_key_values, out.logits)
+        self._caches[key] = entry
+        self.prefix_passes += 1
+        while len(self._caches) > self.max_entries:
+            self._caches.popitem(last=False)
+        return entry
+
+    @torch.no_grad()
+    def logits(self, inps: torch.Tensor, max_prefix: int | None = None,
+               suffix_context: Callable[[int], ContextManager] | None = None) -> torch.Tensor | None:
+        """(B, T, V) logits, or None when the shared prefix is shorter than ``min_prefix`` (then run it plainly)."""
+        p = min(shared_columns(inps), inps.shape[1] - 1, max_prefix if max_prefix is not None else inps.shape[1])
+        if p < self.min_prefix:
+            return None
+        cache, prefix_logits = self._prefix(inps[0, :p])
+        cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(inps.shape[0])
+        with suffix_context(p) if suffix_context is not None else nullcontext():
+            out = self.model(input_ids=inps[:, p:], cache=cache)
+        return torch.cat([prefix_logits.expand(inps.shape[0], -1, -1), out.logits], dim=1)
+
+
 class FirstStepLogits(LogitsProcessor):
     """Keeps the logits of the first generation step for a few token ids (it changes nothing)."""
 

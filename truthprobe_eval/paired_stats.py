@@ -93,4 +93,38 @@ def compare_paired(gold_yes: np.ndarray, base_yes: np.ndarray, gated_yes: np.nda
     return out
 
 
-__all__ = ["compare_paired", "margin_auroc"]
+def _mean_difference(base, other, axis=-1):
+    return np.mean(other, axis=axis) - np.mean(base, axis=axis)
+
+
+def compare_scores(base: np.ndarray, other: np.ndarray, *, binary: bool = False, seed: int = 0,
+                   n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Two runs' per-item scores on the same items (TruthfulQA MC1 0/1, MC2 probabilities): the mean difference
+    with a paired percentile-bootstrap interval, and its p-value: exact McNemar (statsmodels) for 0/1 scores
+    (``binary``), else the Wilcoxon signed-rank test (scipy, two-sided, zero differences dropped)."""
+    from scipy import stats
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    a, b = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise TruthProbeError(f"paired comparison: expected two equal-length 1-D arrays of at least 2 items, found "
+                              f"{a.shape} and {b.shape}")
+    lo, hi = _interval(_mean_difference, (a, b), seed, n_resamples, confidence)
+    out: dict[str, Any] = {"n": int(a.size), "delta": float(b.mean() - a.mean()), "delta_ci": [lo, hi],
+                           "bootstrap": {"method": "percentile, paired", "n_resamples": n_resamples,
+                                         "confidence": confidence, "seed": seed}}
+    if binary:
+        if not np.isin(np.concatenate([a, b]), (0.0, 1.0)).all():
+            raise TruthProbeError("paired comparison: binary=True expects 0/1 scores")
+        table = [[int(np.sum((a == 1) & (b == 1))), int(np.sum((a == 1) & (b == 0)))],
+                 [int(np.sum((a == 0) & (b == 1))), int(np.sum((a == 0) & (b == 0)))]]
+        out.update(p=float(mcnemar(table, exact=True).pvalue), test="exact McNemar (statsmodels)",
+                   only_baseline_right=table[0][1], only_other_right=table[1][0])
+    elif np.allclose(a, b):
+        out.update(p=1.0, test="Wilcoxon signed-rank (scipy); all differences zero")
+    else:
+        out.update(p=float(stats.wilcoxon(b, a, zero_method="wilcox").pvalue), test="Wilcoxon signed-rank (scipy)")
+    return out
+
+
+__all__ = ["compare_paired", "compare_scores", "margin_auroc"]

@@ -94,11 +94,34 @@ def mc_doc(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_mc(truthfulqa_csv: "str | None" = None, **_lm_eval_metadata: Any):
-    """lm-eval ``custom_dataset`` for mc1/mc2: a ``validation`` split, like the hub set."""
+def select_rows(rows: list[dict[str, Any]], truthfulqa_rows: Any = None) -> list[dict[str, Any]]:
+    """The questions named by ``truthfulqa_rows`` (a list of CSV row indices, or ``"a-b"``), each with its ``row``."""
+    indexed = [{**r, "row": i} for i, r in enumerate(rows)]
+    if truthfulqa_rows is None or truthfulqa_rows == "":
+        return indexed
+    if isinstance(truthfulqa_rows, str):
+        first, sep, last = truthfulqa_rows.partition("-")
+        try:
+            wanted = list(range(int(first), int(last) + 1)) if sep else [int(first)]
+        except ValueError:
+            raise TruthfulQADataError(f"truthfulqa_rows: expected a list of row indices or 'FIRST-LAST', found "
+                                      f"{truthfulqa_rows!r}") from None
+    else:
+        wanted = [int(i) for i in truthfulqa_rows]
+    bad = [i for i in wanted if not 0 <= i < len(rows)]
+    if bad or not wanted:
+        raise TruthfulQADataError(f"truthfulqa_rows: expected indices 0 to {len(rows) - 1}, found "
+                                  f"{bad[:5] if bad else 'none'}")
+    return [indexed[i] for i in wanted]
+
+
+def load_mc(truthfulqa_csv: "str | None" = None, truthfulqa_rows: Any = None, **_lm_eval_metadata: Any):
+    """lm-eval ``custom_dataset`` for mc1/mc2: a ``validation`` split, like the hub set (``truthfulqa_rows`` in
+    ``--metadata``: only those questions, e.g. the held-out half of ITI's 2-fold protocol)."""
     import datasets
 
-    return datasets.DatasetDict({"validation": datasets.Dataset.from_list([mc_doc(r) for r in read_rows(truthfulqa_csv)])})
+    docs = [{**mc_doc(r), "row": r["row"]} for r in select_rows(read_rows(truthfulqa_csv), truthfulqa_rows)]
+    return datasets.DatasetDict({"validation": datasets.Dataset.from_list(docs)})
 
 
 def load_gen(truthfulqa_csv: "str | None" = None, **_lm_eval_metadata: Any):

@@ -2,13 +2,16 @@
 
 Reads, recursively under each result folder:
 - lm-eval ``results_<timestamp>.json``: the model from ``config.model_args`` (``pretrained=``) and the method from
-  the ``truthgated`` arguments (``gate=``, ``scores=``, ``alpha=``); per-sample logs ``samples_<task>_<timestamp>.jsonl``
-  beside it (``--log_samples``) give significance marks;
+  the intervention the ``truthgated`` / ``intervened`` model recorded (``config.intervention``, its ``describe()``);
+  ``hf`` runs are the plain model; per-sample logs ``samples_<task>_<timestamp>.jsonl`` beside it
+  (``--log_samples``) give significance marks;
 - VLMEvalKit work folders ``<model>/<model>_<dataset>_score.csv`` / ``_acc.csv`` (VLMEvalKit's own rating tables),
-  with the prediction file ``<model>_<dataset>.xlsx`` beside them for significance; the method from the model name
-  (``..._truthprobe`` [``_llm`` | ``_own``], ``..._random``, else vanilla);
-- our own JSON results (``{"format": "truthprobe-results", "model", "method", "benchmark", "metrics": {...}}``) and
-  CHAIR outputs (``{"CHAIRs", "CHAIRi", ...}``, model = the folder name).
+  with the prediction file ``<model>_<dataset>.xlsx`` beside them for significance; model and method from the
+  folder's ``intervention.json`` (``truthprobe vlmeval`` writes it), else the plain model named by the folder;
+- our own JSON results (``{"format": "truthprobe-results", "model", "intervention" (or "method"), "benchmark",
+  "metrics": {...}}``) and CHAIR outputs (``{"CHAIRs", "CHAIRi", ...}``, with the folder's ``intervention.json``).
+
+Nothing is guessed from model names or argument strings: a method is what its run recorded.
 """
 from __future__ import annotations
 
@@ -31,7 +34,12 @@ TP_OWN = "TruthProbe (own scores)"
 TP = "TruthProbe"
 RANDOM = "random gate"
 INVERSE = "inverse gate"
-METHOD_ORDER = [VANILLA, TP_BASE, TP_OWN, TP, RANDOM, INVERSE]
+SHUFFLED = "shuffled gate"
+ITI = "ITI"
+ITI_RANDOM_HEADS = "ITI random heads"
+ITI_RANDOM_DIRECTIONS = "ITI random directions"
+METHOD_ORDER = [VANILLA, TP_BASE, TP_OWN, TP, RANDOM, SHUFFLED, INVERSE, ITI, ITI_RANDOM_HEADS, ITI_RANDOM_DIRECTIONS]
+INTERVENTION_FILE = "intervention.json"  # what ``truthprobe vlmeval`` writes into each model's work folder
 RESULTS_JSON = re.compile(r"^results_(?P<ts>.+)\.json$")
 VLMEVAL_RATING = re.compile(r"^(?P<stem>.+)_(?P<kind>score|acc)\.csv$")
 SKIP_KEYS = {"alias", "name", "sample_len", "samples", " "}
@@ -84,36 +92,40 @@ def _canonical(model: str) -> str:
     return _short(model).lower()
 
 
-def method_from_model_args(model: str, args: dict[str, str]) -> tuple[str, str]:
-    """(method, settings) of an lm-eval run."""
-    if model != "truthgated":
-        return VANILLA, ""
-    gate = args.get("gate", "truthprobe").lower()
-    try:
-        alpha = float(args.get("alpha", "nan"))
-    except ValueError:
-        alpha = math.nan
-    settings = ", ".join(f"{k}={args[k]}" for k in ("alpha", "norm", "site", "seed") if k in args)
-    if gate == "none" or alpha == 0:
-        return VANILLA, settings
-    if gate == "random":
-        return RANDOM, settings
-    if gate == "inverse":
-        return INVERSE, settings
-    scores = args.get("scores")
-    if not scores:
-        return TP, settings
-    scores_model = None
-    try:
-        from ..scores import TruthScores
+def method_from_description(description: dict[str, Any] | None, model: str) -> tuple[str, str]:
+    """(method, settings) from an intervention's recorded ``describe()`` (None or identity: the plain model).
 
-        scores_model = TruthScores.load(scores).meta.get("model")
-    except TruthProbeError:
-        pass
-    if not scores_model or scores_model == "unknown model":
-        return TP, settings + (", " if settings else "") + f"scores={_short(scores)}"
-    same = _canonical(scores_model) == _canonical(args.get("pretrained", ""))
-    return (TP_OWN if same else TP_BASE), settings
+    TruthProbe rows say whose scores they used: the model's own, or another model's of its lineage (the base LLM).
+    """
+    if not description or description.get("identity"):
+        return VANILLA, ""
+    method = description.get("method")
+    if method == "truthprobe":
+        gate = description.get("gate", "truthprobe")
+        parts = [f"alpha={description['alpha']:g}", f"norm={description['norm']}"]
+        if description.get("site", "o_proj_output") != "o_proj_output":
+            parts.append(f"site={description['site']}")
+        if gate in ("random", "shuffled"):
+            parts.append(f"seed={description['seed']}")
+        settings = ", ".join(parts)
+        if gate != "truthprobe":
+            return {"random": RANDOM, "inverse": INVERSE, "shuffled": SHUFFLED}[gate], settings
+        scores_model = description.get("scores_model")
+        if not scores_model or scores_model == "unknown model":
+            return TP, settings
+        return (TP_OWN if _canonical(scores_model) == _canonical(model) else TP_BASE), settings
+    if method == "iti":
+        control = description.get("control", "none")
+        parts = [f"K={description['k']}", f"alpha={description['alpha']:g}"]
+        if description.get("positions", "answer") != "answer":
+            parts.append(f"positions={description['positions']}")
+        if control == "random_heads":
+            parts.append(f"seed={description['seed']}")
+        return {"none": ITI, "random_heads": ITI_RANDOM_HEADS, "random_directions": ITI_RANDOM_DIRECTIONS}[control], \
+            ", ".join(parts)
+    label = str(description.get("label") or method)
+    return label, ", ".join(f"{k}={v}" for k, v in description.items()
+                            if k not in ("method", "label", "identity", "apply") and isinstance(v, (int, float, str)))
 
 
 def _metric_name(key: str) -> str | None:
@@ -137,7 +149,11 @@ def collect_lm_eval(path: Path) -> list[ResultEntry]:
     args = parse_model_args(config.get("model_args"))
     harness_model = str(config.get("model", ""))
     model = _short(args.get("pretrained") or data.get("model_name") or harness_model)
-    method, settings = method_from_model_args(harness_model, args)
+    described = config.get("intervention")
+    if described is None and harness_model in ("truthgated", "intervened"):
+        raise LeaderboardError(f"{path}: a {harness_model} run without config.intervention (written by "
+                               "truthprobe-eval 0.3 and later); rerun it to record what it ran")
+    method, settings = method_from_description(described, model)
     ts = RESULTS_JSON.match(path.name).group("ts") if RESULTS_JSON.match(path.name) else None
     higher = data.get("higher_is_better") or {}
     entries = []
@@ -167,14 +183,24 @@ def collect_lm_eval(path: Path) -> list[ResultEntry]:
 
 
 # ---- VLMEvalKit and our JSON ---------------------------------------------------------------------------
-def method_from_vlmeval_name(name: str) -> tuple[str, str]:
-    """(base model, method) from a VLMEvalKit model name such as ``llava_v1.5_7b_truthprobe_llm``."""
-    patterns = [(r"_truthprobe_(llm|base)$", TP_BASE), (r"_truthprobe_(own|mllm)$", TP_OWN), (r"_truthprobe$", TP),
-                (r"_(random|random_gate)$", RANDOM), (r"_inverse$", INVERSE)]
-    for pattern, method in patterns:
-        if re.search(pattern, name):
-            return re.sub(pattern, "", name), method
-    return name, VANILLA
+def vlmeval_model_and_method(folder: Path) -> tuple[str, str, str]:
+    """(model, method, settings) of a VLMEvalKit model folder, from the ``intervention.json`` recorded there.
+
+    A folder without one holds a model that ran without truthprobe-eval's runner: the plain model, named by its
+    folder."""
+    record = folder / INTERVENTION_FILE
+    if not record.is_file():
+        return folder.name, VANILLA, ""
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LeaderboardError(f"{record}: expected JSON, found {exc}") from None
+    if not isinstance(data, dict) or "intervention" not in data:
+        raise LeaderboardError(f"{record}: expected {{'model': ..., 'intervention': {{...}}}}, found "
+                               f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
+    model = _short(data.get("model") or folder.name)
+    method, settings = method_from_description(data["intervention"], model)
+    return model, method, settings
 
 
 def _rating_metrics(table) -> dict[str, float]:
@@ -216,11 +242,11 @@ def collect_vlmeval_rating(path: Path) -> ResultEntry | None:
         return None
     if {"precision", "recall"} <= set(metrics):  # VLMEvalKit's POPE_rating calls F1 "Overall"
         metrics = {re.sub(r"^Overall", "F1", k): v for k, v in metrics.items()}
-    model, method = method_from_vlmeval_name(folder_model)
+    model, method, settings = vlmeval_model_and_method(path.parent)
     preds = sig.find_vlmeval_predictions(path.parent)
     samples = preds.get(benchmark)
     sample_metric = "acc" if "acc" in metrics else ("Overall" if "Overall" in metrics else None)
-    return ResultEntry(model, method, benchmark, metrics, str(path), "vlmevalkit", "",
+    return ResultEntry(model, method, benchmark, metrics, str(path), "vlmevalkit", settings,
                        str(samples) if samples and sample_metric else None, sample_metric)
 
 
@@ -239,12 +265,17 @@ def collect_json(path: Path) -> ResultEntry | None:
         samples = data.get("samples")
         if samples:
             samples = str((path.parent / samples).resolve())
-        return ResultEntry(_short(data["model"]), data.get("method", VANILLA), str(data["benchmark"]), metrics,
-                           str(path), "truthprobe", str(data.get("settings", "")), samples, data.get("sample_metric"))
+        if "intervention" in data:
+            method, settings = method_from_description(data["intervention"], _short(data["model"]))
+        else:
+            method, settings = data.get("method", VANILLA), str(data.get("settings", ""))
+        return ResultEntry(_short(data["model"]), method, str(data["benchmark"]), metrics, str(path), "truthprobe",
+                           settings, samples, data.get("sample_metric"), set(data.get("lower_is_better", [])))
     if {"CHAIRs", "CHAIRi"} <= set(data):
-        model, method = method_from_vlmeval_name(path.parent.name)
+        model, method, settings = vlmeval_model_and_method(path.parent)
         metrics = {k: float(data[k]) for k in ("CHAIRs", "CHAIRi", "recall", "len") if isinstance(data.get(k), (int, float))}
-        return ResultEntry(model, method, "CHAIR", metrics, str(path), "chair", lower_is_better={"CHAIRs", "CHAIRi"})
+        return ResultEntry(model, method, "CHAIR", metrics, str(path), "chair", settings,
+                           lower_is_better={"CHAIRs", "CHAIRi"})
     return None
 
 

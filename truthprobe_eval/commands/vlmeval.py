@@ -14,6 +14,8 @@ from pathlib import Path
 
 # option dest -> environment variable
 GATE_OPTIONS = {
+    "method": "TRUTHPROBE_METHOD",
+    "method_args": "TRUTHPROBE_METHOD_ARGS",
     "scores": "TRUTHPROBE_SCORES",
     "alpha": "TRUTHPROBE_ALPHA",
     "norm": "TRUTHPROBE_NORM",
@@ -62,7 +64,9 @@ def add_parser(subparsers) -> None:
     )
     p.__class__ = _PassThroughParser
     p.allow_abbrev = False  # never mistake a runner option (--mode) for a prefix of ours
-    g = p.add_argument_group("gate (environment: TRUTHPROBE_SCORES, TRUTHPROBE_ALPHA, ...)")
+    g = p.add_argument_group("intervention (environment: TRUTHPROBE_METHOD, TRUTHPROBE_SCORES, TRUTHPROBE_ALPHA, ...)")
+    g.add_argument("--method", help="truthprobe (default), iti or none")
+    g.add_argument("--method-args", help="any method's settings, e.g. 'directions=iti.json,k=48,alpha=15'")
     g.add_argument("--scores", help="score file: probed on the base LLM (transfer) or on the MLLM")
     g.add_argument("--alpha", help="gate strength (default 4.5)")
     g.add_argument("--norm", help="centered (default), minmax or raw")
@@ -126,19 +130,38 @@ def _models_to_check(values: dict) -> list[tuple[str, dict, str | None]]:
 def preflight(values: dict) -> list[str]:
     """Check gate settings and score shapes of every gated model before VLMEvalKit starts (it would only log
     a failure and go on). Returns the names checked."""
-    from ..errors import TruthProbeError
-    from ..model_adapters.vlmeval_gated import ENV, GateSettings, check_scores_fit
+    return list(_interventions(values))
 
-    checked = []
+
+def _interventions(values: dict) -> dict[str, dict]:
+    """Model name -> its checkpoint and the ``describe()`` of its intervention, checked against the config."""
+    from ..errors import TruthProbeError
+    from ..model_adapters.vlmeval_gated import ENV, check_fits_config, resolve_intervention
+
+    checked = {}
     for name, explicit, default_path in _models_to_check(values):
-        keys = ("scores", "alpha", "norm", "site", "gate", "seed", "apply")
-        settings = GateSettings.resolve(**{k: explicit.get(k) for k in keys})
+        made = resolve_intervention(explicit)
         path = explicit.get("model_path") or os.environ.get(ENV["model_path"]) or default_path
         if not path:
             raise TruthProbeError(f"{name}: expected a checkpoint (--hf-model, {ENV['model_path']} or the config's model_path), found none")
-        check_scores_fit(str(path), settings)
-        checked.append(name)
+        check_fits_config(str(path), made)
+        checked[name] = {"model": str(path), "intervention": made.describe()}
     return checked
+
+
+INTERVENTION_FILE = "intervention.json"
+
+
+def write_descriptions(work_dir: str, described: dict[str, dict]) -> list[Path]:
+    """``<work dir>/<model>/intervention.json``: what each model ran with, for the leaderboard to read."""
+    from .._io import atomic_write_text
+
+    written = []
+    for name, description in described.items():
+        folder = Path(os.environ.get("MMEVAL_ROOT", work_dir)) / name
+        if folder.is_dir():
+            written.append(atomic_write_text(folder / INTERVENTION_FILE, json.dumps(description, indent=2) + "\n"))
+    return written
 
 
 def _failures(work_dir: str, model_names: list[str]) -> list[str]:
@@ -192,8 +215,7 @@ def _run(args: argparse.Namespace) -> int:
     values = _runner_values(runner_args)
     if values["use_vllm"] and _models_to_check(values):
         raise TruthProbeError("--use-vllm: the gated models run in transformers (the gate hooks); drop --use-vllm")
-    if not args.runner_help:
-        preflight(values)
+    described = {} if args.runner_help else _interventions(values)
 
     register()
     import vlmeval.run
@@ -206,6 +228,7 @@ def _run(args: argparse.Namespace) -> int:
         return int(exc.code or 0)
     finally:
         sys.argv = argv
+    write_descriptions(values["work_dir"], described)
     names = list(values["model"])
     if values["config"]:
         names = list((json.loads(Path(values["config"]).read_text(encoding="utf-8")).get("model") or {}))

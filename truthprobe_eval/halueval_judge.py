@@ -106,16 +106,18 @@ def write_lm_eval_outputs(folder: Path, name: str, results: dict) -> tuple[Path,
 
 
 class HaluEvalJudge:
-    """One loaded model wrapped once as ``truthgated``; each call evaluates one row range under one gate."""
+    """One loaded model wrapped once as ``truthgated``; each call evaluates one row range under one intervention."""
 
     def __init__(self, model: Any, tokenizer: Any, settings: JudgeSettings, out: "str | Path",
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, lm: Any = None) -> None:
         from .model_adapters.lm_eval_truthgated import TruthGatedLM
 
         self.settings, self.out, self.log = settings, Path(out), log
         self.task = settings.task()  # a bad protocol fails before the model is wrapped
-        self.lm = TruthGatedLM(pretrained=model, tokenizer=tokenizer, method="none", batch_size=settings.batch_size,
-                               device=settings.device, prefix_cache=settings.prefix_cache)
+        if lm is None:  # one wrapped model can serve several evaluators (HaluEval and TruthfulQA)
+            lm = TruthGatedLM(pretrained=model, tokenizer=tokenizer, method="none", batch_size=settings.batch_size,
+                              device=settings.device, prefix_cache=settings.prefix_cache)
+        self.lm = lm
 
     def __call__(self, name: str, split: str, offset: int, n: int | None, intervention: "Intervention | dict[str, Any]",
                  draw_seed: int | None = None) -> Evaluation:

@@ -32,11 +32,12 @@ def _f1_difference(gold, base, gated, axis=-1):
     return _f1(gold, gated, axis) - _f1(gold, base, axis)
 
 
-def _interval(statistic, arrays, seed: int, n_resamples: int, confidence: float) -> tuple[float, float]:
+def _interval(statistic, arrays, seed: int, n_resamples: int, confidence: float,
+              identical: bool) -> tuple[float, float]:
     from scipy import stats
 
     observed = float(statistic(*arrays))
-    if all(np.array_equal(arrays[1], a) for a in arrays[2:]):  # identical runs: every resample gives 0
+    if identical:  # identical runs: every resample gives 0 (scipy's interval would be degenerate)
         return observed, observed
     res = stats.bootstrap(arrays, statistic, paired=True, vectorized=True, n_resamples=n_resamples,
                           confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
@@ -76,8 +77,9 @@ def compare_paired(gold_yes: np.ndarray, base_yes: np.ndarray, gated_yes: np.nda
              [int(np.sum(~base_ok & gated_ok)), int(np.sum(~base_ok & ~gated_ok))]]
     test = mcnemar(table, exact=True)
     arrays = (gold, base, gated)
-    acc_lo, acc_hi = _interval(_acc_difference, arrays, seed, n_resamples, confidence)
-    f1_lo, f1_hi = _interval(_f1_difference, arrays, seed, n_resamples, confidence)
+    same = bool(np.array_equal(base, gated))
+    acc_lo, acc_hi = _interval(_acc_difference, arrays, seed, n_resamples, confidence, same)
+    f1_lo, f1_hi = _interval(_f1_difference, arrays, seed, n_resamples, confidence, same)
     out: dict[str, Any] = {
         "n": int(gold.size),
         "acc_delta": float(_acc_difference(*arrays)), "acc_delta_ci": [acc_lo, acc_hi],
@@ -109,7 +111,7 @@ def compare_scores(base: np.ndarray, other: np.ndarray, *, binary: bool = False,
     if a.shape != b.shape or a.ndim != 1 or a.size < 2:
         raise TruthProbeError(f"paired comparison: expected two equal-length 1-D arrays of at least 2 items, found "
                               f"{a.shape} and {b.shape}")
-    lo, hi = _interval(_mean_difference, (a, b), seed, n_resamples, confidence)
+    lo, hi = _interval(_mean_difference, (a, b), seed, n_resamples, confidence, bool(np.array_equal(a, b)))
     out: dict[str, Any] = {"n": int(a.size), "delta": float(b.mean() - a.mean()), "delta_ci": [lo, hi],
                            "bootstrap": {"method": "percentile, paired", "n_resamples": n_resamples,
                                          "confidence": confidence, "seed": seed}}

@@ -1,0 +1,73 @@
+"""``truthprobe compare-methods``: baseline, TruthProbe, ITI and their controls on one loaded model."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _settings(value: str) -> dict[str, Any]:
+    """``alpha=4.5,norm=centered`` -> dict (values parsed by the method's own parser later)."""
+    out = {}
+    for part in value.split(","):
+        if part.strip():
+            name, sep, v = part.partition("=")
+            if not sep:
+                raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], found {part!r}")
+            out[name.strip()] = v.strip()
+    return out
+
+
+def _count(value: str) -> int | None:
+    return None if value.lower() == "all" else int(value)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare-methods",
+        help="baseline, TruthProbe, ITI and their random controls side by side, with significance",
+        description="On one loaded model: TruthProbe (scores probed on HaluEval rows 0..291, or --scores) and ITI "
+        "(directions fit on TruthfulQA, 2-fold over questions), with random and shuffled gates and ITI on random "
+        "heads / random directions (--no-controls drops them), on the HaluEval TruthProbe-paper protocol, "
+        "TruthfulQA MC1/MC2 and the cross-entropy / KL divergence on neutral text. Each is tested against the "
+        "baseline (exact McNemar, Wilcoxon, paired bootstrap intervals). Writes comparison.md, comparison.json, "
+        "comparison.png, leaderboard/ (for `truthprobe leaderboard`), the direction and score files and every "
+        "lm-eval result to --out.")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="hub id, local folder or alias")
+    p.add_argument("--out", default="runs/compare-methods")
+    p.add_argument("--truthfulqa-csv", default=None, help="TruthfulQA.csv (default: $TRUTHPROBE_TRUTHFULQA_CSV)")
+    p.add_argument("--questions", type=_count, default=100, metavar="N|all",
+                   help="TruthfulQA questions, a seeded random subset split in two halves (default 100)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the question split (default 0)")
+    p.add_argument("--halueval-offset", type=int, default=342, help="first HaluEval row evaluated (default 342)")
+    p.add_argument("--halueval-rows", type=int, default=200, help="HaluEval rows evaluated (default 200)")
+    p.add_argument("--neutral-texts", type=int, default=50, help="HaluEval knowledge paragraphs for CE/KL (default 50)")
+    p.add_argument("--scores", default=None, help="a TruthProbe score file (default: probe HaluEval rows 0..291)")
+    p.add_argument("--truthprobe-settings", type=_settings, default={"alpha": "4.5", "norm": "centered"},
+                   help="TruthProbe's settings (default alpha=4.5,norm=centered)")
+    p.add_argument("--iti-settings", type=_settings, default={"k": "48", "alpha": "15"},
+                   help="ITI's settings (default k=48,alpha=15, the published ones; also positions=all)")
+    p.add_argument("--benchmarks", default="halueval,truthfulqa,neutral", help="any of halueval,truthfulqa,neutral")
+    p.add_argument("--no-controls", action="store_true", help="leave out the random controls")
+    p.add_argument("--control-seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..method_comparison import ComparisonConfig, format_comparison, run_comparison
+
+    cfg = ComparisonConfig(model=args.model, out=args.out, truthfulqa_csv=args.truthfulqa_csv, questions=args.questions,
+                           split_seed=args.split_seed, halueval_offset=args.halueval_offset,
+                           halueval_rows=args.halueval_rows, neutral_texts=args.neutral_texts, scores=args.scores,
+                           truthprobe=args.truthprobe_settings, iti=args.iti_settings,
+                           benchmarks=tuple(b.strip() for b in args.benchmarks.split(",") if b.strip()),
+                           controls=not args.no_controls, control_seed=args.control_seed, batch_size=args.batch_size,
+                           device=args.device, dtype=args.dtype, progress=not args.quiet)
+    result = run_comparison(cfg)
+    print()
+    print(format_comparison(result), end="")
+    print(f"\nwrote {args.out}/comparison.md, comparison.json, comparison.png, leaderboard/ and lm_eval/")
+    return 0

@@ -1,0 +1,378 @@
+"""Methods side by side on one loaded model (what ``truthprobe compare-methods`` runs).
+
+Runs: the baseline, TruthProbe and ITI, and (``controls``) their random controls: random and shuffled gates,
+ITI on random heads and along random directions. Benchmarks, each with its paired test against the baseline:
+
+- HaluEval QA under the TruthProbe paper's protocol (``halueval_truthprobe_seed0``) on rows no other stage uses:
+  accuracy and F1 with an exact McNemar p and paired bootstrap intervals;
+- TruthfulQA MC1 / MC2 under ITI's published protocol, 2-fold over questions: ITI's directions are fit on one
+  half and evaluated on the other, both ways; every method is evaluated on the same two halves. MC1: exact
+  McNemar; MC2: Wilcoxon signed-rank; both with paired bootstrap intervals of the mean difference;
+- cross-entropy and KL divergence against the plain model on neutral text (HaluEval knowledge paragraphs).
+
+TruthProbe's scores are probed on HaluEval rows ``[0, probe_rows)`` (or given); TruthProbe and ITI run at the
+settings given (defaults: the published ones), chosen before any test row is seen. ITI on HaluEval and on the
+neutral text uses the directions of the first TruthfulQA half. Everything goes to ``out``: direction files, score
+file, every lm-eval result and per-sample file, ``comparison.md`` / ``.json`` / ``.png``, and one
+``truthprobe-results`` JSON per run and benchmark under ``leaderboard/`` (``truthprobe leaderboard`` reads them).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ._io import atomic_write_text
+from .errors import TruthProbeError
+from .interventions import Baseline, Intervention, build
+
+BENCHMARKS = ("halueval", "truthfulqa", "neutral")
+TRUTHPROBE_DEFAULTS = {"alpha": 4.5, "norm": "centered"}
+ITI_DEFAULTS = {"k": 48, "alpha": 15.0}
+RUN_LABELS = {"baseline": "baseline", "truthprobe": "TruthProbe", "truthprobe_random": "random gates",
+              "truthprobe_shuffled": "shuffled gates", "iti": "ITI", "iti_random_heads": "ITI, random heads",
+              "iti_random_directions": "ITI, random directions"}
+
+
+class ComparisonError(TruthProbeError, ValueError):
+    """Settings of the comparison that cannot work."""
+
+
+@dataclass
+class ComparisonConfig:
+    model: str = "smollm2-135m-instruct"
+    out: str = "runs/compare-methods"
+    truthfulqa_csv: str | None = None  # None: $TRUTHPROBE_TRUTHFULQA_CSV
+    questions: int | None = 100  # TruthfulQA questions (a seeded random subset; None: all), split in two halves
+    split_seed: int = 0
+    halueval_offset: int = 342  # after the main job's probing (0-291) and validation (292-341) rows
+    halueval_rows: int = 200
+    neutral_offset: int = 9000
+    neutral_texts: int = 50
+    scores: str | None = None  # a TruthProbe score file; None: probe HaluEval rows [0, probe_rows)
+    probe_rows: int = 292
+    truthprobe: dict[str, Any] = field(default_factory=lambda: dict(TRUTHPROBE_DEFAULTS))
+    iti: dict[str, Any] = field(default_factory=lambda: dict(ITI_DEFAULTS))
+    iti_folds: int = 4
+    controls: bool = True
+    control_seed: int = 0
+    benchmarks: tuple[str, ...] = BENCHMARKS
+    batch_size: int = 8
+    device: str = "cpu"
+    dtype: str = "float32"
+    progress: bool = True
+
+    def check(self) -> None:
+        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
+        if unknown or not self.benchmarks:
+            raise ComparisonError(f"benchmarks: expected some of {', '.join(BENCHMARKS)}, found {list(self.benchmarks)}")
+        if self.questions is not None and self.questions < 4:
+            raise ComparisonError(f"questions: expected at least 4 (two halves of two), found {self.questions}")
+        if self.halueval_rows < 2 or self.neutral_texts < 1:
+            raise ComparisonError("rows: expected at least 2 HaluEval rows and 1 neutral text")
+        if self.halueval_offset < self.probe_rows:
+            raise ComparisonError(f"HaluEval rows start at {self.halueval_offset}, inside the probing rows "
+                                  f"0-{self.probe_rows - 1}")
+        for name in ("truthprobe", "iti"):
+            reserved = {"directions", "control"} & set(getattr(self, name))
+            if reserved:
+                raise ComparisonError(f"{name} settings: {', '.join(sorted(reserved))} are set by the comparison")
+        build("truthprobe", gate="random", **self.truthprobe)  # bad settings fail before any model work
+
+
+@dataclass
+class RunResult:
+    name: str
+    label: str
+    interventions: list[dict[str, Any]]  # describe() per TruthfulQA half (the first also serves HaluEval, neutral)
+    halueval: dict[str, Any] | None = None
+    truthfulqa: dict[str, Any] | None = None
+    neutral: dict[str, Any] | None = None
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # benchmark metric -> paired test vs baseline
+
+
+@dataclass
+class ComparisonResult:
+    config: dict[str, Any]
+    halves: list[list[int]]
+    files: dict[str, str]
+    runs: list[RunResult] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "truthprobe-method-comparison", "config": self.config, "halves": self.halves,
+                "files": self.files, "runs": [asdict(r) for r in self.runs], "stage_seconds": self.stage_seconds}
+
+
+# ---- the runs ---------------------------------------------------------------------------------------------
+
+def _interventions(cfg: ComparisonConfig, scores: Any, directions: list[str]) -> dict[str, list[Intervention]]:
+    """Run name -> one intervention per TruthfulQA half (ITI's from the other half's directions)."""
+    tp = build("truthprobe", scores=scores, **cfg.truthprobe)
+    itis = [build("iti", directions=d, **cfg.iti) for d in directions]
+    runs: dict[str, list[Intervention]] = {"baseline": [Baseline(), Baseline()], "truthprobe": [tp, tp]}
+    if cfg.controls:
+        for kind in tp.controls:
+            made = tp.control(kind, cfg.control_seed)
+            runs[f"truthprobe_{kind}"] = [made, made]
+    runs["iti"] = itis
+    if cfg.controls:
+        for kind in itis[0].controls:
+            runs[f"iti_{kind}"] = [i.control(kind, cfg.control_seed) for i in itis]
+    return runs
+
+
+def _fit_directions(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: list[list[int]], out: Path,
+                    log: Callable[[str], None]) -> list[str]:
+    """ITI direction files: ``iti_half{i}.json`` fit on the *other* half, so that half i is evaluated out of fold."""
+    from .probing.cache import default_cache_root
+    from .probing.iti import fit_iti
+
+    files = []
+    for i in (0, 1):
+        train = halves[1 - i]
+        log(f"ITI: fitting directions on TruthfulQA half {1 - i} ({len(train)} questions), for evaluating half {i}")
+        made = fit_iti(model, tokenizer, train, csv=cfg.truthfulqa_csv, folds=cfg.iti_folds, seed=cfg.split_seed,
+                       cache_dir=default_cache_root(), progress=cfg.progress, batch_size=16,
+                       meta={"model_source": cfg.model, "evaluated_half": i, "split_seed": cfg.split_seed})
+        path = made.save(out / f"iti_half{i}.json")
+        files.append(str(path))
+    return files
+
+
+def _probe_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, log: Callable[[str], None]):
+    from .probing.cache import default_cache_root
+    from .probing.data import halueval_examples
+    from .probing.pipeline import probe_model
+    from .scores import TruthScores
+
+    if cfg.scores is not None:
+        scores = TruthScores.load(cfg.scores)
+        log(f"TruthProbe: scores from {cfg.scores}")
+    else:
+        log(f"TruthProbe: probing HaluEval rows 0-{cfg.probe_rows - 1}")
+        scores = probe_model(model, tokenizer, halueval_examples(None, offset=0, n=cfg.probe_rows),
+                             cache_dir=default_cache_root(), progress=cfg.progress,
+                             meta={"model_source": cfg.model, "data": "halueval", "offset": 0,
+                                   "n_rows": cfg.probe_rows})
+    scores.save(out / "scores.json")
+    return scores
+
+
+def _halueval_stats(base: Any, run: Any, seed: int) -> dict[str, Any]:
+    from .halueval_judge import per_sample
+    from .paired_stats import compare_paired
+
+    a, b = per_sample(base.samples_file), per_sample(run.samples_file)
+    if not np.array_equal(a["row"], b["row"]):
+        raise ComparisonError(f"{base.samples_file} and {run.samples_file} do not hold the same rows")
+    return compare_paired(a["gold_yes"], a["pred_yes"], b["pred_yes"], a["margin"], b["margin"], seed=seed)
+
+
+def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) -> ComparisonResult:
+    """Every run on every benchmark, the paired tests against the baseline, the table, the figure."""
+    from .halueval_judge import HaluEvalJudge, JudgeSettings
+    from .model_adapters.lm_eval_truthgated import TruthGatedLM
+    from .models import load_model
+    from .neutral_text import halueval_paragraphs, neutral_text_cost
+    from .paired_stats import compare_scores
+    from .probing.iti import question_halves
+    from .tasks.truthfulqa.utils import csv_path, read_rows
+    from .truthfulqa_mc import TruthfulQAEvaluator, concatenate
+
+    cfg.check()
+    csv = str(csv_path(cfg.truthfulqa_csv))
+    cfg.truthfulqa_csv = csv
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        stages[name] = round(stages.get(name, 0.0) + now - clock[0], 1)
+        clock[0] = now
+
+    started = clock[0]
+    halves = [list(h) for h in question_halves(len(read_rows(csv)), cfg.split_seed, cfg.questions)]
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    lap("load")
+    scores = _probe_scores(cfg, model, tokenizer, out, log)
+    lap("probe")
+    directions = _fit_directions(cfg, model, tokenizer, halves, out, log)
+    lap("iti fit")
+    lm = TruthGatedLM(pretrained=model, tokenizer=tokenizer, method="none", batch_size=cfg.batch_size,
+                      device=cfg.device)
+    judge = HaluEvalJudge(model, tokenizer, JudgeSettings(batch_size=cfg.batch_size, device=cfg.device), out, log, lm=lm)
+    tqa = TruthfulQAEvaluator(lm, csv, out)
+    texts = halueval_paragraphs(cfg.neutral_offset, cfg.neutral_texts) if "neutral" in cfg.benchmarks else []
+    config = {**asdict(cfg), "benchmarks": list(cfg.benchmarks), "halueval_task": judge.task}
+    result = ComparisonResult(config, halves, {"scores": str(out / "scores.json"), "directions": "; ".join(directions)},
+                              stage_seconds=stages)
+    base: RunResult | None = None
+    for name, made in _interventions(cfg, scores, directions).items():
+        run = RunResult(name, RUN_LABELS.get(name, name), [m.describe() for m in made])
+        log(f"-- {run.label}: {made[0].label()}")
+        if "halueval" in cfg.benchmarks:
+            e = judge(f"halueval_{name}", "test", cfg.halueval_offset, cfg.halueval_rows, made[0])
+            run.halueval = asdict(e)
+            lap("halueval")
+        if "truthfulqa" in cfg.benchmarks:
+            parts = [tqa(f"truthfulqa_{name}_half{i}", halves[i], made[i]) for i in (0, 1)]
+            joined = concatenate(name, parts)
+            run.truthfulqa = joined.to_dict()
+            log(f"      TruthfulQA {len(joined.rows)} questions: MC1 {100 * joined.mc1.mean():.1f}, MC2 "
+                f"{100 * joined.mc2.mean():.1f} ({joined.seconds:.0f} s)")
+            lap("truthfulqa")
+        if texts:
+            cost = neutral_text_cost(model, tokenizer, texts, made[0], batch_size=cfg.batch_size)
+            run.neutral = cost.to_dict()
+            log(f"      neutral text: CE {cost.ce:.3f} (plain {cost.ce_plain:.3f}), KL {cost.kl:.4f} nats/token")
+            lap("neutral")
+        if base is None:
+            base = run
+        else:
+            if run.halueval:
+                from .halueval_judge import Evaluation
+
+                run.stats["halueval"] = _halueval_stats(Evaluation(**base.halueval), Evaluation(**run.halueval),
+                                                        cfg.control_seed)
+            if run.truthfulqa:
+                for m in ("mc1", "mc2"):
+                    run.stats[m] = compare_scores(np.array(base.truthfulqa[f"{m}_per_question"]),
+                                                  np.array(run.truthfulqa[f"{m}_per_question"]), binary=m == "mc1",
+                                                  seed=cfg.control_seed)
+        result.runs.append(run)
+        _write_leaderboard_files(cfg, run, out / "leaderboard")
+    stages["total"] = round(time.perf_counter() - started, 1)
+    atomic_write_text(out / "comparison.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    atomic_write_text(out / "comparison.md", format_comparison(result))
+    plot_comparison(result, out / "comparison.png")
+    return result
+
+
+def _write_leaderboard_files(cfg: ComparisonConfig, run: RunResult, folder: Path) -> None:
+    """One ``truthprobe-results`` JSON per benchmark, with the run's recorded intervention."""
+    entries = {}
+    if run.halueval:
+        entries["halueval_truthprobe"] = {k: run.halueval["metrics"][k] for k in ("acc", "f1", "precision", "recall")}
+    if run.truthfulqa:
+        entries["truthfulqa"] = {"mc1": run.truthfulqa["mc1"], "mc2": run.truthfulqa["mc2"]}
+    if run.neutral:
+        entries["neutral_text"] = {"ce": run.neutral["ce"], "kl": run.neutral["kl"]}
+    for bench, metrics in entries.items():
+        payload = {"format": "truthprobe-results", "model": cfg.model, "intervention": run.interventions[0],
+                   "benchmark": bench, "metrics": metrics,
+                   **({"lower_is_better": ["ce", "kl"]} if bench == "neutral_text" else {})}
+        atomic_write_text(folder / f"{run.name}_{bench}.json", json.dumps(payload, indent=2, default=str) + "\n")
+
+
+# ---- report -----------------------------------------------------------------------------------------------
+
+def _p(st: dict[str, Any] | None, key: str = "p") -> str:
+    if not st:
+        return ""
+    p = st.get(key)
+    return "" if p is None else (f"p={p:.2g}" if p >= 0.001 else "p<0.001")
+
+
+def _cell(value: float | None, delta: float | None = None, st: dict | None = None, pkey: str = "p",
+          scale: float = 100.0) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    text = f"{scale * value:.1f}"
+    if delta is not None:
+        text += f" ({scale * delta:+.1f}, {_p(st, pkey)})"
+    return text
+
+
+def format_comparison(result: ComparisonResult) -> str:
+    cfg = result.config
+    base = result.runs[0]
+    lines = [f"Methods compared on {cfg['model']} (one loaded model). TruthProbe {cfg['truthprobe']}, ITI {cfg['iti']}"
+             " (settings fixed before any test row; no tuning).",
+             f"HaluEval: {cfg['halueval_task']} rows {cfg['halueval_offset']}-"
+             f"{cfg['halueval_offset'] + cfg['halueval_rows'] - 1}; TruthfulQA: {sum(map(len, result.halves))} "
+             f"questions in two halves (ITI directions fit on the other half); neutral text: "
+             f"{cfg['neutral_texts']} HaluEval knowledge paragraphs.",
+             "Cells: value in % (difference to the baseline in points, paired p: exact McNemar for HaluEval accuracy and "
+             "MC1, Wilcoxon signed-rank for MC2). CE: cross-entropy in nats/token; KL(plain || method) in nats/token.",
+             "", "| method | HaluEval acc | HaluEval F1 | TruthfulQA MC1 | TruthfulQA MC2 | CE | KL |",
+             "|---|---|---|---|---|---|---|"]
+    for run in result.runs:
+        first = run is base
+        cells = []
+        if run.halueval:
+            m, b = run.halueval["metrics"], base.halueval["metrics"]
+            st = run.stats.get("halueval")
+            cells.append(_cell(m["acc"], None if first else m["acc"] - b["acc"], st, "mcnemar_p"))
+            cells.append(_cell(m["f1"]) if first else f"{100 * m['f1']:.1f} ({100 * (m['f1'] - b['f1']):+.1f})")
+        else:
+            cells += ["", ""]
+        for metric in ("mc1", "mc2"):
+            if run.truthfulqa:
+                cells.append(_cell(run.truthfulqa[metric], None if first else
+                                   run.truthfulqa[metric] - base.truthfulqa[metric], run.stats.get(metric)))
+            else:
+                cells.append("")
+        if run.neutral:
+            cells += [f"{run.neutral['ce']:.3f}", f"{run.neutral['kl']:.4f}"]
+        else:
+            cells += ["", ""]
+        lines.append(f"| {run.label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for run in result.runs[1:]:
+        for key, st in run.stats.items():
+            ci = st.get("acc_delta_ci") or st.get("delta_ci")
+            delta = st.get("acc_delta", st.get("delta"))
+            lines.append(f"- {run.label}, {key}: difference {100 * delta:+.1f} points (95% CI {100 * ci[0]:+.1f} to "
+                         f"{100 * ci[1]:+.1f}), {_p(st, 'mcnemar_p' if key == 'halueval' else 'p')}.")
+    lines += ["", "Time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(result: ComparisonResult, path: "str | Path") -> Path:
+    """Difference to the baseline with its 95% interval, per run and benchmark; * marks p < 0.05."""
+    from .analysis import reports
+
+    plt = reports.pyplot()
+    panels = [("halueval", "HaluEval accuracy", "acc_delta", "acc_delta_ci", "mcnemar_p"),
+              ("mc1", "TruthfulQA MC1", "delta", "delta_ci", "p"), ("mc2", "TruthfulQA MC2", "delta", "delta_ci", "p")]
+    runs = result.runs[1:]
+    panels = [p for p in panels if any(p[0] in r.stats for r in runs)]
+    has_kl = any(r.neutral for r in result.runs)
+    fig, axes = plt.subplots(1, len(panels) + has_kl, figsize=(3.3 * (len(panels) + has_kl), 0.45 * len(runs) + 1.8),
+                             squeeze=False, sharey=True)
+    y = np.arange(len(runs))
+    for ax, (key, title, dk, ck, pk) in zip(axes[0], panels):
+        for i, r in enumerate(runs):
+            st = r.stats.get(key)
+            if not st:
+                continue
+            d, (lo, hi) = 100 * st[dk], st[ck]
+            color = "tab:red" if r.name.startswith("iti") else "tab:blue"
+            color = "0.6" if "random" in r.name or "shuffled" in r.name else color
+            ax.errorbar([d], [i], xerr=[[d - 100 * lo], [100 * hi - d]], fmt="o", color=color, capsize=3)
+            if st[pk] < 0.05:
+                ax.annotate("*", (d, i + 0.15), ha="center", fontsize=11)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(f"{title}: method - baseline (points)", fontsize=8)
+    if has_kl:
+        ax = axes[0][-1]
+        ax.barh(y, [r.neutral["kl"] if r.neutral else 0 for r in runs], color="0.5")
+        ax.set_title("KL(plain || method), nats/token", fontsize=8)
+    axes[0][0].set_yticks(y, [r.label for r in runs], fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(f"{result.config['model']}: methods against the baseline (95% paired bootstrap intervals; * p < 0.05)",
+                 fontsize=9)
+    fig.tight_layout()
+    return reports.save_figure(fig, path)
+
+
+__all__ = ["BENCHMARKS", "ComparisonConfig", "ComparisonError", "ComparisonResult", "RunResult", "format_comparison",
+           "plot_comparison", "run_comparison"]

@@ -25,7 +25,8 @@ def _evaluation(name: str, **metrics) -> Evaluation:
 
 
 def test_random_summary_is_mean_and_sample_std():
-    result = RandomAblationResult(2.5, "centered", [0, 1, 2], _evaluation("b", f1=0.1), _evaluation("t", f1=0.5),
+    result = RandomAblationResult({"method": "truthprobe", "alpha": 2.5}, "random", [0, 1, 2], _evaluation("b", f1=0.1),
+                                  _evaluation("t", f1=0.5),
                                   [_evaluation("r0", f1=0.2), _evaluation("r1", f1=0.6), _evaluation("r2", f1=0.4)])
     f1 = result.summary()["f1"]
     assert f1["random_mean"] == pytest.approx(0.4) and f1["random_std"] == pytest.approx(0.2)
@@ -126,3 +127,39 @@ def test_grid_marks_the_validation_f1_winner(regime, tmp_path):
     assert payload["task"] == "halueval_truthprobe_seed0"
     assert (payload["best"]["norm"], payload["best"]["alpha"]) == (chosen[0]["norm"], float(chosen[0]["alpha"]))
     assert Path(tmp_path / "ablation.png").stat().st_size > 5000
+
+
+@pytest.fixture(scope="module")
+def iti_file(tmp_path_factory):
+    from truthprobe_eval.directions import ITIDirections
+
+    rng = np.random.default_rng(0)
+    unit = rng.standard_normal((30, 9, 64))
+    unit /= np.linalg.norm(unit, axis=-1, keepdims=True)
+    return str(ITIDirections(unit, np.full((30, 9), 2.0), rng.uniform(0.5, 1, (30, 9)), unit[::-1].copy(),
+                             np.full((30, 9), 2.0), meta={"model": "synthetic"}).save(
+        tmp_path_factory.mktemp("iti") / "iti.json"))
+
+
+@pytest.mark.slow
+def test_grid_and_random_ablations_take_any_method(iti_file, tmp_path):
+    """ITI through the same ablations: a grid over alpha and K, and its random-heads control over seeds."""
+    out = tmp_path / "grid"
+    assert main(["ablate", "grid", "--method", "iti", "--set", f"directions={iti_file}", "--vary", "alpha=1,6",
+                 "--vary", "k=4,8", "--offset", "10", "--n", "2", "--batch-size", "2", "--out", str(out), "--quiet"]) == 0
+    payload = json.loads((out / "ablation.json").read_text())
+    assert payload["varied"] == ["alpha", "k"] and len(payload["runs"]) == 4
+    assert [(r["intervention"]["alpha"], r["intervention"]["k"]) for r in payload["runs"]] == [(1.0, 4), (1.0, 8),
+                                                                                              (6.0, 4), (6.0, 8)]
+    assert payload["best_intervention"]["method"] == "iti" and payload["baseline"]["intervention"]["identity"]
+    rows = list(csv.DictReader((out / "ablation.csv").open()))
+    assert [r["method"] for r in rows] == ["baseline"] + ["iti"] * 4
+    out = tmp_path / "random"
+    assert main(["ablate", "random", "--method", "iti", "--set", f"directions={iti_file}", "--set", "k=8",
+                 "--seeds", "0,1", "--offset", "10", "--n", "2", "--batch-size", "2", "--out", str(out), "--quiet"]) == 0
+    payload = json.loads((out / "ablation.json").read_text())
+    assert payload["control"] == "random_heads" and payload["intervention"]["method"] == "iti"
+    heads = [r["intervention"]["heads"] for r in payload["random"]]
+    assert heads[0] != heads[1] != payload["method"]["intervention"]["heads"]
+    assert main(["ablate", "random", "--method", "iti", "--set", f"directions={iti_file}", "--control", "shuffled",
+                 "--out", str(out)]) == 2  # a control the method does not have: refused before the model loads

@@ -251,3 +251,47 @@ def test_scores_probed_on_the_mllm_itself(vlmeval_registered, assets, llava, tmp
     path = own.save(tmp_path / "own.json")
     gated = TruthGatedVLM(model_path=llava, scores=str(path), alpha=8.0, max_new_tokens=6)
     assert _replies(gated, assets["images"]) != _replies(plain, assets["images"])
+
+
+def tiny_directions(model_path: str, out) -> str:
+    """An ITI direction file of the tiny MLLM's language-model shape (random unit vectors; no real data exists)."""
+    from truthprobe_eval import load_model, locate_heads
+    from truthprobe_eval.directions import ITIDirections
+
+    sites = locate_heads(load_model(model_path)[0])
+    rng = np.random.default_rng(3)
+    shape = (sites.num_layers, sites.num_heads, sites.head_dim)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    return str(ITIDirections(unit(rng.standard_normal(shape)), np.full(shape[:2], 3.0), rng.uniform(0.5, 1, shape[:2]),
+                             unit(rng.standard_normal(shape)), np.full(shape[:2], 3.0),
+                             meta={"model": "tiny-llava"}).save(out))
+
+
+def test_iti_through_the_vlmeval_model(vlmeval_registered, assets, llava, monkeypatch):
+    from truthprobe_eval.model_adapters.vlmeval_gated import TruthGatedVLM
+
+    directions = tiny_directions(llava, assets["root"] / "iti_llava.json")
+    plain = TruthGatedVLM(model_path=llava, method="none", max_new_tokens=6)
+    base = _replies(plain, assets["images"])
+    iti = TruthGatedVLM(model_path=llava, method="iti", directions=directions, k=4, alpha=8.0, max_new_tokens=6)
+    assert iti.describe()["intervention"]["method"] == "iti" and iti.describe()["intervention"]["k"] == 4
+    shifted = _replies(iti, assets["images"])
+    assert shifted != base
+    iti.close()
+    assert _replies(iti, assets["images"]) == base  # hooks out: the plain model again
+    # the same settings from the environment, for `--model <name>` runs
+    monkeypatch.setenv("TRUTHPROBE_METHOD", "iti")
+    monkeypatch.setenv("TRUTHPROBE_METHOD_ARGS", f"directions={directions},k=4,alpha=8")
+    monkeypatch.setenv("TRUTHPROBE_MODEL_PATH", llava)
+    monkeypatch.setenv("TRUTHPROBE_MAX_NEW_TOKENS", "6")
+    import vlmeval.config
+
+    built = vlmeval.config.supported_VLM["truthprobe_hf"]()
+    assert built.intervention.settings == iti.intervention.settings
+    assert _replies(built, assets["images"]) == shifted
+    monkeypatch.setenv("TRUTHPROBE_METHOD_ARGS", "directions=/no/such.json")
+    with pytest.raises(TruthProbeError, match=r"directions \(config key 'directions' or TRUTHPROBE_METHOD_ARGS\)"):
+        vlmeval.config.supported_VLM["truthprobe_hf"]()

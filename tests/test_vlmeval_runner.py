@@ -182,3 +182,29 @@ def test_stock_runner_with_pth_hook(setup, tmp_path):
     assert status.get("error_message") is None and status["status"] == "done"
     table = pd.read_csv(work / "truthprobe_hf" / "truthprobe_hf_POPE_local_pope.csv").set_index("split")
     assert (table.loc[["random", "popular", "adversarial"], "n"] == 2).all()
+
+
+def test_iti_through_the_runner_and_the_leaderboard_reads_what_ran(setup, tmp_path):
+    """method=iti through VLMEvalKit's own runner; the work folder records the intervention for the leaderboard."""
+    from truthprobe_eval import load_model, locate_heads
+    from truthprobe_eval.analysis import leaderboard as lb
+    from truthprobe_eval.directions import ITIDirections
+
+    sites = locate_heads(load_model(setup["llava"])[0])
+    shape = (sites.num_layers, sites.num_heads, sites.head_dim)
+    rng = np.random.default_rng(4)
+    unit = rng.standard_normal(shape)
+    unit /= np.linalg.norm(unit, axis=-1, keepdims=True)
+    directions = ITIDirections(unit, np.full(shape[:2], 3.0), rng.uniform(0.5, 1, shape[:2]), unit,
+                               np.full(shape[:2], 3.0), meta={"model": "tiny-llava"}).save(tmp_path / "iti.json")
+    work = tmp_path / "out"
+    rc = main(["vlmeval", "--hf-model", setup["llava"], "--method", "iti", "--method-args",
+               f"directions={directions},k=4,alpha=8", "--max-new-tokens", "1", "--pope-dir", setup["pope_dir"],
+               "--coco-images", setup["images"], "--pope-limit", "2", "--model", "truthprobe_hf", "--data", "POPE_local",
+               "--work-dir", str(work)])
+    assert rc == 0
+    record = json.loads((work / "truthprobe_hf" / "intervention.json").read_text())
+    assert record["model"] == setup["llava"] and record["intervention"]["method"] == "iti"
+    assert record["intervention"]["k"] == 4 and len(record["intervention"]["heads"]) == 4
+    entries, _ = lb.collect([work])
+    assert {(e.model, e.method, e.settings) for e in entries} == {("llava", lb.ITI, "K=4, alpha=8")}

@@ -73,6 +73,10 @@ class ComparisonConfig:
             raise ComparisonError(f"benchmarks: expected some of {', '.join(BENCHMARKS)}, found {list(self.benchmarks)}")
         if self.questions is not None and self.questions < 4:
             raise ComparisonError(f"questions: expected at least 4 (two halves of two), found {self.questions}")
+        if self.questions is not None and self.questions // 2 < self.iti_folds:
+            raise ComparisonError(f"questions: {self.questions} give halves of {self.questions // 2}, fewer than the "
+                                  f"{self.iti_folds} folds ITI's probes are cross-validated with; give more questions "
+                                  "or fewer --iti-folds")
         if self.halueval_rows < 2 or self.neutral_texts < 1:
             raise ComparisonError("rows: expected at least 2 HaluEval rows and 1 neutral text")
         if self.halueval_offset < self.probe_rows:

@@ -46,6 +46,7 @@ def add_parser(subparsers) -> None:
                    help="TruthProbe's settings (default alpha=4.5,norm=centered)")
     p.add_argument("--iti-settings", type=_settings, default={"k": "48", "alpha": "15"},
                    help="ITI's settings (default k=48,alpha=15, the published ones; also positions=all)")
+    p.add_argument("--iti-folds", type=int, default=4, help="folds of ITI's probe accuracies (default 4)")
     p.add_argument("--benchmarks", default="halueval,truthfulqa,neutral", help="any of halueval,truthfulqa,neutral")
     p.add_argument("--no-controls", action="store_true", help="leave out the random controls")
     p.add_argument("--control-seed", type=int, default=0)
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ComparisonConfig(model=args.model, out=args.out, truthfulqa_csv=args.truthfulqa_csv, questions=args.questions,
                            split_seed=args.split_seed, halueval_offset=args.halueval_offset,
                            halueval_rows=args.halueval_rows, neutral_texts=args.neutral_texts, scores=args.scores,
-                           truthprobe=args.truthprobe_settings, iti=args.iti_settings,
+                           truthprobe=args.truthprobe_settings, iti=args.iti_settings, iti_folds=args.iti_folds,
                            benchmarks=tuple(b.strip() for b in args.benchmarks.split(",") if b.strip()),
                            controls=not args.no_controls, control_seed=args.control_seed, batch_size=args.batch_size,
                            device=args.device, dtype=args.dtype, progress=not args.quiet)

@@ -1,0 +1,104 @@
+"""`truthprobe compare-methods` end to end on the real SmolLM2 (tiny sizes), its statistics, and the pieces it
+reads: TruthfulQA question subsets, paired tests of per-item scores, the leaderboard files it writes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from truthprobe_eval import TruthScores
+from truthprobe_eval.paired_stats import compare_scores
+
+
+def test_compare_scores_uses_the_libraries_tests():
+    from scipy import stats
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2, 60).astype(float)
+    b = a.copy()
+    b[:12] = 1.0
+    st = compare_scores(a, b, binary=True)
+    table = [[int(np.sum((a == 1) & (b == 1))), int(np.sum((a == 1) & (b == 0)))],
+             [int(np.sum((a == 0) & (b == 1))), int(np.sum((a == 0) & (b == 0)))]]
+    assert st["p"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+    assert st["delta"] == pytest.approx(b.mean() - a.mean()) and st["delta_ci"][0] <= st["delta"] <= st["delta_ci"][1]
+    x, y = rng.uniform(size=40), rng.uniform(size=40)
+    cont = compare_scores(x, y)
+    assert cont["p"] == pytest.approx(stats.wilcoxon(y, x).pvalue) and cont["delta_ci"][0] < cont["delta_ci"][1]
+    assert compare_scores(x, x)["p"] == 1.0 and compare_scores(x, x)["delta_ci"] == [0.0, 0.0]
+
+
+def test_truthfulqa_question_subsets(shared_dir):
+    from truthprobe_eval.probing.iti import question_halves
+    from truthprobe_eval.tasks.truthfulqa.utils import TruthfulQADataError, load_mc
+
+    csv = str(shared_dir / "data" / "truthfulqa" / "TruthfulQA.csv")
+    docs = load_mc(csv, truthfulqa_rows=[3, 1, 700])["validation"]
+    assert [d["row"] for d in docs] == [3, 1, 700]
+    assert [d["row"] for d in load_mc(csv, truthfulqa_rows="10-12")["validation"]] == [10, 11, 12]
+    with pytest.raises(TruthfulQADataError, match="truthfulqa_rows: expected indices 0 to 812"):
+        load_mc(csv, truthfulqa_rows=[5000])
+    a, b = question_halves(813, seed=0, limit=100)
+    assert len(a) == len(b) == 50 and not set(a) & set(b)
+    assert question_halves(813, seed=0, limit=100) == (a, b) and question_halves(813, seed=1, limit=100) != (a, b)
+
+
+@pytest.mark.slow
+def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
+    from truthprobe_eval.analysis import leaderboard as lb
+    from truthprobe_eval.cli import main
+
+    scores = TruthScores(np.random.default_rng(2).uniform(0.45, 0.95, (30, 9)),
+                         meta={"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}).save(tmp_path / "scores.json")
+    out = tmp_path / "cmp"
+    monkeypatch.setenv("TRUTHPROBE_TRUTHFULQA_CSV", str(shared_dir / "data" / "truthfulqa" / "TruthfulQA.csv"))
+    assert main(["compare-methods", "--out", str(out), "--questions", "6", "--halueval-rows", "3", "--neutral-texts",
+                 "2", "--scores", str(scores), "--truthprobe-settings", "alpha=0.2,norm=minmax",
+                 "--iti-settings", "k=16,alpha=5", "--iti-folds", "2", "--no-controls", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert main(["compare-methods", "--out", str(out), "--questions", "6"]) == 2  # before any model loads
+    assert "halves of 3, fewer than the 4 folds" in capsys.readouterr().err
+    result = json.loads((out / "comparison.json").read_text())
+    names = [r["name"] for r in result["runs"]]
+    assert names == ["baseline", "truthprobe", "iti"]
+    halves = result["halves"]
+    assert len(halves[0]) == len(halves[1]) == 3 and not set(halves[0]) & set(halves[1])
+    for run in result["runs"]:
+        assert run["truthfulqa"]["rows"] == sorted(halves[0] + halves[1])
+        assert run["halueval"]["rows"] == [342, 345]
+        if run["name"] != "baseline":
+            assert set(run["stats"]) == {"halueval", "mc1", "mc2"}
+    iti = next(r for r in result["runs"] if r["name"] == "iti")
+    # each half evaluated with the directions fit on the other half
+    for i, described in enumerate(iti["interventions"]):
+        fit = json.loads((out / f"iti_half{i}.json").read_text())["meta"]
+        assert described["directions"].endswith(f"iti_half{i}.json") and sorted(fit["questions"]) == halves[1 - i]
+    assert iti["interventions"][0]["k"] == 16 and iti["neutral"]["kl"] > 0
+    assert result["runs"][0]["neutral"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    table = (out / "comparison.md").read_text()
+    assert "| ITI |" in table and "TruthfulQA MC2" in table and table in printed
+    assert (out / "comparison.png").stat().st_size > 1000
+    entries, _ = lb.collect([out / "leaderboard"])
+    methods = {e.method for e in entries}
+    assert methods == {lb.VANILLA, lb.TP_OWN, lb.ITI}
+
+
+def test_the_runs_and_their_controls(tmp_path):
+    """With controls: random and shuffled gates, ITI on random heads and random directions, per half."""
+    from truthprobe_eval.directions import ITIDirections
+    from truthprobe_eval.method_comparison import ComparisonConfig, _interventions
+
+    rng = np.random.default_rng(0)
+    unit = rng.standard_normal((30, 9, 64))
+    unit /= np.linalg.norm(unit, axis=-1, keepdims=True)
+    files = [str(ITIDirections(unit, np.ones((30, 9)), rng.uniform(size=(30, 9)), unit, np.ones((30, 9)),
+                               meta={"model": "m"}).save(tmp_path / f"d{i}.json")) for i in (0, 1)]
+    runs = _interventions(ComparisonConfig(), np.full((30, 9), 0.6), files)
+    assert list(runs) == ["baseline", "truthprobe", "truthprobe_random", "truthprobe_shuffled", "iti",
+                          "iti_random_heads", "iti_random_directions"]
+    assert [m.settings["directions"] for m in runs["iti_random_heads"]] == files
+    assert runs["truthprobe_shuffled"][0].settings["gate"] == "shuffled"
+    assert runs["iti_random_directions"][1].settings["control"] == "random_directions"
+    assert all(m.identity for m in runs["baseline"])

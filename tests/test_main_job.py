@@ -25,9 +25,13 @@ from truthprobe_eval.main_job import (
 
 
 def _evaluation(name: str, gate: dict, f1: float, acc: float) -> Evaluation:
+    """An evaluation record as the judge writes it: the intervention's own description."""
+    from truthprobe_eval.interventions import build
+
     metrics = {"acc": acc, "f1": f1, "precision": 0.0, "recall": 0.0, "pred_yes_share": 0.0, "gold_yes_share": 0.5,
                "unparseable": 0, "margin_auroc": 0.5}
-    return Evaluation(name, "validation", gate, metrics, (0, 1), 0.0, "", "")
+    described = build("truthprobe", scores=np.full((2, 2), 0.5), **gate).describe()
+    return Evaluation(name, "validation", described, metrics, (0, 1), 0.0, "", "")
 
 
 def test_select_best_is_the_highest_validation_f1_then_accuracy():

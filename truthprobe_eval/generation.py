@@ -154,7 +154,10 @@ class SharedPrefixScorer:
     @torch.no_grad()
     def logits(self, inps: torch.Tensor, max_prefix: int | None = None,
                suffix_context: Callable[[int], ContextManager] | None = None) -> torch.Tensor | None:
-        """(B, T, V) logits, or None when the shared prefix is shorter than ``min_prefix`` (then run it plainly)."""
+        """(B, T, V) logits, or None for a single row (nothing to share) or a shared prefix shorter than
+        ``min_prefix``: then the caller runs the batch plainly."""
+        if inps.shape[0] < 2:
+            return None
         p = min(shared_columns(inps), inps.shape[1] - 1, max_prefix if max_prefix is not None else inps.shape[1])
         if p < self.min_prefix:
             return None

@@ -97,13 +97,15 @@ def test_random_ablation_collects_lm_eval_results(regime, tmp_path):
     assert payload["summary"]["acc"]["random_std"] == pytest.approx(statistics.stdev(accs))
     assert payload["summary"]["f1"]["truthprobe"] == f1_of("truthprobe_centered_4.5")
     assert payload["summary"]["f1"]["baseline"] == f1_of("baseline")
-    gates = [r["gate"] for r in payload["random"]]
+    gates = [r["intervention"] for r in payload["random"]]
     assert [g["gate"] for g in gates] == ["random"] * 3 and [g["seed"] for g in gates] == [0, 1, 2]
     assert (out / "ablation.png").stat().st_size > 5000
     # the logged per-sample 0/1 ("correct") makes the runs pairable by truthprobe significance
     assert main(["significance", str(out / "lm_eval" / "baseline.samples.jsonl"),
                  str(out / "lm_eval" / "truthprobe_centered_4.5.samples.jsonl"), "--out", str(out / "sig")]) == 0
-    assert "correct" in (out / "sig" / "significance.md").read_text()
+    report = (out / "sig" / "significance.md").read_text()
+    assert "correct" in report
+    assert "baseline.samples.jsonl (baseline)" in report and "(TruthProbe (centered, alpha 4.5))" in report
     for name in ["baseline", "truthprobe_centered_4.5", *names]:
         samples = [json.loads(line) for line in (out / "lm_eval" / f"{name}.samples.jsonl").read_text().splitlines()]
         assert sorted(s["doc"]["row"] for s in samples) == [10, 11]
@@ -115,7 +117,7 @@ def test_grid_marks_the_validation_f1_winner(regime, tmp_path):
     assert main(["ablate", "grid", "--scores", str(scores), "--grid", "centered:2.5,7.5;minmax:0.3", "--offset", "10",
                  "--n", "2", "--batch-size", "2", "--out", str(tmp_path), "--quiet"]) == 0
     rows = list(csv.DictReader((tmp_path / "ablation.csv").open()))
-    assert [r["gate"] for r in rows] == ["baseline", "truthprobe", "truthprobe", "truthprobe"]
+    assert [r["method"] for r in rows] == ["baseline", "truthprobe", "truthprobe", "truthprobe"]
     gated = rows[1:]
     chosen = [r for r in gated if r["chosen"] == "yes"]
     assert len(chosen) == 1

@@ -436,6 +436,35 @@ def compare_runs(path_a: "str | os.PathLike", path_b: "str | os.PathLike", task:
     return results, list(dict.fromkeys(notes))
 
 
+def recorded_intervention(run: "str | os.PathLike") -> dict | None:
+    """The intervention a run recorded (its ``describe()``), found beside or inside ``run``: lm-eval's
+    ``results_*.json`` / our judges' ``<name>.json`` (``config.intervention``), or VLMEvalKit's work-folder
+    ``intervention.json``. None when the run recorded none (a plain ``hf`` run, or another tool's)."""
+    path = Path(run)
+    folder = path if path.is_dir() else path.parent
+    candidates = [folder / "intervention.json"]
+    if path.is_file() and path.name.endswith(".samples.jsonl"):
+        candidates.insert(0, path.with_name(path.name[: -len(".samples.jsonl")] + ".json"))
+    candidates += sorted(folder.glob("results_*.json"))
+    for candidate in candidates:
+        if not candidate.is_file():
+            continue
+        try:
+            data = json.loads(candidate.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        described = (data.get("config") or {}).get("intervention") if "config" in data else data.get("intervention")
+        if isinstance(described, dict):
+            return described
+    return None
+
+
+def run_name(run: "str | os.PathLike") -> str:
+    """The run's path, with the label of the intervention it recorded."""
+    described = recorded_intervention(run)
+    return str(run) if not described else f"{run} ({described.get('label', described.get('method'))})"
+
+
 def stars(p: float | None) -> str:
     if p is None or not math.isfinite(p):
         return ""

@@ -33,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     results, notes = sig.compare_runs(args.run_a, args.run_b, args.task, args.metric, args.filter_name,
                                       args.alternative, args.bootstrap, args.confidence, args.seed)
-    print(sig.to_markdown(results, notes, args.run_a, args.run_b))
+    name_a, name_b = sig.run_name(args.run_a), sig.run_name(args.run_b)  # labelled by what each run recorded
+    print(sig.to_markdown(results, notes, name_a, name_b))
     if args.out:
-        sig.write_outputs(results, notes, args.out, args.run_a, args.run_b)
+        sig.write_outputs(results, notes, args.out, name_a, name_b)
         print(f"written to {args.out}: significance.md, significance.csv")
     return 0

@@ -42,12 +42,12 @@ def main() -> None:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+    from truthprobe_eval.model_adapters.lm_eval_truthgated import TruthGatedLM
+    from truthprobe_eval.tasks import TASKS_DIR
 
     from truthprobe_eval import load_model
     from truthprobe_eval.directions import ITIDirections
     from truthprobe_eval.interventions import build
-    from truthprobe_eval.model_adapters.lm_eval_truthgated import TruthGatedLM
-    from truthprobe_eval.tasks import TASKS_DIR
 
     model, tok = load_model("smollm2-135m-instruct")
     rng = np.random.default_rng(0)

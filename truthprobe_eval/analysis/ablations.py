@@ -104,8 +104,9 @@ def random_control_ablation(judge: HaluEvalJudge, intervention: Intervention, *,
     baseline = judge("baseline", "ablation", offset, n, Baseline())
     method = judge(tag, "ablation", offset, n, intervention)
     result = RandomAblationResult(intervention.describe(), control, [int(s) for s in seeds], baseline, method)
-    for seed, made in zip(seeds, controls):
-        result.random.append(judge(f"{control}_{tag}_seed{seed}", "ablation", offset, n, made))
+    short = tag[len(intervention.name) + 1:] if tag.startswith(intervention.name + "_") else tag
+    for seed, made in zip(seeds, controls):  # e.g. random_centered_4.5_seed0, random_heads_k48_alpha15_seed0
+        result.random.append(judge(f"{control}_{short}_seed{seed}", "ablation", offset, n, made))
     return result
 
 

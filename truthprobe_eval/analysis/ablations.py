@@ -201,8 +201,10 @@ def grid_search(judge: HaluEvalJudge, base: "Intervention | TruthScores", *,
     _check_clear(base, offset, n)
     keys = list(dict.fromkeys(k for p in points for k in p))
     baseline = judge("val_baseline", "validation", offset, n, Baseline())
-    runs = [judge("val_" + _slug(m) if base.name == "truthprobe" else f"val_{i:02d}_{_slug(m)}", "validation", offset, n, m)
-            for i, m in enumerate(made)]
+    def name(i: int, m: Intervention) -> str:  # TruthProbe's keep their earlier names: val_centered_2.5
+        return f"val_{m.settings['norm']}_{m.settings['alpha']:g}" if m.name == "truthprobe" else f"val_{i:02d}_{_slug(m)}"
+
+    runs = [judge(name(i, m), "validation", offset, n, m) for i, m in enumerate(made)]
     return GridResult(baseline, runs, keys)
 
 

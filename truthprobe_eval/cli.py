@@ -14,7 +14,7 @@ from .errors import TruthProbeError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="truthprobe",
-        description="Head-level Truth Scores and soft head gating for LLMs and MLLMs.",
+        description="Head-level Truth Scores and the interventions that use them (TruthProbe gating, ITI) for LLMs and MLLMs.",
     )
     parser.add_argument("--version", action="version", version=f"truthprobe-eval {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -86,7 +86,7 @@ def _common(p: argparse.ArgumentParser, offset: int, n: int, out: str) -> None:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "ablate", help="random-gate seeds, alpha/norm grid, probing regime (N x epochs) through lm-eval",
+        "ablate", help="a method vs its random controls, a grid over any method's settings, probing regime (N x epochs)",
         description="Ablations on HaluEval QA judge rows through lm-eval, one loaded model for all runs. Each writes "
         "ablation.md, ablation.csv, ablation.json, ablation.png and every lm-eval result and per-sample file "
         "(lm_eval/) to --out. Evaluation rows must not overlap the rows the scores were probed on.")

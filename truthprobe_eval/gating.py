@@ -87,17 +87,7 @@ def _feature_scale(gates_row: np.ndarray, width: int, like: torch.Tensor) -> tor
     return torch.as_tensor(np.repeat(gates_row, chunk), dtype=like.dtype, device=like.device)
 
 
-def gate_hooks(
-    model: nn.Module,
-    scores: "TruthScores | np.ndarray | str | os.PathLike",
-    alpha: float = 4.5,
-    norm: str = "centered",
-    site: str = "o_proj_output",
-    kind: str = "truthprobe",
-    seed: int = 0,
-) -> list:
-    """Register the gate hooks on every output projection; returns their handles (remove them to restore)."""
-    sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
+def _register(sites: HeadSites, gates: np.ndarray, site: str) -> list:
     handles = []
     try:
         for layer, proj in enumerate(sites.out_projs):
@@ -114,6 +104,20 @@ def gate_hooks(
     return handles
 
 
+def gate_hooks(
+    model: nn.Module,
+    scores: "TruthScores | np.ndarray | str | os.PathLike",
+    alpha: float = 4.5,
+    norm: str = "centered",
+    site: str = "o_proj_output",
+    kind: str = "truthprobe",
+    seed: int = 0,
+) -> list:
+    """Register the gate hooks on every output projection; returns their handles (remove them to restore)."""
+    sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
+    return _register(sites, gates, site)
+
+
 @contextmanager
 def gate(
     model: nn.Module,
@@ -125,9 +129,10 @@ def gate(
     seed: int = 0,
 ) -> Iterator[np.ndarray]:
     """Gate every head of ``model`` while the block runs; yields the gate array. Hooks are removed on exit."""
-    handles = gate_hooks(model, scores, alpha, norm, site, kind, seed)
+    sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
+    handles = _register(sites, gates, site)
     try:
-        yield gate_values(scores, alpha, norm, kind, seed, warn_negative=False)
+        yield gates
     finally:
         for handle in handles:
             handle.remove()

@@ -59,18 +59,17 @@ def move_prefix_left(input_ids: torch.Tensor, attention_mask: torch.Tensor, p: i
     return ids, mask
 
 
-class SharedPrefixGenerator:
-    """Generation from a cached shared prefix; a small LRU of prefix caches keyed by (tokens, state)."""
+class _PrefixPasses:
+    """A small LRU of prefix passes: each shared prefix runs once (inside ``prefix_context``) and is reused."""
 
     def __init__(self, model: torch.nn.Module, max_entries: int = 4, min_prefix: int = MIN_PREFIX_TOKENS,
                  prefix_context: Callable[[], ContextManager] | None = None) -> None:
         self.model = model
+        self.max_entries = max_entries
+        self.min_prefix = min_prefix
         # entered around the prefix's own forward pass (a position-aware intervention skips it: the prefix's last
         # position is not the prompt's last one)
         self.prefix_context = prefix_context
-        self._generate = type(model).generate  # the class's own, even while an instance wrapper routes here
-        self.max_entries = max_entries
-        self.min_prefix = min_prefix
         self._caches: OrderedDict[tuple, Any] = OrderedDict()
         self.prefix_passes = 0
         self.reused = 0
@@ -79,7 +78,8 @@ class SharedPrefixGenerator:
         self._caches.clear()
 
     @torch.no_grad()
-    def _prefix_cache(self, prefix: torch.Tensor, state: Hashable):
+    def _prefix(self, prefix: torch.Tensor, state: Hashable = None) -> tuple[Any, torch.Tensor]:
+        """(KV cache, logits) of the prefix's forward pass, from the LRU when this (tokens, state) ran before."""
         key = (tuple(prefix.tolist()), state)
         if key in self._caches:
             self._caches.move_to_end(key)
@@ -87,12 +87,21 @@ class SharedPrefixGenerator:
             return self._caches[key]
         with self.prefix_context() if self.prefix_context is not None else nullcontext():
             out = self.model(input_ids=prefix[None], attention_mask=torch.ones_like(prefix)[None], use_cache=True)
-        cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        self._caches[key] = cache
+        entry = (out.cache if hasattr(out, "cache") else out.past_key_values, out.logits)
+        self._caches[key] = entry
         self.prefix_passes += 1
         while len(self._caches) > self.max_entries:
             self._caches.popitem(last=False)
-        return cache
+        return entry
+
+
+class SharedPrefixGenerator(_PrefixPasses):
+    """Generation from a cached shared prefix; a small LRU of prefix caches keyed by (tokens, state)."""
+
+    def __init__(self, model: torch.nn.Module, max_entries: int = 4, min_prefix: int = MIN_PREFIX_TOKENS,
+                 prefix_context: Callable[[], ContextManager] | None = None) -> None:
+        super().__init__(model, max_entries, min_prefix, prefix_context)
+        self._generate = type(model).generate  # the class's own, even while an instance wrapper routes here
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, pad_token_id: int,
                  state: Hashable = None, **generate_kwargs: Any) -> torch.Tensor:
@@ -102,7 +111,7 @@ class SharedPrefixGenerator:
             return self._generate(self.model, input_ids=input_ids, attention_mask=attention_mask,
                                   pad_token_id=pad_token_id, **generate_kwargs)
         ids, mask = move_prefix_left(input_ids, attention_mask, p, pad_token_id)
-        cache = copy.deepcopy(self._prefix_cache(ids[0, :p], state))
+        cache = copy.deepcopy(self._prefix(ids[0, :p], state)[0])
         cache.batch_repeat_interleave(ids.shape[0])
         return self._generate(self.model, input_ids=ids, attention_mask=mask, cache=cache, pad_token_id=pad_token_id,
                               **generate_kwargs)
@@ -114,7 +123,7 @@ def shared_columns(inps: torch.Tensor) -> int:
     return int(same.long().cumprod(0).sum())
 
 
-class SharedPrefixScorer:
+class SharedPrefixScorer(_PrefixPasses):
     """Log-likelihood logits of a right-padded batch from a cached shared prefix (lm-eval's few-shot prompts).
 
     The columns every row shares run once (cached by their tokens, LRU); the rest of the batch runs on a copy of
@@ -122,34 +131,6 @@ class SharedPrefixScorer:
     pass's (the same for every row). Hooks act in both passes; ``prefix_context`` is entered around the prefix
     pass and ``suffix_context(p)`` around the rest (position-aware interventions shift their positions by p).
     """
-
-    def __init__(self, model: torch.nn.Module, max_entries: int = 4, min_prefix: int = MIN_PREFIX_TOKENS,
-                 prefix_context: Callable[[], ContextManager] | None = None) -> None:
-        self.model = model
-        self.max_entries = max_entries
-        self.min_prefix = min_prefix
-        self.prefix_context = prefix_context
-        self._caches: OrderedDict[tuple, Any] = OrderedDict()
-        self.prefix_passes = 0
-        self.reused = 0
-
-    def clear(self) -> None:
-        self._caches.clear()
-
-    def _prefix(self, prefix: torch.Tensor):
-        key = tuple(prefix.tolist())
-        if key in self._caches:
-            self._caches.move_to_end(key)
-            self.reused += 1
-            return self._caches[key]
-        with self.prefix_context() if self.prefix_context is not None else nullcontext():
-            out = self.model(input_ids=prefix[None], use_cache=True)
-        entry = (out.cache if hasattr(out, "cache") else out.past_key_values, out.logits)
-        self._caches[key] = entry
-        self.prefix_passes += 1
-        while len(self._caches) > self.max_entries:
-            self._caches.popitem(last=False)
-        return entry
 
     @torch.no_grad()
     def logits(self, inps: torch.Tensor, max_prefix: int | None = None,

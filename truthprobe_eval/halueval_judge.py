@@ -166,6 +166,16 @@ class HaluEvalJudge:
                           str(result_file), str(samples_file))
 
 
+def paired_comparison(baseline: Evaluation, run: Evaluation, seed: int = 0) -> dict[str, Any]:
+    """``compare_paired`` of two judge runs on the same rows, read from their samples files."""
+    from .paired_stats import compare_paired
+
+    a, b = per_sample(baseline.samples_file), per_sample(run.samples_file)
+    if not np.array_equal(a["row"], b["row"]) or not np.array_equal(a["gold_yes"], b["gold_yes"]):
+        raise TruthProbeError(f"paired test: {baseline.samples_file} and {run.samples_file} do not hold the same rows")
+    return compare_paired(a["gold_yes"], a["pred_yes"], b["pred_yes"], a["margin"], b["margin"], seed=seed)
+
+
 def select_best(evaluations: Sequence[Evaluation]) -> Evaluation:
     """Highest F1; ties go to higher accuracy, then to the earlier grid entry."""
     gated = [e for e in evaluations if not e.intervention.get("identity")]
@@ -175,5 +185,6 @@ def select_best(evaluations: Sequence[Evaluation]) -> Evaluation:
 
 
 
-__all__ = ["Evaluation", "HaluEvalJudge", "JudgeSettings", "LABELS", "METRICS", "PROTOCOLS", "per_sample",
+__all__ = ["Evaluation", "HaluEvalJudge", "JudgeSettings", "LABELS", "METRICS", "PROTOCOLS", "paired_comparison",
+           "per_sample",
            "predicted_yes", "select_best", "write_lm_eval_outputs"]

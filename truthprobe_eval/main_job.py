@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._io import atomic_write_text
+from ._timing import StageClock
 from .errors import TruthProbeError
 from .halueval_judge import (
     LABELS,
@@ -33,7 +33,7 @@ from .halueval_judge import (
     Evaluation,
     HaluEvalJudge,
     JudgeSettings,
-    per_sample,
+    paired_comparison,
     select_best,
 )
 
@@ -342,15 +342,6 @@ def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, P
     return scores, scores_file, heatmap
 
 
-def _paired(baseline: Evaluation, run: Evaluation, seed: int) -> dict[str, Any]:
-    from .paired_stats import compare_paired
-
-    a, b = per_sample(baseline.samples_file), per_sample(run.samples_file)
-    if not np.array_equal(a["row"], b["row"]) or not np.array_equal(a["gold_yes"], b["gold_yes"]):
-        raise MainJobError(f"paired test: {baseline.samples_file} and {run.samples_file} do not hold the same rows")
-    return compare_paired(a["gold_yes"], a["pred_yes"], b["pred_yes"], a["margin"], b["margin"], seed=seed)
-
-
 def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> MainJobResult:
     """Probe, select the gate on validation rows, evaluate baseline, gate and controls on test rows; write everything."""
     from .analysis.ablations import grid_search, truthprobe_grid
@@ -360,15 +351,8 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
     cfg.check()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    stages: dict[str, float] = {}
-    clock = [time.perf_counter()]
-
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        stages[name] = round(now - clock[0], 1)
-        clock[0] = now
-
-    started = clock[0]
+    clock = StageClock()
+    stages, lap = clock.seconds, clock.lap
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     lap("load")
     scores, scores_file, heatmap = _probe(cfg, model, tokenizer, out, log)
@@ -410,12 +394,12 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
             lap("controls" + suffix)
         seed_result = SeedResult(seed, baseline, gated, controls)
         for name, run in {"gated": gated, **controls}.items():
-            seed_result.stats[name] = _paired(baseline, run, seed=seed)
+            seed_result.stats[name] = paired_comparison(baseline, run, seed=seed)
         if "shuffled" in controls:
-            seed_result.stats["gated_vs_shuffled"] = _paired(controls["shuffled"], gated, seed=seed)
+            seed_result.stats["gated_vs_shuffled"] = paired_comparison(controls["shuffled"], gated, seed=seed)
         result.seeds.append(seed_result)
     lap("statistics")
-    stages["total"] = round(time.perf_counter() - started, 1)
+    stages["total"] = clock.total()
     result.config["seconds"] = stages["total"]
     atomic_write_text(out / "results.md", format_table(result))
     atomic_write_text(out / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._io import atomic_write_text
+from ._timing import StageClock
 from .errors import TruthProbeError
 from .interventions import Baseline, Intervention, build
 
@@ -168,19 +168,9 @@ def _probe_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, 
     return scores
 
 
-def _halueval_stats(base: Any, run: Any, seed: int) -> dict[str, Any]:
-    from .halueval_judge import per_sample
-    from .paired_stats import compare_paired
-
-    a, b = per_sample(base.samples_file), per_sample(run.samples_file)
-    if not np.array_equal(a["row"], b["row"]):
-        raise ComparisonError(f"{base.samples_file} and {run.samples_file} do not hold the same rows")
-    return compare_paired(a["gold_yes"], a["pred_yes"], b["pred_yes"], a["margin"], b["margin"], seed=seed)
-
-
 def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) -> ComparisonResult:
     """Every run on every benchmark, the paired tests against the baseline, the table, the figure."""
-    from .halueval_judge import HaluEvalJudge, JudgeSettings
+    from .halueval_judge import Evaluation, HaluEvalJudge, JudgeSettings, paired_comparison
     from .model_adapters.lm_eval_truthgated import TruthGatedLM
     from .models import load_model
     from .neutral_text import halueval_paragraphs, neutral_text_cost
@@ -194,15 +184,8 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
     cfg.truthfulqa_csv = csv
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    stages: dict[str, float] = {}
-    clock = [time.perf_counter()]
-
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        stages[name] = round(stages.get(name, 0.0) + now - clock[0], 1)
-        clock[0] = now
-
-    started = clock[0]
+    clock = StageClock()
+    stages, lap = clock.seconds, clock.lap
     halves = [list(h) for h in question_halves(len(read_rows(csv)), cfg.split_seed, cfg.questions)]
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     lap("load")
@@ -242,10 +225,8 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
             base = run
         else:
             if run.halueval:
-                from .halueval_judge import Evaluation
-
-                run.stats["halueval"] = _halueval_stats(Evaluation(**base.halueval), Evaluation(**run.halueval),
-                                                        cfg.control_seed)
+                run.stats["halueval"] = paired_comparison(Evaluation(**base.halueval), Evaluation(**run.halueval),
+                                                          cfg.control_seed)
             if run.truthfulqa:
                 for m in ("mc1", "mc2"):
                     run.stats[m] = compare_scores(np.array(base.truthfulqa[f"{m}_per_question"]),
@@ -253,7 +234,7 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
                                                   seed=cfg.control_seed)
         result.runs.append(run)
         _write_leaderboard_files(cfg, run, out / "leaderboard")
-    stages["total"] = round(time.perf_counter() - started, 1)
+    stages["total"] = clock.total()
     atomic_write_text(out / "comparison.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     atomic_write_text(out / "comparison.md", format_comparison(result))
     plot_comparison(result, out / "comparison.png")

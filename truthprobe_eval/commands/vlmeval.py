@@ -127,14 +127,9 @@ def _models_to_check(values: dict) -> list[tuple[str, dict, str | None]]:
     return found
 
 
-def preflight(values: dict) -> list[str]:
-    """Check gate settings and score shapes of every gated model before VLMEvalKit starts (it would only log
-    a failure and go on). Returns the names checked."""
-    return list(_interventions(values))
-
-
 def _interventions(values: dict) -> dict[str, dict]:
-    """Model name -> its checkpoint and the ``describe()`` of its intervention, checked against the config."""
+    """Model name -> its checkpoint and the ``describe()`` of its intervention, each checked against its config before
+    VLMEvalKit starts (it would only log a failure and go on)."""
     from ..errors import TruthProbeError
     from ..model_adapters.vlmeval_gated import ENV, check_fits_config, resolve_intervention
 

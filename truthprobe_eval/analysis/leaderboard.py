@@ -94,37 +94,22 @@ def _canonical(model: str) -> str:
 def method_from_description(description: dict[str, Any] | None, model: str) -> tuple[str, str]:
     """(method, settings) from an intervention's recorded ``describe()`` (None or identity: the plain model).
 
-    TruthProbe rows say whose scores they used: the model's own, or another model's of its lineage (the base LLM).
+    Each method names its own rows (``table_row``); TruthProbe rows also say whose scores they used: the model's
+    own, or another model's of its lineage (the base LLM).
     """
+    from ..interventions import method_class
+
     if not description or description.get("identity"):
         return VANILLA, ""
-    method = description.get("method")
-    if method == "truthprobe":
-        gate = description.get("gate", "truthprobe")
-        parts = [f"alpha={description['alpha']:g}", f"norm={description['norm']}"]
-        if description.get("site", "o_proj_output") != "o_proj_output":
-            parts.append(f"site={description['site']}")
-        if gate in ("random", "shuffled"):
-            parts.append(f"seed={description['seed']}")
-        settings = ", ".join(parts)
-        if gate != "truthprobe":
-            return {"random": RANDOM, "inverse": INVERSE, "shuffled": SHUFFLED}[gate], settings
-        scores_model = description.get("scores_model")
-        if not scores_model or scores_model == "unknown model":
-            return TP, settings
-        return (TP_OWN if _canonical(scores_model) == _canonical(model) else TP_BASE), settings
-    if method == "iti":
-        control = description.get("control", "none")
-        parts = [f"K={description['k']}", f"alpha={description['alpha']:g}"]
-        if description.get("positions", "answer") != "answer":
-            parts.append(f"positions={description['positions']}")
-        if control == "random_heads":
-            parts.append(f"seed={description['seed']}")
-        return {"none": ITI, "random_heads": ITI_RANDOM_HEADS, "random_directions": ITI_RANDOM_DIRECTIONS}[control], \
-            ", ".join(parts)
-    label = str(description.get("label") or method)
-    return label, ", ".join(f"{k}={v}" for k, v in description.items()
-                            if k not in ("method", "label", "identity", "apply") and isinstance(v, (int, float, str)))
+    try:
+        cls = method_class(description.get("method"))
+    except TruthProbeError:  # recorded by a method this installation does not have: its own label
+        return str(description.get("label") or description.get("method")), ""
+    method, settings = cls.table_row(description)
+    scores_model = description.get("scores_model")
+    if method == TP and scores_model and scores_model != "unknown model":
+        method = TP_OWN if _canonical(scores_model) == _canonical(model) else TP_BASE
+    return method, settings
 
 
 def _metric_name(key: str) -> str | None:

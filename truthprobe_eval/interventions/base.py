@@ -204,6 +204,15 @@ class Intervention:
     def provenance(self) -> dict[str, Any]:
         return {}
 
+    @classmethod
+    def table_row(cls, described: dict[str, Any]) -> tuple[str, str]:
+        """(method, settings) of a leaderboard row, from a recorded ``describe()`` (no instance: files may be gone)."""
+        if described.get("identity"):
+            return "vanilla", ""
+        skip = ("method", "label", "identity", "apply")
+        return (str(described.get("label") or cls.name),
+                ", ".join(f"{k}={v}" for k, v in described.items() if k not in skip and isinstance(v, (int, float, str))))
+
     def label(self) -> str:
         """A short human name for tables ("ITI (K 48, alpha 15)")."""
         return self.name

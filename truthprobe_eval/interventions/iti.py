@@ -152,6 +152,19 @@ class ITI(Intervention):
         return {"directions_model": self.data.model, "direction": self.data.meta.get("direction"),
                 "heads": [list(h) for h in self.heads()]}
 
+    @classmethod
+    def table_row(cls, described: dict[str, Any]) -> tuple[str, str]:
+        if described.get("identity"):
+            return "vanilla", ""
+        control = described.get("control", "none")
+        parts = [f"K={described['k']}", f"alpha={described['alpha']:g}"]
+        if described.get("positions", "answer") != "answer":
+            parts.append(f"positions={described['positions']}")
+        if control == "random_heads":
+            parts.append(f"seed={described['seed']}")
+        names = {"none": "ITI", "random_heads": "ITI random heads", "random_directions": "ITI random directions"}
+        return names[control], ", ".join(parts)
+
     def label(self) -> str:
         s = self.settings
         control = {"none": "", "random_heads": f", random heads seed {s['seed']}",

@@ -20,6 +20,7 @@ from ..scores import TruthScores
 from .base import Intervention, Param, register
 
 NEEDS_SCORES = ("truthprobe", "inverse", "shuffled")
+GATE_NAMES = {"truthprobe": "TruthProbe", "inverse": "inverse gate", "random": "random gate", "shuffled": "shuffled gate"}
 
 
 @register
@@ -115,12 +116,23 @@ class TruthProbeGate(Intervention):
     def provenance(self) -> dict[str, Any]:
         return {"scores": self.source, "scores_model": None if self.scores is None else self.scores.model}
 
+    @classmethod
+    def table_row(cls, described: dict[str, Any]) -> tuple[str, str]:
+        if described.get("identity"):
+            return "vanilla", ""
+        gate = described.get("gate", "truthprobe")
+        parts = [f"alpha={described['alpha']:g}", f"norm={described['norm']}"]
+        if described.get("site", "o_proj_output") != "o_proj_output":
+            parts.append(f"site={described['site']}")
+        if gate in ("random", "shuffled"):
+            parts.append(f"seed={described['seed']}")
+        return GATE_NAMES[gate], ", ".join(parts)
+
     def label(self) -> str:
         s = self.settings
         if self.identity:
             return "baseline"
-        what = {"truthprobe": "TruthProbe", "inverse": "inverse gate", "random": "random gate",
-                "shuffled": "shuffled gate"}[s["gate"]]
+        what = GATE_NAMES[s["gate"]]
         seed = f", seed {s['seed']}" if s["gate"] in ("random", "shuffled") else ""
         return f"{what} ({s['norm']}, alpha {s['alpha']:g}{seed})"
 

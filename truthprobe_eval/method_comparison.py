@@ -1,7 +1,8 @@
 """Methods side by side on one loaded model (what ``truthprobe compare-methods`` runs).
 
-Runs: the baseline, TruthProbe and ITI, and (``controls``) their random controls: random and shuffled gates,
-ITI on random heads and along random directions. Benchmarks, each with its paired test against the baseline:
+Runs: the baseline, TruthProbe, ITI and truth-neuron suppression (``methods``), and (``controls``) their random
+controls: random and shuffled gates, ITI on random heads and along random directions, as many random neurons
+per layer. Benchmarks, each with its paired test against the baseline:
 
 - HaluEval QA under the TruthProbe paper's protocol (``halueval_truthprobe_seed0``) on rows no other stage uses:
   accuracy and F1 with an exact McNemar p and paired bootstrap intervals;
@@ -10,9 +11,11 @@ ITI on random heads and along random directions. Benchmarks, each with its paire
   McNemar; MC2: Wilcoxon signed-rank; both with paired bootstrap intervals of the mean difference;
 - cross-entropy and KL divergence against the plain model on neutral text (HaluEval knowledge paragraphs).
 
-TruthProbe's scores are probed on HaluEval rows ``[0, probe_rows)`` (or given); TruthProbe and ITI run at the
-settings given (defaults: the published ones), chosen before any test row is seen. ITI on HaluEval and on the
-neutral text uses the directions of the first TruthfulQA half. Everything goes to ``out``: direction files, score
+TruthProbe's scores are probed on HaluEval rows ``[0, probe_rows)`` (or given); the methods run at the
+settings given (defaults: the published ones), chosen before any test row is seen. ITI's directions and the
+truth neurons come from one TruthfulQA half each, for evaluating the other; on HaluEval and the neutral text
+the first half's (fit on the second half's questions) are used. With both Truth Scores and truth neurons the
+comparison also reports where each sits by layer (``layer_overlap``). Everything goes to ``out``: direction files, score
 file, every lm-eval result and per-sample file, ``comparison.md`` / ``.json`` / ``.png``, and one
 ``truthprobe-results`` JSON per run and benchmark under ``leaderboard/`` (``truthprobe leaderboard`` reads them).
 """
@@ -32,11 +35,15 @@ from .errors import TruthProbeError
 from .interventions import Baseline, Intervention, build
 
 BENCHMARKS = ("halueval", "truthfulqa", "neutral")
+METHODS = ("truthprobe", "iti", "neurons")
 TRUTHPROBE_DEFAULTS = {"alpha": 4.5, "norm": "centered"}
 ITI_DEFAULTS = {"k": 48, "alpha": 15.0}
+NEURON_DEFAULTS = {"factor": 0.0}
+NEURON_FIND_DEFAULTS = {"steps": 20, "p_threshold": 0.05, "top_n": None}
 RUN_LABELS = {"baseline": "baseline", "truthprobe": "TruthProbe", "truthprobe_random": "random gates",
               "truthprobe_shuffled": "shuffled gates", "iti": "ITI", "iti_random_heads": "ITI, random heads",
-              "iti_random_directions": "ITI, random directions"}
+              "iti_random_directions": "ITI, random directions", "neurons": "truth neurons",
+              "neurons_random": "random neurons"}
 
 
 class ComparisonError(TruthProbeError, ValueError):
@@ -59,6 +66,9 @@ class ComparisonConfig:
     truthprobe: dict[str, Any] = field(default_factory=lambda: dict(TRUTHPROBE_DEFAULTS))
     iti: dict[str, Any] = field(default_factory=lambda: dict(ITI_DEFAULTS))
     iti_folds: int = 4
+    neurons: dict[str, Any] = field(default_factory=lambda: dict(NEURON_DEFAULTS))
+    neuron_find: dict[str, Any] = field(default_factory=lambda: dict(NEURON_FIND_DEFAULTS))
+    methods: tuple[str, ...] = METHODS
     controls: bool = True
     control_seed: int = 0
     benchmarks: tuple[str, ...] = BENCHMARKS
@@ -68,12 +78,15 @@ class ComparisonConfig:
     progress: bool = True
 
     def check(self) -> None:
+        odd = [m for m in self.methods if m not in METHODS]
+        if odd:
+            raise ComparisonError(f"methods: expected some of {', '.join(METHODS)}, found {list(self.methods)}")
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
         if unknown or not self.benchmarks:
             raise ComparisonError(f"benchmarks: expected some of {', '.join(BENCHMARKS)}, found {list(self.benchmarks)}")
         if self.questions is not None and self.questions < 4:
             raise ComparisonError(f"questions: expected at least 4 (two halves of two), found {self.questions}")
-        if self.questions is not None and self.questions // 2 < self.iti_folds:
+        if "iti" in self.methods and self.questions is not None and self.questions // 2 < self.iti_folds:
             raise ComparisonError(f"questions: {self.questions} give halves of {self.questions // 2}, fewer than the "
                                   f"{self.iti_folds} folds ITI's probes are cross-validated with; give more questions "
                                   "or fewer --iti-folds")
@@ -82,11 +95,19 @@ class ComparisonConfig:
         if self.halueval_offset < self.probe_rows:
             raise ComparisonError(f"HaluEval rows start at {self.halueval_offset}, inside the probing rows "
                                   f"0-{self.probe_rows - 1}")
-        for name in ("truthprobe", "iti"):
-            reserved = {"directions", "control"} & set(getattr(self, name))
+        for name, own in (("truthprobe", "scores"), ("iti", "directions"), ("neurons", "neurons")):
+            reserved = {own, "control"} & set(getattr(self, name))
             if reserved:
                 raise ComparisonError(f"{name} settings: {', '.join(sorted(reserved))} are set by the comparison")
         build("truthprobe", gate="random", **self.truthprobe)  # bad settings fail before any model work
+        from .neuron_scores import selection
+
+        selection(np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)), float(self.neuron_find.get("p_threshold", 0.05)),
+                  self.neuron_find.get("top_n"))
+        unknown_find = set(self.neuron_find) - set(NEURON_FIND_DEFAULTS)
+        if unknown_find:
+            raise ComparisonError(f"neuron finding: expected settings {', '.join(NEURON_FIND_DEFAULTS)}, found "
+                                  f"{', '.join(sorted(unknown_find))}")
 
 
 @dataclass
@@ -107,27 +128,33 @@ class ComparisonResult:
     files: dict[str, str]
     runs: list[RunResult] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    layer_overlap: list[dict[str, Any]] = field(default_factory=list)  # per neuron file: neurons vs top heads
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "truthprobe-method-comparison", "config": self.config, "halves": self.halves,
-                "files": self.files, "runs": [asdict(r) for r in self.runs], "stage_seconds": self.stage_seconds}
+                "files": self.files, "runs": [asdict(r) for r in self.runs], "stage_seconds": self.stage_seconds,
+                "layer_overlap": self.layer_overlap}
 
 
 # ---- the runs ---------------------------------------------------------------------------------------------
 
-def _interventions(cfg: ComparisonConfig, scores: Any, directions: list[str]) -> dict[str, list[Intervention]]:
-    """Run name -> one intervention per TruthfulQA half (ITI's from the other half's directions)."""
-    tp = build("truthprobe", scores=scores, **cfg.truthprobe)
-    itis = [build("iti", directions=d, **cfg.iti) for d in directions]
-    runs: dict[str, list[Intervention]] = {"baseline": [Baseline(), Baseline()], "truthprobe": [tp, tp]}
-    if cfg.controls:
-        for kind in tp.controls:
-            made = tp.control(kind, cfg.control_seed)
-            runs[f"truthprobe_{kind}"] = [made, made]
-    runs["iti"] = itis
-    if cfg.controls:
-        for kind in itis[0].controls:
-            runs[f"iti_{kind}"] = [i.control(kind, cfg.control_seed) for i in itis]
+def _interventions(cfg: ComparisonConfig, scores: Any, directions: list[str],
+                   neurons: list[str]) -> dict[str, list[Intervention]]:
+    """Run name -> one intervention per TruthfulQA half (ITI's and the neurons' from the other half's questions)."""
+    runs: dict[str, list[Intervention]] = {"baseline": [Baseline(), Baseline()]}
+    per_method: dict[str, list[Intervention]] = {}
+    if "truthprobe" in cfg.methods:
+        tp = build("truthprobe", scores=scores, **cfg.truthprobe)
+        per_method["truthprobe"] = [tp, tp]
+    if "iti" in cfg.methods:
+        per_method["iti"] = [build("iti", directions=d, **cfg.iti) for d in directions]
+    if "neurons" in cfg.methods:
+        per_method["neurons"] = [build("neurons", neurons=n, **cfg.neurons) for n in neurons]
+    for name, made in per_method.items():
+        runs[name] = made
+        if cfg.controls:
+            for kind in made[0].controls:
+                runs[f"{name}_{kind}"] = [m.control(kind, cfg.control_seed) for m in made]
     return runs
 
 
@@ -147,6 +174,38 @@ def _fit_directions(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: l
         path = made.save(out / f"iti_half{i}.json")
         files.append(str(path))
     return files
+
+
+def _find_neurons(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: list[list[int]], out: Path,
+                  log: Callable[[str], None]) -> list[str]:
+    """Neuron score files: ``neurons_half{i}.json`` found on the *other* half, so that half i is evaluated out of
+    fold (the option order of the lettered prompts follows ``split_seed``)."""
+    from .probing.neurons import find_neurons
+
+    files = []
+    for i in (0, 1):
+        train = halves[1 - i]
+        log(f"truth neurons: attributing TruthfulQA half {1 - i} ({len(train)} questions), for evaluating half {i}")
+        made = find_neurons(model, tokenizer, train, csv=cfg.truthfulqa_csv, seed=cfg.split_seed,
+                            progress=cfg.progress, **cfg.neuron_find,
+                            meta={"model_source": cfg.model, "evaluated_half": i, "split_seed": cfg.split_seed})
+        files.append(str(made.save(out / f"neurons_half{i}.json")))
+        log(f"      {made.count} neurons selected (p < {made.meta['p_threshold']})")
+    return files
+
+
+def _layer_overlap(scores: Any, neuron_files: list[str], out: Path) -> list[dict[str, Any]]:
+    """Where the truth neurons sit against the top Truth-Score heads, per neuron file; with a map of each."""
+    from .neuron_scores import NeuronScores, layer_overlap
+    from .plots import plot_neuron_map
+
+    found = []
+    for i, path in enumerate(neuron_files):
+        neurons = NeuronScores.load(path)
+        plot_neuron_map(neurons, out / f"neurons_half{i}.png", head_scores=scores)
+        if scores is not None and neurons.shape[0] == scores.num_layers and neurons.count:
+            found.append({"neurons": path, **layer_overlap(neurons, scores)})
+    return found
 
 
 def _probe_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, log: Callable[[str], None]):
@@ -189,20 +248,25 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
     halves = [list(h) for h in question_halves(len(read_rows(csv)), cfg.split_seed, cfg.questions)]
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     lap("load")
-    scores = _probe_scores(cfg, model, tokenizer, out, log)
+    scores = _probe_scores(cfg, model, tokenizer, out, log) if "truthprobe" in cfg.methods or cfg.scores else None
     lap("probe")
-    directions = _fit_directions(cfg, model, tokenizer, halves, out, log)
+    directions = _fit_directions(cfg, model, tokenizer, halves, out, log) if "iti" in cfg.methods else []
     lap("iti fit")
+    neuron_files = _find_neurons(cfg, model, tokenizer, halves, out, log) if "neurons" in cfg.methods else []
+    lap("neuron find")
     lm = TruthGatedLM(pretrained=model, tokenizer=tokenizer, method="none", batch_size=cfg.batch_size,
                       device=cfg.device)
     judge = HaluEvalJudge(model, tokenizer, JudgeSettings(batch_size=cfg.batch_size, device=cfg.device), out, log, lm=lm)
     tqa = TruthfulQAEvaluator(lm, csv, out)
     texts = halueval_paragraphs(cfg.neutral_offset, cfg.neutral_texts) if "neutral" in cfg.benchmarks else []
-    config = {**asdict(cfg), "benchmarks": list(cfg.benchmarks), "halueval_task": judge.task}
-    result = ComparisonResult(config, halves, {"scores": str(out / "scores.json"), "directions": "; ".join(directions)},
-                              stage_seconds=stages)
+    config = {**asdict(cfg), "benchmarks": list(cfg.benchmarks), "methods": list(cfg.methods),
+              "halueval_task": judge.task}
+    files = {"scores": str(out / "scores.json") if scores is not None else "", "directions": "; ".join(directions),
+             "neurons": "; ".join(neuron_files)}
+    result = ComparisonResult(config, halves, files, stage_seconds=stages,
+                              layer_overlap=_layer_overlap(scores, neuron_files, out))
     base: RunResult | None = None
-    for name, made in _interventions(cfg, scores, directions).items():
+    for name, made in _interventions(cfg, scores, directions, neuron_files).items():
         run = RunResult(name, RUN_LABELS.get(name, name), [m.describe() for m in made])
         log(f"-- {run.label}: {made[0].label()}")
         if "halueval" in cfg.benchmarks:
@@ -279,11 +343,15 @@ def _cell(value: float | None, delta: float | None = None, st: dict | None = Non
 def format_comparison(result: ComparisonResult) -> str:
     cfg = result.config
     base = result.runs[0]
-    lines = [f"Methods compared on {cfg['model']} (one loaded model). TruthProbe {cfg['truthprobe']}, ITI {cfg['iti']}"
-             " (settings fixed before any test row; no tuning).",
+    methods = cfg.get("methods", METHODS)
+    settings = ", ".join(f"{name} {cfg[key]}" for name, key in (("TruthProbe", "truthprobe"), ("ITI", "iti"),
+                                                                ("truth neurons", "neurons"))
+                         if key in methods)
+    lines = [f"Methods compared on {cfg['model']} (one loaded model). {settings} (settings fixed before any test row; "
+             "no tuning).",
              f"HaluEval: {cfg['halueval_task']} rows {cfg['halueval_offset']}-"
              f"{cfg['halueval_offset'] + cfg['halueval_rows'] - 1}; TruthfulQA: {sum(map(len, result.halves))} "
-             f"questions in two halves (ITI directions fit on the other half); neutral text: "
+             f"questions in two halves (ITI directions and truth neurons from the other half); neutral text: "
              f"{cfg['neutral_texts']} HaluEval knowledge paragraphs.",
              "Cells: value in % (difference to the baseline in points, paired p: exact McNemar for HaluEval accuracy and "
              "MC1, Wilcoxon signed-rank for MC2). CE: cross-entropy in nats/token; KL(plain || method) in nats/token.",
@@ -317,6 +385,12 @@ def format_comparison(result: ComparisonResult) -> str:
             delta = st.get("acc_delta", st.get("delta"))
             lines.append(f"- {run.label}, {key}: difference {100 * delta:+.1f} points (95% CI {100 * ci[0]:+.1f} to "
                          f"{100 * ci[1]:+.1f}), {_p(st, 'mcnemar_p' if key == 'halueval' else 'p')}.")
+    for i, o in enumerate(result.layer_overlap):
+        lines.append(f"- Truth neurons (file {i}: {sum(o['neuron_layer_counts'])} neurons) against the top-{o['top_heads']} "
+                     f"Truth-Score heads, by layer: the {o['top_layers']} layers with most neurons {o['neuron_top_layers']}, "
+                     f"with most top heads {o['head_top_layers']}; shared {o['shared_layers']} (Jaccard "
+                     f"{o['jaccard']:.2f}, chance of at least that overlap p={o['p_overlap_at_least']:.2g}); Spearman "
+                     f"rho of the per-layer counts {o['spearman_rho']:.2f} (p={o['spearman_p']:.2g}).")
     lines += ["", "Time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items()) + "."]
     return "\n".join(lines) + "\n"
 
@@ -340,7 +414,7 @@ def plot_comparison(result: ComparisonResult, path: "str | Path") -> Path:
             if not st:
                 continue
             d, (lo, hi) = 100 * st[dk], st[ck]
-            color = "tab:red" if r.name.startswith("iti") else "tab:blue"
+            color = {"iti": "tab:red", "neurons": "tab:purple"}.get(r.name.split("_")[0], "tab:blue")
             color = "0.6" if "random" in r.name or "shuffled" in r.name else color
             ax.errorbar([d], [i], xerr=[[d - 100 * lo], [100 * hi - d]], fmt="o", color=color, capsize=3)
             if st[pk] < 0.05:
@@ -359,5 +433,5 @@ def plot_comparison(result: ComparisonResult, path: "str | Path") -> Path:
     return reports.save_figure(fig, path)
 
 
-__all__ = ["BENCHMARKS", "ComparisonConfig", "ComparisonError", "ComparisonResult", "RunResult", "format_comparison",
+__all__ = ["BENCHMARKS", "METHODS", "ComparisonConfig", "ComparisonError", "ComparisonResult", "RunResult", "format_comparison",
            "plot_comparison", "run_comparison"]

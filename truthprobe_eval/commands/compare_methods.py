@@ -1,4 +1,4 @@
-"""``truthprobe compare-methods``: baseline, TruthProbe, ITI and their controls on one loaded model."""
+"""``truthprobe compare-methods``: baseline, TruthProbe, ITI, truth neurons and their controls on one loaded model."""
 from __future__ import annotations
 
 import argparse
@@ -24,10 +24,11 @@ def _count(value: str) -> int | None:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "compare-methods",
-        help="baseline, TruthProbe, ITI and their random controls side by side, with significance",
-        description="On one loaded model: TruthProbe (scores probed on HaluEval rows 0..291, or --scores) and ITI "
-        "(directions fit on TruthfulQA, 2-fold over questions), with random and shuffled gates and ITI on random "
-        "heads / random directions (--no-controls drops them), on the HaluEval TruthProbe-paper protocol, "
+        help="baseline, TruthProbe, ITI, truth neurons and their random controls side by side, with significance",
+        description="On one loaded model: TruthProbe (scores probed on HaluEval rows 0..291, or --scores), ITI "
+        "(directions fit on TruthfulQA, 2-fold over questions) and truth-neuron suppression (neurons found by "
+        "integrated gradients on the other TruthfulQA half), with random and shuffled gates, ITI on random "
+        "heads / random directions and random neurons (--no-controls drops them), on the HaluEval TruthProbe-paper protocol, "
         "TruthfulQA MC1/MC2 and the cross-entropy / KL divergence on neutral text. Each is tested against the "
         "baseline (exact McNemar, Wilcoxon, paired bootstrap intervals). Writes comparison.md, comparison.json, "
         "comparison.png, leaderboard/ (for `truthprobe leaderboard`), the direction and score files and every "
@@ -47,6 +48,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--iti-settings", type=_settings, default={"k": "48", "alpha": "15"},
                    help="ITI's settings (default k=48,alpha=15, the published ones; also positions=all)")
     p.add_argument("--iti-folds", type=int, default=4, help="folds of ITI's probe accuracies (default 4)")
+    p.add_argument("--methods", default="truthprobe,iti,neurons", help="any of truthprobe,iti,neurons (the baseline "
+                   "always runs)")
+    p.add_argument("--neuron-settings", type=_settings, default={"factor": "0"},
+                   help="the neuron intervention's settings (default factor=0: suppressed)")
+    p.add_argument("--neuron-steps", type=int, default=20, help="integrated-gradients steps (default 20)")
+    p.add_argument("--neuron-p", type=float, default=0.05, help="t-test level of the selection (default 0.05)")
+    p.add_argument("--neuron-top-n", type=_count, default=None, metavar="N|all",
+                   help="keep at most N neurons, by mean attribution (default all that pass)")
     p.add_argument("--benchmarks", default="halueval,truthfulqa,neutral", help="any of halueval,truthfulqa,neutral")
     p.add_argument("--no-controls", action="store_true", help="leave out the random controls")
     p.add_argument("--control-seed", type=int, default=0)
@@ -64,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
                            split_seed=args.split_seed, halueval_offset=args.halueval_offset,
                            halueval_rows=args.halueval_rows, neutral_texts=args.neutral_texts, scores=args.scores,
                            truthprobe=args.truthprobe_settings, iti=args.iti_settings, iti_folds=args.iti_folds,
+                           methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                           neurons=args.neuron_settings,
+                           neuron_find={"steps": args.neuron_steps, "p_threshold": args.neuron_p,
+                                        "top_n": args.neuron_top_n},
                            benchmarks=tuple(b.strip() for b in args.benchmarks.split(",") if b.strip()),
                            controls=not args.no_controls, control_seed=args.control_seed, batch_size=args.batch_size,
                            device=args.device, dtype=args.dtype, progress=not args.quiet)

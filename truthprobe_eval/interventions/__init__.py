@@ -6,7 +6,8 @@
         model.generate(...)
     record = iti.describe()   # what every result file stores
 
-Registered methods: ``none`` (baseline), ``truthprobe`` (head gating, the default), ``iti``.
+Registered methods: ``none`` (baseline), ``truthprobe`` (head gating, the default), ``iti``,
+``neurons`` (truth-neuron suppression).
 """
 from .base import (
     APPLY_MODES,
@@ -21,9 +22,10 @@ from .base import (
     split_kwargs,
 )
 from .iti import ITI
+from .neurons import NeuronSuppression
 from .truthprobe import TruthProbeGate
 
 DEFAULT_METHOD = "truthprobe"
 
-__all__ = ["APPLY_MODES", "Baseline", "DEFAULT_METHOD", "ITI", "Intervention", "Param", "REGISTRY", "TruthProbeGate",
+__all__ = ["APPLY_MODES", "Baseline", "DEFAULT_METHOD", "ITI", "Intervention", "NeuronSuppression", "Param", "REGISTRY", "TruthProbeGate",
            "build", "from_description", "method_class", "register", "split_kwargs"]

@@ -56,13 +56,14 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TRUTHPROBE_TRUTHFULQA_CSV", str(shared_dir / "data" / "truthfulqa" / "TruthfulQA.csv"))
     assert main(["compare-methods", "--out", str(out), "--questions", "6", "--halueval-rows", "3", "--neutral-texts",
                  "2", "--scores", str(scores), "--truthprobe-settings", "alpha=0.2,norm=minmax",
-                 "--iti-settings", "k=16,alpha=5", "--iti-folds", "2", "--no-controls", "--quiet"]) == 0
+                 "--iti-settings", "k=16,alpha=5", "--iti-folds", "2", "--neuron-steps", "2", "--neuron-p", "0.3",
+                 "--no-controls", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert main(["compare-methods", "--out", str(out), "--questions", "6"]) == 2  # before any model loads
     assert "halves of 3, fewer than the 4 folds" in capsys.readouterr().err
     result = json.loads((out / "comparison.json").read_text())
     names = [r["name"] for r in result["runs"]]
-    assert names == ["baseline", "truthprobe", "iti"]
+    assert names == ["baseline", "truthprobe", "iti", "neurons"]
     halves = result["halves"]
     assert len(halves[0]) == len(halves[1]) == 3 and not set(halves[0]) & set(halves[1])
     for run in result["runs"]:
@@ -76,17 +77,26 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
         fit = json.loads((out / f"iti_half{i}.json").read_text())["meta"]
         assert described["directions"].endswith(f"iti_half{i}.json") and sorted(fit["questions"]) == halves[1 - i]
     assert iti["interventions"][0]["k"] == 16 and iti["neutral"]["kl"] > 0
+    neurons = next(r for r in result["runs"] if r["name"] == "neurons")
+    for i, described in enumerate(neurons["interventions"]):
+        found = json.loads((out / f"neurons_half{i}.json").read_text())["meta"]
+        assert sorted(found["questions"]) == halves[1 - i] and found["steps"] == 2 and found["p_threshold"] == 0.3
+        assert described["method"] == "neurons" and described["n_neurons"] == found["n_selected"]
+        assert (out / f"neurons_half{i}.png").stat().st_size > 1000
+    overlap = result["layer_overlap"]
+    assert len(overlap) == 2 and len(overlap[0]["neuron_layer_counts"]) == 30 and 0 <= overlap[0]["jaccard"] <= 1
     assert result["runs"][0]["neutral"]["kl"] == pytest.approx(0.0, abs=1e-6)
     table = (out / "comparison.md").read_text()
     assert "| ITI |" in table and "TruthfulQA MC2" in table and table in printed
     assert (out / "comparison.png").stat().st_size > 1000
     entries, _ = lb.collect([out / "leaderboard"])
     methods = {e.method for e in entries}
-    assert methods == {lb.VANILLA, lb.TP_OWN, lb.ITI}
+    assert methods == {lb.VANILLA, lb.TP_OWN, lb.ITI, lb.NEURONS}
+    assert "Truth neurons (file 0" in table
 
 
 def test_the_runs_and_their_controls(tmp_path):
-    """With controls: random and shuffled gates, ITI on random heads and random directions, per half."""
+    """With controls: random and shuffled gates, ITI on random heads and random directions, random neurons."""
     from truthprobe_eval.directions import ITIDirections
     from truthprobe_eval.method_comparison import ComparisonConfig, _interventions
 
@@ -95,9 +105,25 @@ def test_the_runs_and_their_controls(tmp_path):
     unit /= np.linalg.norm(unit, axis=-1, keepdims=True)
     files = [str(ITIDirections(unit, np.ones((30, 9)), rng.uniform(size=(30, 9)), unit, np.ones((30, 9)),
                                meta={"model": "m"}).save(tmp_path / f"d{i}.json")) for i in (0, 1)]
-    runs = _interventions(ComparisonConfig(), np.full((30, 9), 0.6), files)
+    from truthprobe_eval.neuron_scores import select_neurons
+
+    neurons = [str(select_neurons(rng.normal(0.1, 1, (6, 30, 20)), meta={"model": "m"}).save(tmp_path / f"n{i}.json"))
+               for i in (0, 1)]
+    runs = _interventions(ComparisonConfig(), np.full((30, 9), 0.6), files, neurons)
     assert list(runs) == ["baseline", "truthprobe", "truthprobe_random", "truthprobe_shuffled", "iti",
-                          "iti_random_heads", "iti_random_directions"]
+                          "iti_random_heads", "iti_random_directions", "neurons", "neurons_random"]
+    assert [m.settings["neurons"] for m in runs["neurons_random"]] == neurons
+    assert runs["neurons_random"][0].settings["control"] == "random" and runs["neurons"][0].settings["factor"] == 0
+    only = _interventions(ComparisonConfig(methods=("neurons",), controls=False), None, [], neurons)
+    assert list(only) == ["baseline", "neurons"]
+    from truthprobe_eval.method_comparison import ComparisonError
+
+    with pytest.raises(ComparisonError, match="methods: expected some of truthprobe, iti, neurons"):
+        ComparisonConfig(methods=("rome",)).check()
+    with pytest.raises(ComparisonError, match="neurons settings: neurons are set by the comparison"):
+        ComparisonConfig(neurons={"neurons": "x.json"}).check()
+    with pytest.raises(ComparisonError, match="neuron finding: expected settings steps, p_threshold, top_n"):
+        ComparisonConfig(neuron_find={"step": 3}).check()
     assert [m.settings["directions"] for m in runs["iti_random_heads"]] == files
     assert runs["truthprobe_shuffled"][0].settings["gate"] == "shuffled"
     assert runs["iti_random_directions"][1].settings["control"] == "random_directions"

@@ -7,16 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from truthprobe_eval.errors import InterventionError, ShapeMismatchError
-from truthprobe_eval.interventions import build
-from truthprobe_eval.neuron_scores import NeuronFileError, NeuronScores, layer_overlap, select_neurons
 from truthprobe_eval.probing.neurons import (
     MCQuestion,
     mc_questions,
     neuron_attributions,
     plain_attributions,
 )
+
+from truthprobe_eval.errors import InterventionError, ShapeMismatchError
+from truthprobe_eval.interventions import build
+from truthprobe_eval.neuron_scores import NeuronFileError, NeuronScores, layer_overlap, select_neurons
 from truthprobe_eval.testing import tiny_model
 
 PLANTED = (1, 7)  # (layer, neuron)
@@ -147,6 +147,8 @@ def test_selection_is_scipys_t_test_and_the_file_round_trips(tmp_path):
     assert np.allclose(made.t[0], t) and np.allclose(made.p[0], p)
     assert made.selected[1, 4] and not made.selected[2, 0] and made.p[2, 0] == 1.0 and made.t[2, 0] == 0.0
     assert ((made.p < 0.05) & (made.t > 0) == made.selected).all()
+    assert made.meta["expected_by_chance"] == pytest.approx(0.05 * 48)
+    assert made.meta["n_bh"] == int((stats.false_discovery_control(made.p.ravel()) < 0.05).sum()) >= 1
     path = made.save(tmp_path / "n.json")
     assert [x.name for x in tmp_path.iterdir()] == ["n.json"]  # atomic: no temp file left
     back = NeuronScores.load(path)

@@ -208,3 +208,25 @@ def test_iti_through_the_runner_and_the_leaderboard_reads_what_ran(setup, tmp_pa
     assert record["intervention"]["k"] == 4 and len(record["intervention"]["heads"]) == 4
     entries, _ = lb.collect([work])
     assert {(e.model, e.method, e.settings) for e in entries} == {("llava", lb.ITI, "K=4, alpha=8")}
+
+
+def test_neurons_through_the_runner(setup, tmp_path):
+    """method=neurons (and its random control) through VLMEvalKit's own runner, recorded for the leaderboard."""
+    from truthprobe_eval import load_model, locate_heads
+    from truthprobe_eval.analysis import leaderboard as lb
+    from truthprobe_eval.neuron_scores import select_neurons
+
+    sites = locate_heads(load_model(setup["llava"])[0])
+    diffs = np.random.default_rng(5).normal(0.2, 1, (8, sites.num_layers, sites.mlp_width))
+    neurons = select_neurons(diffs, p_threshold=0.2, meta={"model": "tiny-llava"}).save(tmp_path / "neurons.json")
+    for control in ("none", "random"):
+        work = tmp_path / control
+        rc = main(["vlmeval", "--hf-model", setup["llava"], "--method", "neurons", "--method-args",
+                   f"neurons={neurons},control={control}", "--max-new-tokens", "1", "--pope-dir", setup["pope_dir"],
+                   "--coco-images", setup["images"], "--pope-limit", "2", "--model", "truthprobe_hf", "--data",
+                   "POPE_local", "--work-dir", str(work)])
+        assert rc == 0
+        record = json.loads((work / "truthprobe_hf" / "intervention.json").read_text())["intervention"]
+        assert record["method"] == "neurons" and record["control"] == control and record["n_neurons"] > 0
+    entries, _ = lb.collect([tmp_path / "none", tmp_path / "random"])
+    assert {e.method for e in entries} == {lb.NEURONS, lb.NEURONS_RANDOM}

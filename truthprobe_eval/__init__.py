@@ -27,6 +27,7 @@ _EXPORTS = {
     "DEFAULT_MODEL": "models",
     "load_model": "models",
     "resolve_model_path": "models",
+    "NeuronScores": "neuron_scores",
     "TruthScores": "scores",
     "load_scores": "scores",
 }

@@ -190,7 +190,8 @@ def _find_neurons(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: lis
                             progress=cfg.progress, **cfg.neuron_find,
                             meta={"model_source": cfg.model, "evaluated_half": i, "split_seed": cfg.split_seed})
         files.append(str(made.save(out / f"neurons_half{i}.json")))
-        log(f"      {made.count} neurons selected (p < {made.meta['p_threshold']})")
+        log(f"      {made.count} neurons selected (p < {made.meta['p_threshold']}; chance alone passes "
+            f"{made.meta['expected_by_chance']:.0f}, Benjamini-Hochberg keeps {made.meta['n_bh']})")
     return files
 
 

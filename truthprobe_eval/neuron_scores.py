@@ -87,7 +87,8 @@ class NeuronScores:
         """The same statistics with another selection rule."""
         selected = selection(self.mean, self.t, self.p, p_threshold, top_n)
         return NeuronScores(self.mean, self.t, self.p, selected,
-                            meta={**self.meta, "p_threshold": p_threshold, "top_n": top_n})
+                            meta={**self.meta, "p_threshold": p_threshold, "top_n": top_n,
+                                  **multiple_testing(self.p, p_threshold)})
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": 1, "meta": self.meta,
@@ -156,7 +157,17 @@ def select_neurons(diffs: np.ndarray, p_threshold: float = 0.05, top_n: int | No
     mean = diffs.mean(axis=0)
     return NeuronScores(mean, t, p, selection(mean, t, p, p_threshold, top_n),
                         meta={**(meta or {}), "test": TEST, "p_threshold": p_threshold, "top_n": top_n,
-                              "n_questions": int(diffs.shape[0])})
+                              "n_questions": int(diffs.shape[0]), **multiple_testing(p, p_threshold)})
+
+
+def multiple_testing(p: np.ndarray, p_threshold: float) -> dict[str, Any]:
+    """How many neurons pass by chance alone (``p_threshold`` x the number tested, under the null) and how many
+    survive Benjamini-Hochberg at the same level (``scipy.stats.false_discovery_control``): the selection itself
+    is uncorrected, as in the paper; these two numbers say how much of it is signal."""
+    from scipy import stats
+
+    return {"expected_by_chance": float(p_threshold * p.size),
+            "n_bh": int((stats.false_discovery_control(p.ravel()) < p_threshold).sum())}
 
 
 def layer_overlap(neurons: NeuronScores, scores: Any, top_layers: int = 5, top_heads: int | None = None
@@ -187,4 +198,5 @@ def layer_overlap(neurons: NeuronScores, scores: Any, top_layers: int = 5, top_h
             "spearman_rho": float(rho), "spearman_p": float(p_rho)}
 
 
-__all__ = ["FORMAT", "NeuronFileError", "NeuronScores", "layer_overlap", "select_neurons", "selection"]
+__all__ = ["FORMAT", "NeuronFileError", "NeuronScores", "layer_overlap", "multiple_testing", "select_neurons",
+           "selection"]

@@ -37,7 +37,10 @@ SHUFFLED = "shuffled gate"
 ITI = "ITI"
 ITI_RANDOM_HEADS = "ITI random heads"
 ITI_RANDOM_DIRECTIONS = "ITI random directions"
-METHOD_ORDER = [VANILLA, TP_BASE, TP_OWN, TP, RANDOM, SHUFFLED, INVERSE, ITI, ITI_RANDOM_HEADS, ITI_RANDOM_DIRECTIONS]
+NEURONS = "truth neurons"
+NEURONS_RANDOM = "truth neurons, random"
+METHOD_ORDER = [VANILLA, TP_BASE, TP_OWN, TP, RANDOM, SHUFFLED, INVERSE, ITI, ITI_RANDOM_HEADS, ITI_RANDOM_DIRECTIONS,
+                NEURONS, NEURONS_RANDOM]
 INTERVENTION_FILE = "intervention.json"  # what ``truthprobe vlmeval`` writes into each model's work folder
 RESULTS_JSON = re.compile(r"^results_(?P<ts>.+)\.json$")
 VLMEVAL_RATING = re.compile(r"^(?P<stem>.+)_(?P<kind>score|acc)\.csv$")

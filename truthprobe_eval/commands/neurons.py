@@ -63,7 +63,8 @@ def run_find(args: argparse.Namespace) -> int:
     png = plot_neuron_map(made, Path(path).with_suffix(".png"), head_scores=head_scores)
     counts = made.layer_counts()
     print(f"truth neurons of {args.model}: {made.count} of {made.mean.size} selected from {len(questions)} questions "
-          f"(p < {args.p_threshold}{'' if args.top_n is None else f', top {args.top_n}'}); per layer "
+          f"(p < {args.p_threshold}{'' if args.top_n is None else f', top {args.top_n}'}; chance alone passes "
+          f"{made.meta['expected_by_chance']:.0f}, Benjamini-Hochberg keeps {made.meta['n_bh']}); per layer "
           f"{layer_bar(counts)} (most in layers {', '.join(map(str, counts.argsort()[::-1][:3]))})")
     print(f"wrote {path} and {png}")
     return 0

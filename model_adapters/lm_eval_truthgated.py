@@ -108,6 +108,7 @@ class TruthGatedLM(HFLM):
         self.yes_no_margins: dict[str, float] = {}
         self._batch_contexts: list[str] | None = None
         self._intervention = made
+        made.bind_tokenizer(self.tokenizer)
         self._intervention.check_fits(self.model)
         if made.apply == "bake" and not made.identity:
             made.bake(self.model)
@@ -128,6 +129,7 @@ class TruthGatedLM(HFLM):
         if made.apply != "hook":
             raise InterventionError(f"set_intervention: expected apply='hook' (bake works at load time only), found "
                                     f"{made.apply!r}")
+        made.bind_tokenizer(self.tokenizer)
         made.check_fits(self.model)
         self._intervention = made
         for cached in (self._prefix_generator, self._prefix_scorer):
@@ -179,7 +181,7 @@ class TruthGatedLM(HFLM):
         starts = self._row_starts(inps) if self._answer_starts else None
         with ExitStack() as stack:
             positional = made.wants_positions and not self._baked and not made.identity
-            if (self._prefix_scorer is not None and attn_mask is None and labels is None
+            if (self._prefix_scorer is not None and attn_mask is None and labels is None and made.uses_prefix_cache
                     and (starts is not None or not positional)):
                 self._attached(stack, positions="skip")  # the passes below say which positions to edit
                 shifted = positional
@@ -214,7 +216,8 @@ class TruthGatedLM(HFLM):
     def _generation_path(self):
         """Route HFLM's ``self.model.generate(...)`` call through the prefix cache and the first-step logits."""
         first_step = FirstStepLogits([*self._margin_ids[0], *self._margin_ids[1]])
-        generator, model = self._prefix_generator, self.model
+        model = self.model
+        generator = self._prefix_generator if self._intervention.uses_prefix_cache else None
 
         def generate(input_ids, attention_mask=None, logits_processor=None, **kwargs):
             processors = LogitsProcessorList([*(logits_processor or []), first_step])

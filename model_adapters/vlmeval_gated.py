@@ -232,6 +232,7 @@ class TruthGatedVLM(BaseModel):
         made = self.intervention
         if made.identity:
             return
+        made.bind_tokenizer(getattr(self.processor, "tokenizer", self.processor))
         if made.apply == "bake":
             made.bake(self.model)
         else:
@@ -280,10 +281,9 @@ class TruthGatedVLM(BaseModel):
         return self.family.fallback_template.format(images=marks, prompt=prompt), images
 
     # ---- generation ---------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def generate_inner(self, message: list[dict], dataset: str | None = None) -> str:
+    def encode(self, message: list[dict]):
+        """The model inputs (ids, pixels) of one VLMEvalKit message: chat template, images, the processor."""
         from PIL import Image
-        from truthprobe_eval.tasks.vlmeval_common import generation_overrides
 
         text, paths = self.prompt_text(message)
         images = [Image.open(p).convert("RGB") for p in paths]
@@ -292,6 +292,13 @@ class TruthGatedVLM(BaseModel):
         for key, value in inputs.items():
             if torch.is_floating_point(value):
                 inputs[key] = value.to(self.model.dtype)
+        return inputs
+
+    @torch.inference_mode()
+    def generate_inner(self, message: list[dict], dataset: str | None = None) -> str:
+        from truthprobe_eval.tasks.vlmeval_common import generation_overrides
+
+        inputs = self.encode(message)
         settings = {"max_new_tokens": self.max_new_tokens, **self.generate_kwargs, **generation_overrides(dataset)}
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         if getattr(tokenizer, "pad_token_id", None) is not None:

@@ -11,7 +11,10 @@ The sites an intervention can use (``SITES``), each a module per decoder layer a
 - ``o_proj_input``: the per-head outputs, (B, T, H * D) before the attention output projection (probes read it);
 - ``o_proj_output``: the attention block's output after the output projection (TruthProbe's published site);
 - ``mlp_activation``: the MLP's intermediate activations, the input of ``down_proj`` / GPT-2's ``c_proj``;
-- ``attention``: the attention module itself (for edits of the attention pattern).
+- ``attention``: the attention module itself (for edits of the attention pattern, ``attention_edit``).
+
+MLLM entries also name the config attribute of the image placeholder token (``image_token``), from which
+attention edits find the image-token span.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ class HeadLayout:
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")  # attention attributes: separate q, k, v or one fused
     mlp: str = "mlp"  # attribute of a decoder layer
     mlp_out: str = "down_proj"  # attribute of the MLP: its output projection (input = the MLP activation)
+    image_token: tuple[str, ...] = ()  # MLLMs: config attributes holding the image placeholder token id
 
     @property
     def qkv_scheme(self) -> str:
@@ -59,9 +63,11 @@ SITES: dict[str, Site] = {
 
 _DECODER = HeadLayout(("model.layers",))
 # MLLMs: the language model moved from ``language_model.model`` to ``model.language_model`` in transformers 4.52.
-_LLAVA = HeadLayout(("model.language_model.layers", "language_model.model.layers", "language_model.layers"))
-_QWEN_VL = HeadLayout(("model.language_model.layers", "model.layers", "language_model.layers"))
-_IDEFICS = HeadLayout(("model.text_model.layers", "text_model.layers"))
+_LLAVA = HeadLayout(("model.language_model.layers", "language_model.model.layers", "language_model.layers"),
+                    image_token=("image_token_id", "image_token_index"))
+_QWEN_VL = HeadLayout(("model.language_model.layers", "model.layers", "language_model.layers"),
+                      image_token=("image_token_id",))
+_IDEFICS = HeadLayout(("model.text_model.layers", "text_model.layers"), image_token=("image_token_id",))
 
 ARCHITECTURES: dict[str, HeadLayout] = {
     # language models
@@ -78,7 +84,8 @@ ARCHITECTURES: dict[str, HeadLayout] = {
     # multimodal models: the gate applies to the language model only
     "llava": _LLAVA,
     "llava_next": _LLAVA,
-    "gemma3": HeadLayout(("model.language_model.layers", "language_model.model.layers", "model.layers")),
+    "gemma3": HeadLayout(("model.language_model.layers", "language_model.model.layers", "model.layers"),
+                         image_token=("image_token_id", "image_token_index")),
     "qwen2_vl": _QWEN_VL,
     "qwen2_5_vl": _QWEN_VL,
     "idefics3": _IDEFICS,

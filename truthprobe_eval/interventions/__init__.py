@@ -7,7 +7,8 @@
     record = iti.describe()   # what every result file stores
 
 Registered methods: ``none`` (baseline), ``truthprobe`` (head gating, the default), ``iti``,
-``neurons`` (truth-neuron suppression).
+``neurons`` (truth-neuron suppression),
+``rve`` (attention boost to the evidence).
 """
 from .base import (
     APPLY_MODES,
@@ -23,9 +24,10 @@ from .base import (
 )
 from .iti import ITI
 from .neurons import NeuronSuppression
+from .rve import RVE
 from .truthprobe import TruthProbeGate
 
 DEFAULT_METHOD = "truthprobe"
 
-__all__ = ["APPLY_MODES", "Baseline", "DEFAULT_METHOD", "ITI", "Intervention", "NeuronSuppression", "Param", "REGISTRY", "TruthProbeGate",
+__all__ = ["APPLY_MODES", "Baseline", "DEFAULT_METHOD", "ITI", "Intervention", "NeuronSuppression", "Param", "REGISTRY", "RVE", "TruthProbeGate",
            "build", "from_description", "method_class", "register", "split_kwargs"]

@@ -96,6 +96,8 @@ class Intervention:
     position_aware: ClassVar[bool] = False
     #: the method's random controls: name -> the settings that turn it into the control (a ``seed`` is added)
     controls: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: False when the edit must see every call's full inputs (harnesses then skip their shared-prefix caches)
+    uses_prefix_cache: ClassVar[bool] = True
 
     def __init__(self, **settings: Any) -> None:
         self.settings = settings
@@ -145,6 +147,9 @@ class Intervention:
     def identity(self) -> bool:
         """True when attaching changes nothing (baselines skip the hooks altogether)."""
         return False
+
+    def bind_tokenizer(self, tokenizer: Any) -> None:
+        """Harnesses hand over their tokenizer (methods that find text spans need it); most ignore it."""
 
     def check_fits(self, model: nn.Module) -> None:
         """Raise when the intervention's data do not fit ``model`` (layers, heads, widths)."""

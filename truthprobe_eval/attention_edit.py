@@ -148,7 +148,9 @@ class SpanTracker:
         if self.mask.shape[1] != past:
             raise InterventionError(f"span: expected a cache of {self.mask.shape[1]} positions (the ones seen), "
                                     f"found {past}")
-        expand = (lambda t: t.expand(ids.shape[0], -1) if t.shape[0] == 1 else t)
+        def expand(t: torch.Tensor) -> torch.Tensor:
+            return t.expand(ids.shape[0], -1) if t.shape[0] == 1 else t
+
         self.mask = torch.cat([expand(self.mask), marks], dim=1)
         self.ids = torch.cat([expand(self.ids).to(ids.device), ids], dim=1)
 

@@ -35,15 +35,17 @@ from .errors import TruthProbeError
 from .interventions import Baseline, Intervention, build
 
 BENCHMARKS = ("halueval", "truthfulqa", "neutral")
-METHODS = ("truthprobe", "iti", "neurons")
+METHODS = ("truthprobe", "iti", "neurons", "rve")
 TRUTHPROBE_DEFAULTS = {"alpha": 4.5, "norm": "centered"}
 ITI_DEFAULTS = {"k": 48, "alpha": 15.0}
 NEURON_DEFAULTS = {"factor": 0.0}
+RVE_DEFAULTS = {"span": "context", "k": 2, "beta": 1.0, "alpha": 0.05}  # layers: the middle five
 NEURON_FIND_DEFAULTS = {"steps": 20, "p_threshold": 0.05, "top_n": None}
 RUN_LABELS = {"baseline": "baseline", "truthprobe": "TruthProbe", "truthprobe_random": "random gates",
               "truthprobe_shuffled": "shuffled gates", "iti": "ITI", "iti_random_heads": "ITI, random heads",
               "iti_random_directions": "ITI, random directions", "neurons": "truth neurons",
-              "neurons_random": "random neurons"}
+              "neurons_random": "random neurons", "rve": "RVE (context)", "rve_random_heads": "RVE, random heads",
+              "rve_global": "global context boost"}
 
 
 class ComparisonError(TruthProbeError, ValueError):
@@ -68,6 +70,8 @@ class ComparisonConfig:
     iti_folds: int = 4
     neurons: dict[str, Any] = field(default_factory=lambda: dict(NEURON_DEFAULTS))
     neuron_find: dict[str, Any] = field(default_factory=lambda: dict(NEURON_FIND_DEFAULTS))
+    rve: dict[str, Any] = field(default_factory=lambda: dict(RVE_DEFAULTS))
+    ars_rows: int = 200  # ARS from text pairs of HaluEval rows [0, ars_rows) (inside the probing rows)
     methods: tuple[str, ...] = METHODS
     controls: bool = True
     control_seed: int = 0
@@ -92,10 +96,12 @@ class ComparisonConfig:
                                   "or fewer --iti-folds")
         if self.halueval_rows < 2 or self.neutral_texts < 1:
             raise ComparisonError("rows: expected at least 2 HaluEval rows and 1 neutral text")
+        if "rve" in self.methods and self.halueval_offset < self.ars_rows:
+            raise ComparisonError(f"HaluEval rows start at {self.halueval_offset}, inside the ARS rows 0-{self.ars_rows - 1}")
         if self.halueval_offset < self.probe_rows:
             raise ComparisonError(f"HaluEval rows start at {self.halueval_offset}, inside the probing rows "
                                   f"0-{self.probe_rows - 1}")
-        for name, own in (("truthprobe", "scores"), ("iti", "directions"), ("neurons", "neurons")):
+        for name, own in (("truthprobe", "scores"), ("iti", "directions"), ("neurons", "neurons"), ("rve", "ars")):
             reserved = {own, "control"} & set(getattr(self, name))
             if reserved:
                 raise ComparisonError(f"{name} settings: {', '.join(sorted(reserved))} are set by the comparison")
@@ -138,8 +144,8 @@ class ComparisonResult:
 
 # ---- the runs ---------------------------------------------------------------------------------------------
 
-def _interventions(cfg: ComparisonConfig, scores: Any, directions: list[str],
-                   neurons: list[str]) -> dict[str, list[Intervention]]:
+def _interventions(cfg: ComparisonConfig, scores: Any, directions: list[str], neurons: list[str],
+                   ars: str | None = None) -> dict[str, list[Intervention]]:
     """Run name -> one intervention per TruthfulQA half (ITI's and the neurons' from the other half's questions)."""
     runs: dict[str, list[Intervention]] = {"baseline": [Baseline(), Baseline()]}
     per_method: dict[str, list[Intervention]] = {}
@@ -150,11 +156,17 @@ def _interventions(cfg: ComparisonConfig, scores: Any, directions: list[str],
         per_method["iti"] = [build("iti", directions=d, **cfg.iti) for d in directions]
     if "neurons" in cfg.methods:
         per_method["neurons"] = [build("neurons", neurons=n, **cfg.neurons) for n in neurons]
+    if "rve" in cfg.methods:
+        rve = build("rve", ars=ars, **cfg.rve)
+        per_method["rve"] = [rve, rve]
     for name, made in per_method.items():
         runs[name] = made
         if cfg.controls:
             for kind in made[0].controls:
                 runs[f"{name}_{kind}"] = [m.control(kind, cfg.control_seed) for m in made]
+            if name == "rve":  # the PAI-style baseline: the whole span boosted in every head
+                glob = made[0].with_settings(variant="global", ars="")
+                runs["rve_global"] = [glob, glob]
     return runs
 
 
@@ -209,6 +221,29 @@ def _layer_overlap(scores: Any, neuron_files: list[str], out: Path) -> list[dict
     return found
 
 
+def _ars_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, log: Callable[[str], None]) -> str:
+    """ARS of every head from HaluEval text pairs (right / hallucinated answer, the same knowledge), rows
+    ``[0, ars_rows)``; fills in RVE's default layers (the middle five) from the model's depth."""
+    from .architectures import locate_heads
+    from .probing.ars import ars_scores, halueval_pairs
+    from .probing.data import load_halueval
+    from .spans import context_span
+
+    settings = {**RVE_DEFAULTS, **cfg.rve}
+    log(f"RVE: ARS of every head from HaluEval rows 0-{cfg.ars_rows - 1} (span: the knowledge paragraph)")
+    find = context_span(tokenizer, settings.get("span_start", "#Knowledge:"), settings.get("span_end", "#Question#:"))
+
+    def encode(pair, text):
+        return tokenizer(text, return_tensors="pt").to(cfg.device)
+
+    made = ars_scores(model, encode, halueval_pairs(load_halueval(None, 0, cfg.ars_rows)), find, progress=cfg.progress,
+                      meta={"model_source": cfg.model, "span": "context", "halueval_rows": cfg.ars_rows})
+    if "layers" not in cfg.rve:
+        middle = locate_heads(model).num_layers // 2
+        cfg.rve = {**cfg.rve, "layers": f"{middle - 2}-{middle + 2}"}
+    return str(made.save(out / "ars.json"))
+
+
 def _probe_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, log: Callable[[str], None]):
     from .probing.cache import default_cache_root
     from .probing.data import halueval_examples
@@ -255,6 +290,8 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
     lap("iti fit")
     neuron_files = _find_neurons(cfg, model, tokenizer, halves, out, log) if "neurons" in cfg.methods else []
     lap("neuron find")
+    ars = _ars_scores(cfg, model, tokenizer, out, log) if "rve" in cfg.methods else None
+    lap("ars")
     lm = TruthGatedLM(pretrained=model, tokenizer=tokenizer, method="none", batch_size=cfg.batch_size,
                       device=cfg.device)
     judge = HaluEvalJudge(model, tokenizer, JudgeSettings(batch_size=cfg.batch_size, device=cfg.device), out, log, lm=lm)
@@ -263,11 +300,11 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
     config = {**asdict(cfg), "benchmarks": list(cfg.benchmarks), "methods": list(cfg.methods),
               "halueval_task": judge.task}
     files = {"scores": str(out / "scores.json") if scores is not None else "", "directions": "; ".join(directions),
-             "neurons": "; ".join(neuron_files)}
+             "neurons": "; ".join(neuron_files), "ars": ars or ""}
     result = ComparisonResult(config, halves, files, stage_seconds=stages,
                               layer_overlap=_layer_overlap(scores, neuron_files, out))
     base: RunResult | None = None
-    for name, made in _interventions(cfg, scores, directions, neuron_files).items():
+    for name, made in _interventions(cfg, scores, directions, neuron_files, ars).items():
         run = RunResult(name, RUN_LABELS.get(name, name), [m.describe() for m in made])
         log(f"-- {run.label}: {made[0].label()}")
         if "halueval" in cfg.benchmarks:
@@ -346,7 +383,7 @@ def format_comparison(result: ComparisonResult) -> str:
     base = result.runs[0]
     methods = cfg.get("methods", METHODS)
     settings = ", ".join(f"{name} {cfg[key]}" for name, key in (("TruthProbe", "truthprobe"), ("ITI", "iti"),
-                                                                ("truth neurons", "neurons"))
+                                                                ("truth neurons", "neurons"), ("RVE", "rve"))
                          if key in methods)
     lines = [f"Methods compared on {cfg['model']} (one loaded model). {settings} (settings fixed before any test row; "
              "no tuning).",
@@ -415,7 +452,7 @@ def plot_comparison(result: ComparisonResult, path: "str | Path") -> Path:
             if not st:
                 continue
             d, (lo, hi) = 100 * st[dk], st[ck]
-            color = {"iti": "tab:red", "neurons": "tab:purple"}.get(r.name.split("_")[0], "tab:blue")
+            color = {"iti": "tab:red", "neurons": "tab:purple", "rve": "tab:green"}.get(r.name.split("_")[0], "tab:blue")
             color = "0.6" if "random" in r.name or "shuffled" in r.name else color
             ax.errorbar([d], [i], xerr=[[d - 100 * lo], [100 * hi - d]], fmt="o", color=color, capsize=3)
             if st[pk] < 0.05:

@@ -62,6 +62,10 @@ def plot_neuron_map(neurons, path: "str | os.PathLike", title: str | None = None
     axes[0].set_ylabel("layer")
     fig.colorbar(im, ax=axes[0], label=f"selected per {W // bins} neurons")
     axes[1].barh(np.arange(L), counts, color="tab:purple")
+    p_threshold = neurons.meta.get("p_threshold")
+    if p_threshold and neurons.meta.get("top_n") is None:  # what an uncorrected test passes by chance alone
+        axes[1].axvline(float(p_threshold) * W, color="black", linestyle="--", linewidth=0.8)
+        axes[1].text(float(p_threshold) * W, L - 0.5, " chance", fontsize=7, va="top")
     axes[1].set_xlabel("truth neurons")
     if head_scores is not None:
         k = top_heads or L

@@ -1,4 +1,4 @@
-"""``truthprobe compare-methods``: baseline, TruthProbe, ITI, truth neurons and their controls on one loaded model."""
+"""``truthprobe compare-methods``: baseline, TruthProbe, ITI, truth neurons, RVE and their controls on one model."""
 from __future__ import annotations
 
 import argparse
@@ -48,8 +48,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--iti-settings", type=_settings, default={"k": "48", "alpha": "15"},
                    help="ITI's settings (default k=48,alpha=15, the published ones; also positions=all)")
     p.add_argument("--iti-folds", type=int, default=4, help="folds of ITI's probe accuracies (default 4)")
-    p.add_argument("--methods", default="truthprobe,iti,neurons", help="any of truthprobe,iti,neurons (the baseline "
-                   "always runs)")
+    p.add_argument("--methods", default="truthprobe,iti,neurons,rve", help="any of truthprobe,iti,neurons,rve (the "
+                   "baseline always runs)")
+    p.add_argument("--rve-settings", type=_settings, default={"span": "context", "k": "2", "beta": "1", "alpha": "0.05"},
+                   help="RVE's settings (default span=context,k=2,beta=1,alpha=0.05; layers: the middle five)")
+    p.add_argument("--ars-rows", type=int, default=200, help="HaluEval rows 0..N-1 whose text pairs give ARS (default 200)")
     p.add_argument("--neuron-settings", type=_settings, default={"factor": "0"},
                    help="the neuron intervention's settings (default factor=0: suppressed)")
     p.add_argument("--neuron-steps", type=int, default=20, help="integrated-gradients steps (default 20)")
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                            halueval_rows=args.halueval_rows, neutral_texts=args.neutral_texts, scores=args.scores,
                            truthprobe=args.truthprobe_settings, iti=args.iti_settings, iti_folds=args.iti_folds,
                            methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                           neurons=args.neuron_settings,
+                           neurons=args.neuron_settings, rve=args.rve_settings, ars_rows=args.ars_rows,
                            neuron_find={"steps": args.neuron_steps, "p_threshold": args.neuron_p,
                                         "top_n": args.neuron_top_n},
                            benchmarks=tuple(b.strip() for b in args.benchmarks.split(",") if b.strip()),

@@ -109,9 +109,14 @@ def test_the_runs_and_their_controls(tmp_path):
 
     neurons = [str(select_neurons(rng.normal(0.1, 1, (6, 30, 20)), meta={"model": "m"}).save(tmp_path / f"n{i}.json"))
                for i in (0, 1)]
-    runs = _interventions(ComparisonConfig(), np.full((30, 9), 0.6), files, neurons)
+    ars = str(TruthScores(rng.uniform(size=(30, 9)), meta={"model": "m", "kind": "ars"}).save(tmp_path / "ars.json"))
+    runs = _interventions(ComparisonConfig(rve={"span": "context", "k": 2, "layers": "13-17"}), np.full((30, 9), 0.6),
+                          files, neurons, ars)
     assert list(runs) == ["baseline", "truthprobe", "truthprobe_random", "truthprobe_shuffled", "iti",
-                          "iti_random_heads", "iti_random_directions", "neurons", "neurons_random"]
+                          "iti_random_heads", "iti_random_directions", "neurons", "neurons_random", "rve",
+                          "rve_random_heads", "rve_global"]
+    assert runs["rve_global"][0].settings["variant"] == "global" and runs["rve_global"][0].settings["ars"] is None
+    assert runs["rve_random_heads"][1].settings["control"] == "random_heads" and runs["rve"][0].settings["layers"] == "13-17"
     assert [m.settings["neurons"] for m in runs["neurons_random"]] == neurons
     assert runs["neurons_random"][0].settings["control"] == "random" and runs["neurons"][0].settings["factor"] == 0
     only = _interventions(ComparisonConfig(methods=("neurons",), controls=False), None, [], neurons)

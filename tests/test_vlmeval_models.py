@@ -170,7 +170,7 @@ def test_settings_from_environment_and_config(vlmeval_registered, assets, llava,
     random_gate = vlmeval.config.supported_VLM["truthprobe_hf"]()
     assert random_gate.intervention.settings["gate"] == "random" and random_gate.gates.shape == (2, 4)
     monkeypatch.setenv("TRUTHPROBE_METHOD", "itti")
-    with pytest.raises(TruthProbeError, match="method: expected one of iti, none, truthprobe, found 'itti'"):
+    with pytest.raises(TruthProbeError, match="method: expected one of iti, neurons, none, rve, truthprobe, found 'itti'"):
         vlmeval.config.supported_VLM["truthprobe_hf"]()
 
 

@@ -72,6 +72,7 @@ class ComparisonConfig:
     neuron_find: dict[str, Any] = field(default_factory=lambda: dict(NEURON_FIND_DEFAULTS))
     rve: dict[str, Any] = field(default_factory=lambda: dict(RVE_DEFAULTS))
     ars_rows: int = 200  # ARS from text pairs of HaluEval rows [0, ars_rows) (inside the probing rows)
+    ars: str | None = None  # an ARS score file instead (truthprobe ars score)
     methods: tuple[str, ...] = METHODS
     controls: bool = True
     control_seed: int = 0
@@ -230,6 +231,12 @@ def _ars_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, lo
     from .spans import context_span
 
     settings = {**RVE_DEFAULTS, **cfg.rve}
+    if "layers" not in cfg.rve:
+        middle = locate_heads(model).num_layers // 2
+        cfg.rve = {**cfg.rve, "layers": f"{middle - 2}-{middle + 2}"}
+    if cfg.ars is not None:
+        log(f"RVE: ARS from {cfg.ars}")
+        return cfg.ars
     log(f"RVE: ARS of every head from HaluEval rows 0-{cfg.ars_rows - 1} (span: the knowledge paragraph)")
     find = context_span(tokenizer, settings.get("span_start", "#Knowledge:"), settings.get("span_end", "#Question#:"))
 
@@ -238,9 +245,6 @@ def _ars_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, lo
 
     made = ars_scores(model, encode, halueval_pairs(load_halueval(None, 0, cfg.ars_rows)), find, progress=cfg.progress,
                       meta={"model_source": cfg.model, "span": "context", "halueval_rows": cfg.ars_rows})
-    if "layers" not in cfg.rve:
-        middle = locate_heads(model).num_layers // 2
-        cfg.rve = {**cfg.rve, "layers": f"{middle - 2}-{middle + 2}"}
     return str(made.save(out / "ars.json"))
 
 

@@ -53,6 +53,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--rve-settings", type=_settings, default={"span": "context", "k": "2", "beta": "1", "alpha": "0.05"},
                    help="RVE's settings (default span=context,k=2,beta=1,alpha=0.05; layers: the middle five)")
     p.add_argument("--ars-rows", type=int, default=200, help="HaluEval rows 0..N-1 whose text pairs give ARS (default 200)")
+    p.add_argument("--ars", default=None, help="an ARS score file (default: score HaluEval rows 0..--ars-rows - 1)")
     p.add_argument("--neuron-settings", type=_settings, default={"factor": "0"},
                    help="the neuron intervention's settings (default factor=0: suppressed)")
     p.add_argument("--neuron-steps", type=int, default=20, help="integrated-gradients steps (default 20)")
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                            halueval_rows=args.halueval_rows, neutral_texts=args.neutral_texts, scores=args.scores,
                            truthprobe=args.truthprobe_settings, iti=args.iti_settings, iti_folds=args.iti_folds,
                            methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                           neurons=args.neuron_settings, rve=args.rve_settings, ars_rows=args.ars_rows,
+                           neurons=args.neuron_settings, rve=args.rve_settings, ars_rows=args.ars_rows, ars=args.ars,
                            neuron_find={"steps": args.neuron_steps, "p_threshold": args.neuron_p,
                                         "top_n": args.neuron_top_n},
                            benchmarks=tuple(b.strip() for b in args.benchmarks.split(",") if b.strip()),

@@ -74,6 +74,13 @@ def test_a_no_op_edit_and_an_empty_mask_change_nothing(tiny, family, tmp_path):
         assert not torch.allclose(changed, plain)
         assert torch.equal(model(**inputs).logits, plain)  # restored
     assert model.config.get_text_config()._attn_implementation == "eager"
+    sdpa = _load(tiny[family], attn="sdpa").model
+    with torch.no_grad():
+        plain = sdpa(**inputs).logits
+        with edit_attention(sdpa, {}):  # untouched layers run the model's own sdpa with its own masks
+            assert torch.equal(sdpa(**inputs).logits, plain)
+        with edit_attention(sdpa, {0: lambda s, _m: s}):  # an edited layer computes eager attention: float rounding
+            assert torch.allclose(sdpa(**inputs).logits, plain, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -273,3 +280,16 @@ def test_rve_runs_pope_and_chair_through_vlmevalkits_runner(tiny, tmp_path, shar
         assert record["method"] == "rve" and record["layers"] == "0-1" and record["heads"]["0"]["sensitive"]
     entries, _ = lb.collect([work])
     assert {e.method for e in entries} == {"RVE"}
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "idefics3"])
+def test_the_image_span_comes_from_the_models_own_image_token(family, tmp_path):
+    vlm = _load(save_tiny_mllm(family, tmp_path / family))
+    (inputs,) = _inputs(vlm, tmp_path)
+    token = image_token_id(vlm.model)
+    span = image_span(vlm.model)(inputs["input_ids"])
+    assert token == vlm.processor.tokenizer.convert_tokens_to_ids(
+        {"qwen2_vl": "<|image_pad|>"}.get(family, "<image>"))
+    assert 0 < int(span.sum()) < span.shape[1]  # the processor expanded the image into that many tokens
+    with torch.no_grad(), build("rve", variant="global", layers="0", beta=1.0).attach(vlm.model):
+        vlm.model(**inputs)

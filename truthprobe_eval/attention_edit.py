@@ -1,10 +1,10 @@
 """Editing the attention pattern through transformers' own extension point, the attention-function interface.
 
-``edit_attention(model, edits)`` registers one attention function (``AttentionInterface.register``, with the
-eager mask from ``AttentionMaskInterface``) and switches the language model's config to it for the block. In the
-layers named in ``edits`` it computes eager attention, calling ``edits[layer](scores, module)`` on the
+``edit_attention(model, edits)`` registers one attention function (``AttentionInterface.register``, with sdpa's
+mask function through ``AttentionMaskInterface``) and switches the language model's config to it for the block.
+In the layers named in ``edits`` it computes eager attention, calling ``edits[layer](scores, module)`` on the
 pre-softmax scores (B, H, Tq, Tk) (grouped-query keys already repeated, the mask already added) before the
-softmax; every other layer runs the implementation the model had (sdpa or eager). Nothing in the model files is
+softmax; every other layer runs the implementation the model had (sdpa with exactly its masks, or eager). Nothing in the model files is
 patched, the KV cache and padding masks are the model's own, and on exit the model is as before.
 
 ``SpanTracker`` keeps which key positions belong to a span (image tokens, a context paragraph) across the
@@ -36,23 +36,34 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, groups, t, d).reshape(b, h * groups, t, d)
 
 
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype, q_len: int, k_len: int,
+              device: torch.device) -> torch.Tensor:
+    """The (B or 1, 1, Tq, Tk) additive mask of an sdpa-style mask: None is causal (the queries are the last Tq
+    positions), bool marks the allowed keys, a float mask is already additive."""
+    if mask is not None and mask.dtype != torch.bool:
+        return mask[:, :, :, :k_len]
+    low = torch.finfo(dtype).min
+    if mask is None:
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)[None, None]
+    else:
+        allowed = mask[:, :, :, :k_len]
+    return torch.where(allowed, torch.zeros((), dtype=dtype, device=device), torch.full((), low, dtype=dtype, device=device))
+
+
 def _edited_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                       **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     edit = _EDITS.get(module)
-    if edit is None:
-        previous = _PREVIOUS.get(module, "eager")
-        if previous in ("sdpa",):
-            return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
-                                                   dropout=dropout, **kwargs)
+    if edit is None and _PREVIOUS.get(module, "eager") == "sdpa":  # untouched layers: the model's own sdpa
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
+                                               dropout=dropout, **kwargs)
     groups = query.shape[1] // key.shape[1]
     k, v = _repeat_kv(key, groups), _repeat_kv(value, groups)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     scores = torch.matmul(query, k.transpose(2, 3)) * scale
-    if attention_mask is not None:
-        scores = scores + attention_mask[:, :, :, : k.shape[-2]]
+    scores = scores + _additive(attention_mask, scores.dtype, query.shape[2], k.shape[2], scores.device)
     if edit is not None:
         scores = edit(scores, module)
     weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
@@ -63,11 +74,11 @@ def _edited_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
 
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
 
     if ATTENTION not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
         AttentionInterface.register(ATTENTION, _edited_attention)
-        AttentionMaskInterface.register(ATTENTION, eager_mask)
+        AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the untouched layers get exactly sdpa's masks
 
 
 @contextmanager

@@ -65,8 +65,8 @@ def add_parser(subparsers) -> None:
     p.__class__ = _PassThroughParser
     p.allow_abbrev = False  # never mistake a runner option (--mode) for a prefix of ours
     g = p.add_argument_group("intervention (environment: TRUTHPROBE_METHOD, TRUTHPROBE_SCORES, TRUTHPROBE_ALPHA, ...)")
-    g.add_argument("--method", help="truthprobe (default), iti or none")
-    g.add_argument("--method-args", help="any method's settings, e.g. 'directions=iti.json,k=48,alpha=15'")
+    g.add_argument("--method", help="truthprobe (default), iti, neurons, rve or none")
+    g.add_argument("--method-args", help="any method's settings, e.g. 'directions=iti.json,k=48,alpha=15' or 'ars=ars.json,layers=14'")
     g.add_argument("--scores", help="score file: probed on the base LLM (transfer) or on the MLLM")
     g.add_argument("--alpha", help="gate strength (default 4.5)")
     g.add_argument("--norm", help="centered (default), minmax or raw")

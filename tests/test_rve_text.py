@@ -18,8 +18,9 @@ BIN = Path(sys.executable).parent
 
 
 def test_the_context_span_is_the_knowledge_paragraph(smollm2):
-    from truthprobe_eval.spans import context_span
     from truthprobe_eval.tasks.halueval.truthprobe_protocol import prompt
+
+    from truthprobe_eval.spans import context_span
 
     _, tok = smollm2
     knowledge = "The Eiffel Tower is in Paris and was finished in 1889."

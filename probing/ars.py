@@ -90,12 +90,19 @@ def span_attention(model: nn.Module, inputs: dict[str, Any], find: Callable[[tor
     sites = locate_heads(model)
     seen: dict[int, torch.Tensor] = {}
 
-    def record(layer: int):
-        def edit(scores: torch.Tensor, _module: nn.Module) -> torch.Tensor:
+    class Record:  # reads the last query row only (on sdpa models only that row is computed eagerly)
+        def __init__(self, layer: int) -> None:
+            self.layer = layer
+
+        def rows(self, q_len: int, k_len: int) -> range:
+            return range(q_len - 1, q_len)
+
+        def __call__(self, scores: torch.Tensor, _module: nn.Module) -> torch.Tensor:
             probs = torch.softmax(scores[0, :, -1].float(), dim=-1)
-            seen[layer] = probs[:, idx.to(probs.device)].double().cpu()
+            seen[self.layer] = probs[:, idx.to(probs.device)].double().cpu()
             return scores
-        return edit
+
+    record = Record
 
     with torch.no_grad(), edit_attention(model, {layer: record(layer) for layer in range(sites.num_layers)}):
         model(**inputs)

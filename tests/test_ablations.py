@@ -154,6 +154,8 @@ def test_grid_and_random_ablations_take_any_method(iti_file, tmp_path):
     assert [(r["intervention"]["alpha"], r["intervention"]["k"]) for r in payload["runs"]] == [(1.0, 4), (1.0, 8),
                                                                                               (6.0, 4), (6.0, 8)]
     assert payload["best_intervention"]["method"] == "iti" and payload["baseline"]["intervention"]["identity"]
+    assert [r["name"] for r in payload["runs"]] == ["val_00_iti_alpha1.0_k4", "val_01_iti_alpha1.0_k8",
+                                                    "val_02_iti_alpha6.0_k4", "val_03_iti_alpha6.0_k8"]
     rows = list(csv.DictReader((out / "ablation.csv").open()))
     assert [r["method"] for r in rows] == ["baseline"] + ["iti"] * 4
     out = tmp_path / "random"

@@ -94,7 +94,11 @@ def test_only_the_span_columns_of_the_last_query_row_change(tiny, family, tmp_pa
     tracker = SpanTracker(image_span(model))
     tracker.observe(ids)
     scores = torch.randn(1, 4, 5, ids.shape[1])
-    edited = rve.edit_fn(tracker, sens, non)(scores, model)
+    edit = rve.edit_fn(tracker, sens, non)
+    rows = edit.rows(5, ids.shape[1])
+    assert list(rows) == [4]  # the prompt's last position
+    edited = scores.clone()
+    edited[:, :, rows.start:rows.stop] = edit(scores[:, :, rows.start:rows.stop], model)
     changed = (edited != scores)
     span = tracker.mask[0]
     assert changed.any() and not changed[:, :, :-1].any() and not changed[..., ~span].any()
@@ -141,6 +145,13 @@ def test_generation_with_and_without_the_kv_cache_and_left_padding(tiny, family,
     for row in range(2):
         assert torch.allclose(together[row], alone[row], atol=1e-4)
     assert plain.shape == cached.shape
+    # on an sdpa model RVE recomputes only the edited rows eagerly: the same numbers as an all-eager model
+    eager = _load(tiny[family], attn="eager").model
+    with torch.no_grad(), rve.attach(model):
+        hybrid = model(**inputs).logits
+    with torch.no_grad(), rve.attach(eager):
+        full = eager(**inputs).logits
+    assert torch.allclose(hybrid, full, atol=1e-5)
 
 
 def test_ars_is_zero_for_identical_pairs_and_the_file_is_a_score_file(tiny, tmp_path):

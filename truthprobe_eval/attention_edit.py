@@ -2,9 +2,11 @@
 
 ``edit_attention(model, edits)`` registers one attention function (``AttentionInterface.register``, with sdpa's
 mask function through ``AttentionMaskInterface``) and switches the language model's config to it for the block.
-In the layers named in ``edits`` it computes eager attention, calling ``edits[layer](scores, module)`` on the
-pre-softmax scores (B, H, Tq, Tk) (grouped-query keys already repeated, the mask already added) before the
-softmax; every other layer runs the implementation the model had (sdpa with exactly its masks, or eager). Nothing in the model files is
+In the layers named in ``edits`` it calls ``edits[layer](scores, module)`` on the pre-softmax scores (B, H, Tq,
+Tk) (grouped-query keys already repeated, the mask already added) before the softmax; every other layer runs the
+implementation the model had (sdpa with exactly its masks, or eager). An edit with a ``rows(q_len, k_len)``
+method gets only those query rows: on an sdpa model the layer runs sdpa and recomputes just those rows eagerly
+(RVE edits one row per step, so it costs little); otherwise the layer runs eagerly throughout. Nothing in the model files is
 patched, the KV cache and padding masks are the model's own, and on exit the model is as before.
 
 ``SpanTracker`` keeps which key positions belong to a span (image tokens, a context paragraph) across the
@@ -56,20 +58,46 @@ def _edited_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     edit = _EDITS.get(module)
-    if edit is None and _PREVIOUS.get(module, "eager") == "sdpa":  # untouched layers: the model's own sdpa
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
-                                               dropout=dropout, **kwargs)
+    previous = _PREVIOUS.get(module, "eager")
+    rows_of = getattr(edit, "rows", None)
+    if previous == "sdpa" and (edit is None or rows_of is not None):
+        # untouched layers, and the rows an edit leaves alone: the model's own sdpa with its own masks
+        out, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
+                                                 dropout=dropout, **kwargs)
+        if edit is None:
+            return out, None
+        rows = rows_of(query.shape[2], key.shape[2])
+        if len(rows):
+            out = out.clone()
+            out[:, rows.start:rows.stop] = _eager(module, query, key, value, attention_mask, scaling, dropout, edit,
+                                                  rows)[0]
+        return out, None
+    rows = rows_of(query.shape[2], key.shape[2]) if rows_of is not None else None
+    return _eager(module, query, key, value, attention_mask, scaling, dropout, edit, rows, full=True)
+
+
+def _eager(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+           attention_mask: torch.Tensor | None, scaling: float | None, dropout: float, edit: "ScoreEdit | None",
+           rows: range | None, full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention, the edit applied to the query ``rows`` (None: all). ``full``: every query row is computed
+    and returned (with the weights); otherwise only ``rows``."""
+    q_len, k_len = query.shape[2], key.shape[2]
     groups = query.shape[1] // key.shape[1]
     k, v = _repeat_kv(key, groups), _repeat_kv(value, groups)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, k.transpose(2, 3)) * scale
-    scores = scores + _additive(attention_mask, scores.dtype, query.shape[2], k.shape[2], scores.device)
+    mask = _additive(attention_mask, query.dtype, q_len, k_len, query.device)
+    if not full:
+        query, mask = query[:, :, rows.start:rows.stop], mask[:, :, rows.start:rows.stop]
+    scores = torch.matmul(query, k.transpose(2, 3)) * scale + mask
     if edit is not None:
-        scores = edit(scores, module)
+        if rows is None or not full:
+            scores = edit(scores, module)
+        elif len(rows):
+            scores = scores.clone()
+            scores[:, :, rows.start:rows.stop] = edit(scores[:, :, rows.start:rows.stop], module)
     weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    out = torch.matmul(weights, v).transpose(1, 2).contiguous()
-    return out, weights
+    return torch.matmul(weights, v).transpose(1, 2).contiguous(), weights
 
 
 def _register() -> None:

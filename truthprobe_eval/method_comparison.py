@@ -389,12 +389,15 @@ def format_comparison(result: ComparisonResult) -> str:
     settings = ", ".join(f"{name} {cfg[key]}" for name, key in (("TruthProbe", "truthprobe"), ("ITI", "iti"),
                                                                 ("truth neurons", "neurons"), ("RVE", "rve"))
                          if key in methods)
-    lines = [f"Methods compared on {cfg['model']} (one loaded model). {settings} (settings fixed before any test row; "
-             "no tuning).",
-             f"HaluEval: {cfg['halueval_task']} rows {cfg['halueval_offset']}-"
-             f"{cfg['halueval_offset'] + cfg['halueval_rows'] - 1}; TruthfulQA: {sum(map(len, result.halves))} "
-             f"questions in two halves (ITI directions and truth neurons from the other half); neutral text: "
-             f"{cfg['neutral_texts']} HaluEval knowledge paragraphs.",
+    benchmarks = cfg.get("benchmarks", BENCHMARKS)
+    where = {"halueval": f"HaluEval: {cfg['halueval_task']} rows {cfg['halueval_offset']}-"
+                         f"{cfg['halueval_offset'] + cfg['halueval_rows'] - 1}",
+             "truthfulqa": f"TruthfulQA: {sum(map(len, result.halves))} questions in two halves (ITI directions and "
+                           "truth neurons from the other half)",
+             "neutral": f"neutral text: {cfg['neutral_texts']} HaluEval knowledge paragraphs"}
+    lines = [f"Methods compared on {cfg['model']} (one loaded model). {settings} (settings fixed before any test row "
+             "is seen).",
+             "; ".join(where[b] for b in BENCHMARKS if b in benchmarks) + ".",
              "Cells: value in % (difference to the baseline in points, paired p: exact McNemar for HaluEval accuracy and "
              "MC1, Wilcoxon signed-rank for MC2). CE: cross-entropy in nats/token; KL(plain || method) in nats/token.",
              "", "| method | HaluEval acc | HaluEval F1 | TruthfulQA MC1 | TruthfulQA MC2 | CE | KL |",

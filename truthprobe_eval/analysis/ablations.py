@@ -14,6 +14,7 @@ of the rows the scores were probed on (the functions refuse an overlap they can 
 """
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -202,7 +203,10 @@ def grid_search(judge: HaluEvalJudge, base: "Intervention | TruthScores", *,
     keys = list(dict.fromkeys(k for p in points for k in p))
     baseline = judge("val_baseline", "validation", offset, n, Baseline())
     def name(i: int, m: Intervention) -> str:  # TruthProbe's keep their earlier names: val_centered_2.5
-        return f"val_{m.settings['norm']}_{m.settings['alpha']:g}" if m.name == "truthprobe" else f"val_{i:02d}_{_slug(m)}"
+        if m.name == "truthprobe":
+            return f"val_{m.settings['norm']}_{m.settings['alpha']:g}"
+        varied = "_".join(re.sub(r"[^A-Za-z0-9.-]", "", f"{k}{m.settings.get(k)}") for k in keys)
+        return f"val_{i:02d}_{m.name}_{varied}"  # the varied settings, strings (layers=12-16) included
 
     runs = [judge(name(i, m), "validation", offset, n, m) for i, m in enumerate(made)]
     return GridResult(baseline, runs, keys)

@@ -72,6 +72,35 @@ def span_mask(last_scores: torch.Tensor, sens: list[int], non: list[int], alpha:
     return mask.to(last_scores.dtype)
 
 
+class RowEdit:
+    """The score edit of one layer: on the query rows the tracker names (the prompt's last position and each
+    generated one), S + beta * |S| * M over the span, M from ``span_mask``."""
+
+    def __init__(self, settings: dict[str, Any], tracker: Any, sens: list[int], non: list[int]) -> None:
+        self.settings, self.tracker, self.sens, self.non = settings, tracker, sens, non
+
+    def rows(self, q_len: int, k_len: int) -> range:
+        return self.tracker.queries(q_len, k_len)
+
+    def __call__(self, scores: torch.Tensor, _module: nn.Module) -> torch.Tensor:
+        """``scores``: (B, H, R, Tk), the rows to edit."""
+        s = self.settings
+        B, _, R, Tk = scores.shape
+        span = self.tracker.keys(B, Tk, scores.device)
+        if not span.any():
+            return scores
+        scores = scores.clone()
+        for b in range(B):
+            idx = span[b].nonzero().squeeze(-1)
+            if idx.numel() == 0:
+                continue
+            for q in range(R):
+                last = scores[b, :, q, idx]
+                m = span_mask(last, self.sens, self.non, s["alpha"], s["variant"])
+                scores[b, :, q, idx] = last + s["beta"] * last.abs() * m
+        return scores
+
+
 @register
 class RVE(Intervention):
     name = "rve"
@@ -165,27 +194,8 @@ class RVE(Intervention):
                                     "the harnesses pass it (bind_tokenizer)")
         return context_span(self._tokenizer, self.settings["span_start"], self.settings["span_end"])
 
-    def edit_fn(self, tracker, sens: list[int], non: list[int]):
-        s = self.settings
-
-        def edit(scores: torch.Tensor, _module: nn.Module) -> torch.Tensor:
-            B, _, Tq, Tk = scores.shape
-            span = tracker.keys(B, Tk, scores.device)
-            rows = tracker.queries(Tq, Tk)
-            if not span.any() or not len(rows):
-                return scores
-            scores = scores.clone()
-            for b in range(B):
-                idx = span[b].nonzero().squeeze(-1)
-                if idx.numel() == 0:
-                    continue
-                for q in rows:  # the last row in a cached generation step; the new rows of a full recompute
-                    last = scores[b, :, q, idx]
-                    m = span_mask(last, sens, non, s["alpha"], s["variant"])
-                    scores[b, :, q, idx] = last + s["beta"] * last.abs() * m
-            return scores
-
-        return edit
+    def edit_fn(self, tracker, sens: list[int], non: list[int]) -> "RowEdit":
+        return RowEdit(self.settings, tracker, sens, non)
 
     def hooks(self, model: nn.Module) -> list:
         raise InterventionError("method 'rve' attaches through attach() (it edits attention scores, not activations)")
@@ -241,4 +251,4 @@ class RVE(Intervention):
         return f"RVE (layers {s['layers']}, K {s['k']}, beta {s['beta']:g}, alpha {s['alpha']:g}{control})"
 
 
-__all__ = ["CONTROLS", "RVE", "SPANS", "VARIANTS", "parse_layers", "span_mask"]
+__all__ = ["CONTROLS", "RVE", "RowEdit", "SPANS", "VARIANTS", "parse_layers", "span_mask"]

@@ -16,7 +16,6 @@ The scores go to the TruthScores format with ``meta.kind = "ars"``, so heatmaps 
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._io import read_jsonl
 from ..architectures import describe, locate_heads
 from ..attention_edit import edit_attention
 from ..errors import TruthProbeError
@@ -51,13 +51,7 @@ def read_pairs(path: "str | os.PathLike") -> list[ARSPair]:
     if not path.is_file():
         raise PairFileError(f"pairs: expected a JSONL file at {path}, found none")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PairFileError(f"{path}, line {number}: expected a JSON object, found {exc}") from None
+    for number, row in read_jsonl(path, PairFileError):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k] for k in ("text", "text_swapped")):
             raise PairFileError(f"{path}, line {number}: expected non-empty 'text' and 'text_swapped', found {row!r}")
         image = row.get("image")

@@ -140,9 +140,19 @@ def _encode(tokenizer: Any, prompt: str, device: torch.device) -> torch.Tensor:
     return ids
 
 
-def _check(steps: int) -> None:
+def _setup(model: nn.Module, tokenizer: Any, questions: Sequence[MCQuestion], steps: int,
+           layers: Sequence[int] | None):
+    """(MLP output projections, layers, width, the layers attributed, letter ids, device), inputs checked."""
     if not isinstance(steps, int) or steps < 1:
         raise AttributionError(f"steps: expected a positive integer, found {steps!r}")
+    sites = locate_heads(model)
+    projs = sites.modules("mlp_activation")
+    L, W = sites.num_layers, sites.mlp_width
+    chosen = list(range(L)) if layers is None else [int(layer) for layer in layers]
+    if not all(0 <= layer < L for layer in chosen):
+        raise AttributionError(f"layers: expected indices 0 to {L - 1}, found {list(layers or [])}")
+    ids = letter_token_ids(tokenizer, sorted({q.correct for q in questions} | {q.incorrect for q in questions}))
+    return projs, L, W, chosen, ids, next(model.parameters()).device
 
 
 def neuron_attributions(model: nn.Module, tokenizer: Any, questions: Sequence[MCQuestion], *, steps: int = 20,
@@ -153,13 +163,7 @@ def neuron_attributions(model: nn.Module, tokenizer: Any, questions: Sequence[MC
     The prefix runs once per question; then ``len(layers) * steps`` single-token rows, ``rows_per_pass`` at a time
     (memory: the prefix KV cache is copied per row), and one backward pass per chunk. ``layers``: a subset
     (default all; the others are left 0)."""
-    _check(steps)
-    sites = locate_heads(model)
-    projs = sites.modules("mlp_activation")
-    L, W = sites.num_layers, sites.mlp_width
-    chosen = list(range(L)) if layers is None else [int(layer) for layer in layers]
-    ids = letter_token_ids(tokenizer, sorted({q.correct for q in questions} | {q.incorrect for q in questions}))
-    device = next(model.parameters()).device
+    projs, L, W, chosen, ids, device = _setup(model, tokenizer, questions, steps, layers)
     alphas = torch.arange(1, steps + 1, dtype=torch.float64, device=device) / steps
     per_pass = max(1, rows_per_pass // steps)  # layers per chunk
     out = np.zeros((len(questions), L, W))
@@ -195,13 +199,7 @@ def neuron_attributions(model: nn.Module, tokenizer: Any, questions: Sequence[MC
 def plain_attributions(model: nn.Module, tokenizer: Any, questions: Sequence[MCQuestion], *, steps: int = 20,
                        layers: Sequence[int] | None = None, progress: bool = False) -> np.ndarray:
     """The reference loop: one full forward and backward pass per step, per layer, per question (slow)."""
-    _check(steps)
-    sites = locate_heads(model)
-    projs = sites.modules("mlp_activation")
-    L, W = sites.num_layers, sites.mlp_width
-    chosen = list(range(L)) if layers is None else [int(layer) for layer in layers]
-    ids = letter_token_ids(tokenizer, sorted({q.correct for q in questions} | {q.incorrect for q in questions}))
-    device = next(model.parameters()).device
+    projs, L, W, chosen, ids, device = _setup(model, tokenizer, questions, steps, layers)
     out = np.zeros((len(questions), L, W))
     bar = _progress(len(questions) * len(chosen) * steps, "neuron attribution (plain loop)", progress)
     for qi, q in enumerate(questions):

@@ -192,7 +192,7 @@ def test_pair_file_and_setting_errors(tmp_path):
     bad.write_text(json.dumps({"text": "x", "text_swapped": "y"}) + "\n{oops\n")
     from truthprobe_eval.probing.ars import PairFileError
 
-    with pytest.raises(PairFileError, match="line 2: expected a JSON object"):
+    with pytest.raises(PairFileError, match="line 2: not valid JSON"):
         read_pairs(bad)
     bad.write_text(json.dumps({"image": "none.png", "text": "x", "text_swapped": "y"}) + "\n")
     with pytest.raises(PairFileError, match="line 1: expected an image file"):

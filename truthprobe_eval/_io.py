@@ -1,10 +1,13 @@
-"""Atomic file writes: a reader never sees a half-written file, an interrupted write keeps the old one."""
+"""File helpers: atomic writes (a reader never sees a half-written file, an interrupted write keeps the old
+one) and a JSON Lines reader whose errors name the line."""
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Sequence
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -38,3 +41,38 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-empty line of a ``.jsonl`` (or ``.jsonl.gz``) file; a line that is
+    not JSON raises ``error`` naming the file and the line."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{path}, line {number}: not valid JSON ({exc})") from None
+
+
+def read_format_json(path: str | os.PathLike, fmt: str, required: Sequence[str], error: type[Exception],
+                     what: str) -> dict[str, Any]:
+    """A JSON object file of our format ``fmt`` holding the keys ``required``; ``what`` names the file for the
+    not-found message ("an ITI direction file (truthprobe iti fit writes one)")."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"expected {what}, found no file at {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: expected JSON (corrupt or truncated file?), found {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise error(f"{path}: expected format {fmt!r}, found {found!r}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise error(f"{path}: expected arrays {', '.join(required)}, missing {', '.join(missing)}")
+    return data

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
+from ._io import read_jsonl
 from .errors import TruthProbeError
 
 HALUEVAL_FIELDS = ("knowledge", "question", "right_answer", "hallucinated_answer")
@@ -27,18 +27,11 @@ def iter_halueval(path: "str | os.PathLike | None" = None) -> Iterator[dict]:
     path = Path(path) if path is not None else halueval_path()
     if not path.is_file():
         raise TruthProbeError(f"HaluEval data not found: expected a .jsonl or .jsonl.gz file at {path}")
-    with _open_text(path) as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TruthProbeError(f"{path}, line {line_no}: not valid JSON ({exc})") from None
-            missing = [f for f in HALUEVAL_FIELDS if not isinstance(row.get(f), str)]
-            if missing:
-                raise TruthProbeError(f"{path}, line {line_no}: expected string fields {', '.join(missing)}, found keys {sorted(row)}")
-            yield row
+    for line_no, row in read_jsonl(path, TruthProbeError):
+        missing = [f for f in HALUEVAL_FIELDS if not isinstance(row.get(f), str)]
+        if missing:
+            raise TruthProbeError(f"{path}, line {line_no}: expected string fields {', '.join(missing)}, found keys {sorted(row)}")
+        yield row
 
 
 def load_halueval(path: "str | os.PathLike | None" = None, offset: int = 0, n: int | None = None) -> list[dict]:

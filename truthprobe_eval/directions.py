@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, read_format_json
 from .errors import ShapeMismatchError, TruthProbeError
 
 FORMAT = "truthprobe-iti-directions"
@@ -99,19 +99,8 @@ class ITIDirections:
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "ITIDirections":
         path = Path(path)
-        if not path.is_file():
-            raise DirectionFileError(f"directions: expected an ITI direction file (truthprobe iti fit writes one), "
-                                     f"found no file at {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DirectionFileError(f"{path}: expected JSON, found {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise DirectionFileError(f"{path}: expected format {FORMAT!r}, found {found!r}")
-        missing = [k for k in ARRAYS if k not in data]
-        if missing:
-            raise DirectionFileError(f"{path}: expected arrays {', '.join(ARRAYS)}, missing {', '.join(missing)}")
+        data = read_format_json(path, FORMAT, ARRAYS, DirectionFileError,
+                                "an ITI direction file (truthprobe iti fit writes one)")
         try:
             made = cls(**{k: data[k] for k in ARRAYS}, meta={**(data.get("meta") or {}), "source_file": str(path)})
         except (DirectionFileError, ValueError) as exc:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, read_format_json
 from .errors import ShapeMismatchError, TruthProbeError
 
 FORMAT = "truthprobe-neuron-scores"
@@ -104,19 +104,8 @@ class NeuronScores:
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "NeuronScores":
         path = Path(path)
-        if not path.is_file():
-            raise NeuronFileError(f"neurons: expected a neuron score file (truthprobe neurons find writes one), "
-                                  f"found no file at {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise NeuronFileError(f"{path}: expected JSON (corrupt or truncated file?), found {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise NeuronFileError(f"{path}: expected format {FORMAT!r}, found {found!r}")
-        missing = [k for k in ARRAYS if k not in data]
-        if missing:
-            raise NeuronFileError(f"{path}: expected arrays {', '.join(ARRAYS)}, missing {', '.join(missing)}")
+        data = read_format_json(path, FORMAT, ARRAYS, NeuronFileError,
+                                "a neuron score file (truthprobe neurons find writes one)")
         try:
             made = cls(**{k: data[k] for k in ARRAYS}, meta={**(data.get("meta") or {}), "source_file": str(path)})
         except (NeuronFileError, ValueError) as exc:

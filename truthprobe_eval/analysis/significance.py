@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._io import read_jsonl
 from ..errors import TruthProbeError
 from . import reports
 
@@ -82,17 +83,10 @@ def load_lm_eval_samples(path: "str | os.PathLike", metric: str | None = None, f
     m = LM_EVAL_SAMPLES.match(path.name)
     task = m.group("task") if m else path.stem
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SignificanceError(f"{path}, line {line_no}: not valid JSON ({exc})") from None
-            if not isinstance(rec, dict) or "doc_id" not in rec:
-                raise SignificanceError(f"{path}, line {line_no}: expected an lm-eval sample with a doc_id, found {str(rec)[:80]}")
-            records.append(rec)
+    for line_no, rec in read_jsonl(path, SignificanceError):
+        if not isinstance(rec, dict) or "doc_id" not in rec:
+            raise SignificanceError(f"{path}, line {line_no}: expected an lm-eval sample with a doc_id, found {str(rec)[:80]}")
+        records.append(rec)
     if not records:
         raise SignificanceError(f"{path}: expected lm-eval samples (one JSON object a line), found none")
     filters = list(dict.fromkeys(str(r.get("filter", "none")) for r in records))

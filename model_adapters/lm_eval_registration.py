@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -152,15 +151,5 @@ def hook_installed() -> bool:
     return any(type(f).__name__ == "_TruthprobeLmEvalHook" for f in sys.meta_path)
 
 
-def check_installation() -> None:
-    """Warn when the ``.pth`` file is missing from the environment (the ``lm_eval`` command would not see us)."""
-    import site
-
-    dirs = [*site.getsitepackages(), site.getusersitepackages()]
-    if not any(Path(d, PTH_NAME).is_file() for d in dirs):
-        warnings.warn(f"{PTH_NAME} not found in {', '.join(dirs)}: the lm_eval command will not see "
-                      f"'{MODEL_NAME}'; reinstall truthprobe-eval or call {__name__}.register()", stacklevel=2)
-
-
-__all__ = ["HOOK_SOURCE", "MODEL_NAME", "MODEL_NAMES", "MODEL_TARGET", "PTH_NAME", "add_tasks_to_task_manager", "check_installation",
+__all__ = ["HOOK_SOURCE", "MODEL_NAME", "MODEL_NAMES", "MODEL_TARGET", "PTH_NAME", "add_tasks_to_task_manager",
            "hook_installed", "on_import", "pth_line", "register", "register_model", "tasks_dir", "write_pth"]

@@ -6,6 +6,9 @@ Public API::
 
     scores = run_probing("smollm2-135m-instruct", data="halueval", n=292, out="scores/smollm2.json")
     X, y, groups, meta = load_activations(scores.meta["activation_cache"])   # (N, L, H, D), (N,), (N,), dict
+
+This top-level folder is installed as ``truthprobe_eval.probing`` (``package-dir`` in pyproject.toml), so a relative
+``from ..errors import ...`` here means ``truthprobe_eval/errors.py``; import it as ``truthprobe_eval.probing``.
 """
 from __future__ import annotations
 

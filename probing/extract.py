@@ -8,8 +8,7 @@ layer's projection has been read, so the final MLP and the LM head never run.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -114,12 +113,6 @@ class HeadCapture:
         return out.view(size, s.num_layers, s.num_heads, s.head_dim).cpu()
 
 
-@contextmanager
-def capture_heads(model: nn.Module, stop_early: bool = True) -> Iterator[HeadCapture]:
-    with HeadCapture(model, stop_early=stop_early) as capture:
-        yield capture
-
-
 def _accepts(model: nn.Module, name: str) -> bool:
     import inspect
 
@@ -174,4 +167,4 @@ def extract_activations(model: nn.Module, encoder: Any, examples: Sequence, *, b
     return out
 
 
-__all__ = ["HeadCapture", "capture_heads", "extract_activations", "last_token_index"]
+__all__ = ["HeadCapture", "extract_activations", "last_token_index"]

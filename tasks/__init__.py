@@ -3,6 +3,9 @@ and under the TruthProbe paper's protocol, TruthfulQA from a local CSV).
 
 The folder is an lm-eval ``--include_path``; after ``pip install truthprobe-eval`` the ``lm_eval`` command indexes
 it by itself (see ``truthprobe_eval.model_adapters.lm_eval_registration``).
+
+This top-level folder is installed as ``truthprobe_eval.tasks`` (``package-dir`` in pyproject.toml), so a relative
+``from ..errors import ...`` here means ``truthprobe_eval/errors.py``; import it as ``truthprobe_eval.tasks``.
 """
 from __future__ import annotations
 

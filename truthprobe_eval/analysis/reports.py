@@ -5,7 +5,6 @@ import csv
 import io
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -101,7 +100,3 @@ def unique_labels(names: Sequence[str]) -> list[str]:
         out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
     return out
 
-
-def slug(text: str) -> str:
-    """A file-name-safe version of a label."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"

@@ -23,7 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from vlmeval.vlm.base import BaseModel
+
+from .vlmeval_registration import keep_grad_mode
+
+with keep_grad_mode():  # importing vlmeval.vlm turns autograd off process-wide
+    from vlmeval.vlm.base import BaseModel
 
 from truthprobe_eval.errors import TruthProbeError
 from truthprobe_eval.interventions import Intervention, method_class

@@ -21,8 +21,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 # name -> default Hugging Face checkpoint (TRUTHPROBE_MODEL_PATH or a config's model_path overrides it)
 MODELS: dict[str, str | None] = {
@@ -124,15 +126,31 @@ def dataset_names() -> list[str]:
     return [name for cls in dataset_classes() for name in cls.supported_datasets()]
 
 
+@contextmanager
+def keep_grad_mode() -> Iterator[None]:
+    """Keep the caller's autograd mode across the block: importing ``vlmeval.vlm`` calls
+    ``torch.set_grad_enabled(False)`` for the whole process, which would change every later computation (and make
+    test results depend on test order). torch is not imported here: it is only restored if something loaded it."""
+    torch = sys.modules.get("torch")
+    mode = torch.is_grad_enabled() if torch is not None else True
+    try:
+        yield
+    finally:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_grad_enabled(mode)
+
+
 def register() -> None:
     """Add our models and data sets to VLMEvalKit's lookup tables (once per process)."""
     global _registered
     if _registered:
         return
     # import_module, not attribute access: under the start-up hook the ``vlmeval`` package is still initializing
-    config = importlib.import_module("vlmeval.config")
-    datasets = importlib.import_module("vlmeval.dataset")
-    vlm = importlib.import_module("vlmeval.vlm")
+    with keep_grad_mode():
+        config = importlib.import_module("vlmeval.config")
+        datasets = importlib.import_module("vlmeval.dataset")
+        vlm = importlib.import_module("vlmeval.vlm")
 
     from .vlmeval_gated import TruthGatedVLM
 

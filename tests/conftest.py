@@ -30,3 +30,13 @@ def smollm2():
 
     model, tokenizer = load_model("smollm2-135m-instruct")
     return model, tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _autograd_on():
+    """Every test starts with autograd on, whatever an earlier test imported (VLMEvalKit's ``vlmeval.vlm`` turns
+    it off process-wide at import; our adapters keep the caller's mode, and this keeps test order irrelevant)."""
+    import torch
+
+    torch.set_grad_enabled(True)
+    yield

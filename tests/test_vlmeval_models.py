@@ -295,3 +295,16 @@ def test_iti_through_the_vlmeval_model(vlmeval_registered, assets, llava, monkey
     monkeypatch.setenv("TRUTHPROBE_METHOD_ARGS", "directions=/no/such.json")
     with pytest.raises(TruthProbeError, match=r"directions \(config key 'directions' or TRUTHPROBE_METHOD_ARGS\)"):
         vlmeval.config.supported_VLM["truthprobe_hf"]()
+
+
+def test_importing_vlmevalkit_through_us_keeps_autograd_on():
+    """vlmeval.vlm calls torch.set_grad_enabled(False) at import; our adapters and runner keep the caller's mode."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from truthprobe_eval.model_adapters.vlmeval_registration import register; "
+            "import truthprobe_eval.model_adapters.vlmeval_gated; register(); "
+            "import vlmeval.vlm; print(torch.is_grad_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"

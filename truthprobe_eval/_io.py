@@ -59,12 +59,12 @@ def read_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError) -> 
 
 
 def read_format_json(path: str | os.PathLike, fmt: str, required: Sequence[str], error: type[Exception],
-                     what: str) -> dict[str, Any]:
-    """A JSON object file of our format ``fmt`` holding the keys ``required``; ``what`` names the file for the
-    not-found message ("an ITI direction file (truthprobe iti fit writes one)")."""
+                     what: str, setting: str) -> dict[str, Any]:
+    """A JSON object file of our format ``fmt`` holding the keys ``required``; ``what`` names the file and
+    ``setting`` the argument that gave it, for the not-found message."""
     path = Path(path)
     if not path.is_file():
-        raise error(f"expected {what}, found no file at {path}")
+        raise error(f"{setting}: expected {what}, found no file at {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

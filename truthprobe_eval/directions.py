@@ -100,7 +100,7 @@ class ITIDirections:
     def load(cls, path: "str | os.PathLike") -> "ITIDirections":
         path = Path(path)
         data = read_format_json(path, FORMAT, ARRAYS, DirectionFileError,
-                                "an ITI direction file (truthprobe iti fit writes one)")
+                                "an ITI direction file (truthprobe iti fit writes one)", "directions")
         try:
             made = cls(**{k: data[k] for k in ARRAYS}, meta={**(data.get("meta") or {}), "source_file": str(path)})
         except (DirectionFileError, ValueError) as exc:

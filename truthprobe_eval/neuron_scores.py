@@ -105,7 +105,7 @@ class NeuronScores:
     def load(cls, path: "str | os.PathLike") -> "NeuronScores":
         path = Path(path)
         data = read_format_json(path, FORMAT, ARRAYS, NeuronFileError,
-                                "a neuron score file (truthprobe neurons find writes one)")
+                                "a neuron score file (truthprobe neurons find writes one)", "neurons")
         try:
             made = cls(**{k: data[k] for k in ARRAYS}, meta={**(data.get("meta") or {}), "source_file": str(path)})
         except (NeuronFileError, ValueError) as exc:

@@ -195,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
 
     runner_args = list(args.runner_args)
 
-    from ..model_adapters.vlmeval_registration import MODELS, dataset_names, register
+    from ..model_adapters.vlmeval_registration import MODELS, dataset_names, keep_grad_mode, register
 
     if args.list:
         print("models (--model):", " ".join(MODELS))
@@ -213,12 +213,13 @@ def _run(args: argparse.Namespace) -> int:
     described = {} if args.runner_help else _interventions(values)
 
     register()
-    import vlmeval.run
-
     argv = sys.argv
     sys.argv = ["vlmeval/run.py", *runner_args]
     try:
-        vlmeval.run.main()
+        with keep_grad_mode():  # the runner runs as VLMEvalKit sets it up (no autograd); the caller's mode comes back
+            import vlmeval.run
+
+            vlmeval.run.main()
     except SystemExit as exc:  # argparse --help / usage errors of the runner
         return int(exc.code or 0)
     finally:

@@ -48,6 +48,7 @@ def neutral_text_cost(model: torch.nn.Module, tokenizer: Any, texts: Sequence[st
                         max_length=max_tokens)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         plain = model(input_ids=ids, attention_mask=mask).logits.float()
+        intervention.bind_tokenizer(tokenizer)
         with intervention.attach(model), intervention.edit_positions(None):
             edited = model(input_ids=ids, attention_mask=mask).logits.float()
         target = ids[:, 1:]

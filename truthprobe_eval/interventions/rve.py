@@ -17,7 +17,9 @@ knowledge paragraph of the TruthProbe prompt), ``control`` (``random_heads``: th
 heads drawn at random per layer, ``seed``).
 
 It runs through transformers' attention-function interface (``attention_edit``), so grouped-query attention, the
-KV cache and left padding are the model's own; a shared-prefix cache is not used (``uses_prefix_cache``).
+KV cache and left padding are the model's own; a shared-prefix cache is not used (``uses_prefix_cache``). The
+method is defined for generation: in a log-likelihood pass (one call over prompt and continuation) only the
+final position is edited.
 """
 from __future__ import annotations
 

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY_CONFIGS, tiny_model
 
 from truthprobe_eval.analysis import drift
 from truthprobe_eval.errors import ShapeMismatchError, TruthProbeError
-from truthprobe_eval.testing import TINY_CONFIGS, tiny_model
 
 HEADS, KV, D = 4, 2, 8  # the tiny text config: 4 query heads share 2 KV heads (group of 2), head_dim 8
 

@@ -129,7 +129,7 @@ def test_cli_overlay(tiny_llava, image, scores, tmp_path):
 def test_other_mllm_layouts(family, grid, tmp_path):
     """Qwen2-VL's merged image_grid_thw grid; LLaVA-NeXT's base grid (its first 4 x 4 image tokens) of 32 px / 8 px."""
     from PIL import Image
-    from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm
+    from tiny_models import save_tiny_mllm
 
     from truthprobe_eval import load_model
 

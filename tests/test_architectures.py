@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY_CONFIGS, tiny_model
 from torch import nn
 
 from truthprobe_eval import ARCHITECTURES, UnsupportedArchitectureError, bake, gate, locate_heads
 from truthprobe_eval.gating import SITES
-from truthprobe_eval.testing import TINY_CONFIGS, tiny_model
 
 ARCHS = sorted(TINY_CONFIGS)
 

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY_CONFIGS, tiny_model
 
 from truthprobe_eval import gate, locate_heads
 from truthprobe_eval.architectures import SITES
 from truthprobe_eval.directions import DirectionFileError, ITIDirections, fit_directions
 from truthprobe_eval.errors import GateConfigError, InterventionError, ShapeMismatchError
 from truthprobe_eval.interventions import REGISTRY, Intervention, build, from_description, split_kwargs
-from truthprobe_eval.testing import TINY_CONFIGS, tiny_model
 
 IDS = torch.randint(3, 90, (2, 7), generator=torch.Generator().manual_seed(0))
 

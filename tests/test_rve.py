@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm
+from tiny_models import save_tiny_mllm
 from truthprobe_eval.probing.ars import ARSPair, ars_of, ars_scores, read_pairs, span_attention
 
 from truthprobe_eval import TruthScores, load_model, locate_heads
@@ -247,7 +247,7 @@ def test_global_variant_and_random_heads_control(tiny, tmp_path):
 def test_rve_runs_pope_and_chair_through_vlmevalkits_runner(tiny, tmp_path, shared_dir, monkeypatch):
     import os
 
-    from truthprobe_eval.model_adapters.vlmeval_tiny import write_pope_questions, write_synthetic_coco
+    from tiny_models import write_pope_questions, write_synthetic_coco
 
     from truthprobe_eval.analysis import leaderboard as lb
     from truthprobe_eval.cli import main

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_model
 from truthprobe_eval.probing.neurons import (
     MCQuestion,
     mc_questions,
@@ -17,7 +18,6 @@ from truthprobe_eval.probing.neurons import (
 from truthprobe_eval.errors import InterventionError, ShapeMismatchError
 from truthprobe_eval.interventions import build
 from truthprobe_eval.neuron_scores import NeuronFileError, NeuronScores, layer_overlap, select_neurons
-from truthprobe_eval.testing import tiny_model
 
 PLANTED = (1, 7)  # (layer, neuron)
 

@@ -8,7 +8,7 @@ import os
 
 import pandas as pd
 import pytest
-from truthprobe_eval.model_adapters.vlmeval_tiny import coco_file_name, write_pope_questions, write_synthetic_coco
+from tiny_models import coco_file_name, write_pope_questions, write_synthetic_coco
 
 POPE_IMAGE = "COCO_val2014_000000310196.jpg"
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm, write_synthetic_coco
+from tiny_models import save_tiny_mllm, write_synthetic_coco
 
 from truthprobe_eval.errors import GateConfigError, ShapeMismatchError, TruthProbeError
 from truthprobe_eval.scores import TruthScores

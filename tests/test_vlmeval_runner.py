@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from truthprobe_eval.model_adapters.vlmeval_tiny import save_tiny_mllm, write_pope_questions, write_synthetic_coco
+from tiny_models import save_tiny_mllm, write_pope_questions, write_synthetic_coco
 
 from truthprobe_eval.cli import main
 from truthprobe_eval.scores import TruthScores

@@ -1,4 +1,9 @@
-"""Tiny random-initialized MLLM checkpoints with working processors, for tests and examples.
+"""Tiny random-initialized models for the tests (no real weights exist offline for most architectures).
+
+Two builders, one CLIP config:
+- ``tiny_model(arch)`` / ``save_tiny(arch, folder)``: a random model of every architecture in the table
+  (``TINY_CONFIGS``), for hooks, bake and drift tests;
+- ``save_tiny_mllm(family, folder)``: MLLM checkpoints with working processors, described below.
 
 No real weights exist offline for LLaVA, Qwen2-VL or Idefics3, so tests build them from transformers configs:
 a word-level tokenizer (a few hundred words: yes/no, the COCO object words, function words, each family's
@@ -16,11 +21,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
+import torch
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "idefics3")
+TINY_MLLM_FAMILIES = ("llava", "llava_next", "qwen2_vl", "idefics3")
 INIT_RANGE = 0.2  # larger than the usual 0.02: a random model whose replies vary with the input and the gate
 
 _SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>",
@@ -171,7 +177,7 @@ def _build(family: str, layers: int, heads: int, kv_heads: int, hidden: int, hea
         processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
                                       chat_template=IDEFICS3_TEMPLATE)
         return config, processor
-    raise ValueError(f"family: expected one of {', '.join(FAMILIES)}, found {family!r}")
+    raise ValueError(f"family: expected one of {', '.join(TINY_MLLM_FAMILIES)}, found {family!r}")
 
 
 def save_tiny_mllm(
@@ -268,3 +274,80 @@ def write_pope_questions(folder: str | os.PathLike, rows: dict[str, list[dict]],
             for rec in records:
                 fh.write(json.dumps(rec) + "\n")
     return folder
+
+
+# ---- tiny models of every architecture in the table --------------------------------------------------
+_TEXT = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def _text(model_type: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type, **_TEXT)
+
+
+def _gpt2():
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=128, n_embd=32, n_layer=3, n_head=4, bos_token_id=1, eos_token_id=2)
+
+
+def _llava(model_type: str):
+    from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig
+
+    return AutoConfig.for_model(model_type, vision_config=CLIPVisionConfig(**_clip()).to_dict(),
+                                text_config=LlamaConfig(**_TEXT).to_dict(), image_token_index=100)
+
+
+def _qwen_vl(model_type: str):
+    from transformers import AutoConfig
+
+    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, intermediate_size=64, out_hidden_size=32)
+    text = dict(_TEXT, rope_scaling={"rope_type": "default", "mrope_section": [2, 1, 1]})
+    return AutoConfig.for_model(model_type, vision_config=vision, text_config=text)
+
+
+def _idefics3():
+    from transformers import Idefics3Config
+
+    return Idefics3Config(vision_config=_clip(), text_config=dict(_TEXT, model_type="llama"))
+
+
+TINY_CONFIGS: dict[str, Callable[[], object]] = {
+    "llama": lambda: _text("llama"),
+    "mistral": lambda: _text("mistral"),
+    "qwen2": lambda: _text("qwen2"),
+    "qwen3": lambda: _text("qwen3"),
+    "gemma3_text": lambda: _text("gemma3_text"),
+    "phi3": lambda: _text("phi3"),
+    "gpt2": _gpt2,
+    "llava": lambda: _llava("llava"),
+    "llava_next": lambda: _llava("llava_next"),
+    "qwen2_vl": lambda: _qwen_vl("qwen2_vl"),
+    "qwen2_5_vl": lambda: _qwen_vl("qwen2_5_vl"),
+    "idefics3": _idefics3,
+}
+MULTIMODAL = {"llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3"}
+
+
+def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A random-initialized model of ``arch`` (a key of ``TINY_CONFIGS``), in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[arch]()
+    auto = AutoModelForImageTextToText if arch in MULTIMODAL else AutoModelForCausalLM
+    model = auto.from_config(config, dtype=dtype)
+    # random init leaves o_proj biases (where present) at zero; give them values so baking them is exercised
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1 and torch.all(p == 0):
+                p.normal_(0, 0.02)
+    return model.eval()
+
+
+def save_tiny(arch: str, folder: "str | os.PathLike", seed: int = 0) -> str:
+    """Save a tiny model's checkpoint to ``folder`` and return the path."""
+    tiny_model(arch, seed).save_pretrained(folder)
+    return str(folder)

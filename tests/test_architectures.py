@@ -53,7 +53,7 @@ def test_hooks_and_baking_agree_and_hooks_restore(arch, site):
     assert torch.equal(restored, base)
     assert (hooked - base).abs().max() > 1e-6, "gating must change the logits"
     assert (baked - hooked).abs().max() <= 1e-9 * hooked.abs().max()
-    assert model.config.truthprobe_gating["site"] == site
+    assert model.config.truthprobe_interventions[-1]["site"] == site
 
 
 def test_unknown_architecture_names_the_modules_found():

@@ -117,7 +117,9 @@ def test_bake_cli_writes_a_plain_checkpoint_that_reloads(tmp_path, smollm2, scor
     args = ["bake", "--scores", str(score_file), "--alpha", "2.5", "--norm", "centered", "--out", str(out)]
     assert main(args) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["truthprobe_gating"]["alpha"] == 2.5 and config["truthprobe_gating"]["norm"] == "centered"
+    record = config["truthprobe_interventions"][-1]
+    assert (record["method"], record["alpha"], record["norm"], record["apply"]) == ("truthprobe", 2.5, "centered", "bake")
+    assert len(record["gates"]) == 30 and "truthprobe_gating" not in config  # one record, not two
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()  # plain transformers, no code of ours
     with gate(model, scores, alpha=2.5, norm="centered"):
         hooked = _logits(model, batch)

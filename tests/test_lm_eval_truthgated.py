@@ -114,7 +114,7 @@ def test_hook_equals_bake(gated_lm, scores_file):
                          batch_size=1, device="cpu")
     assert np.allclose(_loglikelihoods(baked), _loglikelihoods(gated_lm), atol=1e-4)
     assert _generate(baked) == _generate(gated_lm)
-    assert baked.model.config.truthprobe_gating["alpha"] == 2.5
+    assert baked.model.config.truthprobe_interventions[-1]["alpha"] == 2.5
     with pytest.raises(InterventionError, match="apply=bake: the intervention is folded into the weights"):
         baked.set_gate(gate="none")
     info = baked.get_model_info()["intervention"]

@@ -85,7 +85,7 @@ def test_llava_gated_differs_and_hook_equals_bake(vlmeval_registered, assets, ll
     assert hooked.gates.shape == (2, 4)
     baked = TruthGatedVLM(model_path=llava, scores=assets["scores"], alpha=6.0, apply="bake", max_new_tokens=6)
     assert _replies(baked, assets["images"]) == gated
-    assert baked.model.config.truthprobe_gating["alpha"] == 6.0
+    assert baked.model.config.truthprobe_interventions[-1]["alpha"] == 6.0
     hooked.close()  # hooks removed: the plain model again
     assert _replies(hooked, assets["images"]) == base
     # gate "none" and alpha 0 are the same ungated model

@@ -147,10 +147,13 @@ def bake(
     site: str = "o_proj_output",
     kind: str = "truthprobe",
     seed: int = 0,
+    record: bool = True,
 ) -> nn.Module:
     """Fold the gates into the output-projection weights in place (zero run-time cost); returns ``model``.
 
-    The gating is recorded in ``model.config.truthprobe_gating`` so that a saved checkpoint says how it was made.
+    The gating is recorded, as every baked intervention is, in ``model.config.truthprobe_interventions`` (its
+    ``describe()`` plus the gate values), so that a saved checkpoint says how it was made (``record=False``: the
+    caller records it).
     """
     sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
     in_dim, out_dim = (0, 1) if sites.layout.conv1d else (1, 0)
@@ -164,19 +167,10 @@ def bake(
         else:
             scale = _feature_scale(gates[layer], sites.in_features, w)
             w.mul_(scale.unsqueeze(1) if in_dim == 0 else scale.unsqueeze(0))
-    src = load_scores(scores)
-    record = {
-        "alpha": float(alpha),
-        "norm": norm,
-        "site": site,
-        "gate": kind,
-        "seed": int(seed),
-        "scores_model": src.model,
-        "scores_source": str(src.meta.get("source_file", "")),
-        "gates": gates.tolist(),
-    }
-    config = getattr(model, "config", None)
-    if config is not None:
-        previous = getattr(config, "truthprobe_gating", None)
-        config.truthprobe_gating = record if previous is None else [*(previous if isinstance(previous, list) else [previous]), record]
+    if record:
+        from .interventions import build
+
+        made = build("truthprobe", scores=load_scores(scores), alpha=alpha, norm=norm, site=site, gate=kind, seed=seed,
+                     apply="bake")
+        made.record_bake(model, {"gates": gates.tolist()})
     return model

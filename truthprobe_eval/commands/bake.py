@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
         help="write a gated model as a plain Hugging Face checkpoint",
         description="Fold TruthProbe gates into the attention output-projection weights and save a standard "
         "Hugging Face checkpoint that transformers or vLLM load with no code of ours. The config records "
-        "the gating under `truthprobe_gating`.",
+        "the gating under `truthprobe_interventions`.",
     )
     p.add_argument("--model", default="smollm2-135m-instruct", help="hub id, local folder or alias (default: smollm2-135m-instruct)")
     p.add_argument("--scores", required=True, help="score file (.json, published .npy or cv5_head_metrics.csv)")

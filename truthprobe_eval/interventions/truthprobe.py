@@ -109,8 +109,8 @@ class TruthProbeGate(Intervention):
         if self.identity:
             return model
         s = self.settings
-        bake(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"])
-        self.record_bake(model)
+        bake(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"], record=False)
+        self.record_bake(model, {"gates": self.gates(model).tolist()})
         return model
 
     def provenance(self) -> dict[str, Any]:

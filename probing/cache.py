@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write, atomic_write_text
+from .._io import atomic_write, atomic_write_text, read_jsonl
 from ..architectures import describe, locate_heads
 from ..errors import TruthProbeError
 from .data import ProbeExample, fingerprint, labels_and_groups
@@ -280,8 +280,7 @@ def load_activations(cache_dir: "str | os.PathLike") -> tuple[np.ndarray, np.nda
 def load_examples_from_cache(cache_dir: "str | os.PathLike") -> list[ProbeExample]:
     """The examples a cache was made from, in order."""
     folder = _resolve_cache_folder(cache_dir)
-    with open(folder / "examples.jsonl", encoding="utf-8") as fh:
-        return [ProbeExample(**json.loads(line)) for line in fh if line.strip()]
+    return [ProbeExample(**row) for _, row in read_jsonl(folder / "examples.jsonl", ActivationCacheError)]
 
 
 __all__ = ["ActivationCache", "ActivationCacheError", "cache_key", "cache_settings", "cached_extract",

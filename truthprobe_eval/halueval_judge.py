@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, read_jsonl
 from .errors import TruthProbeError
 
 if TYPE_CHECKING:
@@ -75,16 +75,14 @@ def predicted_yes(protocol: str, reply: str) -> bool:
 def per_sample(samples_file: "str | Path") -> dict[str, np.ndarray]:
     """Arrays in row order from a judge's samples file: row, seed, gold_yes, pred_yes, correct, margin."""
     records = []
-    for line in Path(samples_file).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            s = json.loads(line)
-            if "truthprobe" not in s:
-                raise TruthProbeError(f"{samples_file}: expected samples written by HaluEvalJudge (with a 'truthprobe' "
-                                      "record), found a sample without one")
-            tp = s["truthprobe"]
-            margin = tp.get("yes_no_margin")
-            records.append((s["doc"]["row"], s["doc"]["seed"], s["doc"]["hallucinated"], tp["pred_yes"],
-                            float(s["correct"]), np.nan if margin is None else margin))
+    for number, s in read_jsonl(samples_file, TruthProbeError):
+        if "truthprobe" not in s:
+            raise TruthProbeError(f"{samples_file}, line {number}: expected samples written by HaluEvalJudge (with a "
+                                  "'truthprobe' record), found a sample without one")
+        tp = s["truthprobe"]
+        margin = tp.get("yes_no_margin")
+        records.append((s["doc"]["row"], s["doc"]["seed"], s["doc"]["hallucinated"], tp["pred_yes"],
+                        float(s["correct"]), np.nan if margin is None else margin))
     records.sort(key=lambda r: (r[0], r[1]))
     columns = list(zip(*records)) if records else [[]] * 6
     return {"row": np.asarray(columns[0], dtype=np.int64), "seed": np.asarray(columns[1], dtype=np.int64),

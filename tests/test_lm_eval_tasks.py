@@ -61,7 +61,10 @@ def test_system_prompt_only_with_the_chat_template(manager):
     chat = task.fewshot_context(doc, 0, apply_chat_template=True,
                                 chat_template=lambda msgs, add_generation_prompt=True: seen.append(msgs) or "x")
     assert chat == "x"
-    assert seen[0] == [{"role": "system", "content": halu.SYSTEM_PROMPT}, {"role": "user", "content": plain}]
+    system = 'You are a huallucination detector. You MUST determine if the provided answer contains hallucination or not for ' \
+             'the question based on the world knowledge. The answer you provided MUST be "Yes" or "No"'  # HaluEval's, verbatim
+    assert task.config.description == system  # the one copy: the task YAML's description
+    assert seen[0] == [{"role": "system", "content": system}, {"role": "user", "content": plain}]
     assert task.config.generation_kwargs["do_sample"] is False and task.config.generation_kwargs["max_gen_toks"] <= 16
 
 

@@ -23,10 +23,7 @@ PATH_ENV = "TRUTHPROBE_HALUEVAL_PATH"
 DEFAULT_OFFSET = 292  # rows 0..291 are what `truthprobe probe` trains on by default
 POSITIVE = "Yes"  # the judge says the answer is hallucinated
 
-SYSTEM_PROMPT = (
-    'You are a huallucination detector. You MUST determine if the provided answer contains hallucination or not for '
-    'the question based on the world knowledge. The answer you provided MUST be "Yes" or "No"'
-)
+# HaluEval's system prompt lives once, as the task YAML's ``description`` (_halueval_qa_template.yaml).
 
 # HaluEval's QA judge instruction (evaluation/qa/qa_evaluation_instruction.txt, RUCAIBox/HaluEval, MIT license:
 # see truthprobe_eval/data/HALUEVAL_LICENSE), verbatim including its typos and escaped quotes.

@@ -183,3 +183,25 @@ def test_vlmevalkit_mcq_result_files_are_preferred(tmp_path):
     assert list(found) == ["MMBench_DEV_EN"] and found["MMBench_DEV_EN"].name.endswith("_exact_matching_result.xlsx")
     (res,), notes = sig.compare_runs(tmp_path / "m_base", tmp_path / "m_gated", n_boot=100)
     assert (res.a_only, res.b_only) == (0, 2) and res.mcnemar_p == pytest.approx(0.5)  # exact: 2 * (1/2)**2
+
+
+def test_mcnemar_is_statsmodels_and_gives_the_hand_formulas_numbers():
+    """The library test reproduces the exact binomial and the continuity-corrected chi-square it replaced."""
+    from scipy import stats
+
+    from truthprobe_eval.analysis.significance import mcnemar
+
+    rng = np.random.default_rng(7)
+    for n, flips in ((20, 5), (400, 60), (400, 3)):
+        a = rng.integers(0, 2, n)
+        b = a.copy()
+        b[rng.choice(n, flips, replace=False)] ^= 1
+        b[:2] = 1 - a[:2]
+        a_only, b_only, stat, p, method = mcnemar(a, b)
+        m = a_only + b_only
+        if method == "exact binomial":
+            assert stat == min(a_only, b_only) and p == pytest.approx(stats.binomtest(b_only, m, 0.5).pvalue, abs=1e-12)
+        else:
+            chi2 = (abs(a_only - b_only) - 1) ** 2 / m
+            assert stat == pytest.approx(chi2, abs=1e-12) and p == pytest.approx(stats.chi2.sf(chi2, 1), abs=1e-12)
+    assert mcnemar(np.ones(5), np.ones(5))[3] == 1.0

@@ -353,18 +353,20 @@ def bootstrap_ci(d: np.ndarray, n_boot: int = 10000, confidence: float = 0.95, s
 
 
 def mcnemar(a: np.ndarray, b: np.ndarray, exact_below: int = EXACT_MCNEMAR_BELOW) -> tuple[int, int, float, float, str]:
-    """McNemar's test on paired 0/1 outcomes: (A-only right, B-only right, statistic, two-sided p, method)."""
-    from scipy import stats
+    """McNemar's test on paired 0/1 outcomes (statsmodels): (A-only right, B-only right, statistic, two-sided p,
+    method); exact (binomial) below ``exact_below`` discordant pairs, else chi-square with continuity correction."""
+    from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
     a_only = int(((a == 1) & (b == 0)).sum())
     b_only = int(((a == 0) & (b == 1)).sum())
     n = a_only + b_only
     if n == 0:
         return a_only, b_only, 0.0, 1.0, "no discordant pairs"
-    if n < exact_below:
-        return a_only, b_only, float(min(a_only, b_only)), float(stats.binomtest(b_only, n, 0.5).pvalue), "exact binomial"
-    chi2 = (abs(a_only - b_only) - 1) ** 2 / n
-    return a_only, b_only, float(chi2), float(stats.chi2.sf(chi2, 1)), "chi-square, continuity-corrected"
+    table = [[0, a_only], [b_only, 0]]  # only the discordant cells enter the test
+    exact = n < exact_below
+    test = sm_mcnemar(table, exact=exact, correction=True)
+    return (a_only, b_only, float(test.statistic), float(test.pvalue),
+            "exact binomial" if exact else "chi-square, continuity-corrected")
 
 
 def paired_test(a: np.ndarray, b: np.ndarray, task: str = "", metric: str = "", alternative: str = "greater",

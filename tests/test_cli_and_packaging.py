@@ -68,3 +68,14 @@ def test_wheel_installs_everything_under_the_namespace(tmp_path):
 def test_missing_model_path_is_a_clear_error(name):
     with pytest.raises(TruthProbeError, match="model path not found: expected a folder with a Hugging Face checkpoint"):
         load_model(name)
+
+
+def test_unknown_arguments_fail_except_for_the_runner_pass_through(capsys):
+    """argparse's own parse_known_args: only `truthprobe vlmeval` hands the arguments it does not know on."""
+    from truthprobe_eval.cli import build_parser, main
+
+    with pytest.raises(SystemExit):
+        main(["leaderboard", "x", "--out", "y", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    args, extras = build_parser().parse_known_args(["vlmeval", "--scores", "s.json", "--model", "m", "--data", "POPE_local"])
+    assert args.passes_through and args.scores == "s.json" and extras == ["--model", "m", "--data", "POPE_local"]

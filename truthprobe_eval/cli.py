@@ -26,7 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse's own pass-through: a command that sets ``passes_through`` (vlmeval) gets the arguments it does
+    # not know (its runner's) in ``runner_args``; for every other command they are an error, as usual
+    args, extras = parser.parse_known_args(argv)
+    if getattr(args, "passes_through", False):
+        args.runner_args = [a for a in extras if a != "--"]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -42,15 +42,6 @@ DATA_OPTIONS = {
 }
 
 
-class _PassThroughParser(argparse.ArgumentParser):
-    """Keeps the arguments it does not know (VLMEvalKit's) in ``runner_args`` instead of failing on them."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, extras = super().parse_known_args(args, namespace)
-        namespace.runner_args = list(getattr(namespace, "runner_args", None) or []) + [a for a in extras if a != "--"]
-        return namespace, []
-
-
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "vlmeval",
@@ -62,7 +53,7 @@ def add_parser(subparsers) -> None:
         "llava_v1.5_7b_truthprobe --data POPE_local --work-dir out`. Options set TRUTHPROBE_* environment "
         "variables; a JSON --config may give the same settings as keys. See docs/vlmeval.md.",
     )
-    p.__class__ = _PassThroughParser
+    p.set_defaults(passes_through=True)  # the arguments we do not know are the runner's (cli.main keeps them)
     p.allow_abbrev = False  # never mistake a runner option (--mode) for a prefix of ours
     g = p.add_argument_group("intervention (environment: TRUTHPROBE_METHOD, TRUTHPROBE_SCORES, TRUTHPROBE_ALPHA, ...)")
     g.add_argument("--method", help="truthprobe (default), iti, neurons, rve or none")

@@ -57,13 +57,13 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
     assert main(["compare-methods", "--out", str(out), "--questions", "6", "--halueval-rows", "3", "--neutral-texts",
                  "2", "--scores", str(scores), "--truthprobe-settings", "alpha=0.2,norm=minmax",
                  "--iti-settings", "k=16,alpha=5", "--iti-folds", "2", "--neuron-steps", "2", "--neuron-p", "0.3",
-                 "--no-controls", "--quiet"]) == 0
+                 "--ars-rows", "3", "--rve-settings", "span=context,k=2,layers=5-9", "--no-controls", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert main(["compare-methods", "--out", str(out), "--questions", "6"]) == 2  # before any model loads
     assert "halves of 3, fewer than the 4 folds" in capsys.readouterr().err
     result = json.loads((out / "comparison.json").read_text())
     names = [r["name"] for r in result["runs"]]
-    assert names == ["baseline", "truthprobe", "iti", "neurons"]
+    assert names == ["baseline", "truthprobe", "iti", "neurons", "rve"]
     halves = result["halves"]
     assert len(halves[0]) == len(halves[1]) == 3 and not set(halves[0]) & set(halves[1])
     for run in result["runs"]:
@@ -91,7 +91,11 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
     assert (out / "comparison.png").stat().st_size > 1000
     entries, _ = lb.collect([out / "leaderboard"])
     methods = {e.method for e in entries}
-    assert methods == {lb.VANILLA, lb.TP_OWN, lb.ITI, lb.NEURONS}
+    assert methods == {lb.VANILLA, lb.TP_OWN, lb.ITI, lb.NEURONS, "RVE"}
+    rve = next(r for r in result["runs"] if r["name"] == "rve")
+    ars = json.loads((out / "ars.json").read_text())["meta"]
+    assert ars["kind"] == "ars" and ars["n_pairs"] == 3 and rve["interventions"][0]["layers"] == "5-9"
+    assert rve["truthfulqa"]["mc2"] == pytest.approx(result["runs"][0]["truthfulqa"]["mc2"], abs=1e-4)  # no span: no-op
     assert "Truth neurons (file 0" in table
 
 

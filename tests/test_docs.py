@@ -1,0 +1,37 @@
+"""The documentation: the site in docs/ builds offline with no warnings, and every file the code, the README and
+the pages name exists."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = [*REPO.glob("truthprobe_eval/**/*.py"), *REPO.glob("probing/*.py"), *REPO.glob("model_adapters/*.py"),
+           *REPO.glob("tasks/**/*.py"), *REPO.glob("benchmarks/*.py"), REPO / "README.md", *REPO.glob("docs/*.md")]
+
+
+def test_the_site_builds_offline_without_warnings(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    built = {p.relative_to(tmp_path / "site").as_posix() for p in (tmp_path / "site").rglob("index.html")}
+    for page in ("methods", "lm_eval", "vlmeval", "chair", "probe_trainers"):
+        assert f"{page}/index.html" in built
+
+
+def test_every_docs_path_the_code_names_exists():
+    named = set()
+    for source in SOURCES:
+        named.update(re.findall(r"docs/[\w./-]+\.(?:md|png)", source.read_text(encoding="utf-8")))
+    assert named, "expected the code to name its docs"
+    missing = sorted(p for p in named if not (REPO / p).is_file())
+    assert not missing, f"named but missing: {missing}"
+
+
+def test_readme_links_resolve():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    links = [link.split("#")[0] for link in re.findall(r"\]\(([^)]+)\)", text) if not link.startswith(("http", "#"))]
+    assert links and all((REPO / link).exists() for link in links), [x for x in links if not (REPO / x).exists()]
+    assert len(text.splitlines()) < 150  # a landing page; the reference lives in docs/

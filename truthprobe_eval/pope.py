@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import TruthProbeError
+from .metrics import precision_recall_f1
 
 YES, NO, UNKNOWN = "Yes", "No", "Unknown"
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio", "unknown_ratio")
@@ -58,9 +59,7 @@ def binary_metrics(labels: Sequence[object], extracted: Sequence[object]) -> dic
         raise POPEInputError("expected at least one question, found none")
     t, p = y_true == YES, pred == YES
     tp, fp, fn = int(np.sum(t & p)), int(np.sum(~t & p)), int(np.sum(t & ~p))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    precision, recall, f1 = precision_recall_f1(t, p)
     unknown = int(np.sum(pred == UNKNOWN))
     return {
         "accuracy": float(np.mean(pred == y_true)),

@@ -74,16 +74,17 @@ def process_results_seeds(doc: dict, results: list[str]) -> dict[str, Any]:
 
 def scores(gold_yes: Sequence[bool], pred_yes: Sequence[bool]) -> dict[str, float]:
     """Accuracy, precision, recall, F1 ("Yes" positive; 0 where undefined) and both yes shares, as fractions."""
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+    from sklearn.metrics import accuracy_score
+
+    from truthprobe_eval.metrics import precision_recall_f1
 
     gold = np.asarray(gold_yes, dtype=bool)
     pred = np.asarray(pred_yes, dtype=bool)
     if gold.size == 0:
         return {"acc": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "pred_yes_share": 0.0, "gold_yes_share": 0.0}
-    precision, recall, f1, _ = precision_recall_fscore_support(gold, pred, average="binary", pos_label=True,
-                                                               zero_division=0)
-    return {"acc": float(accuracy_score(gold, pred)), "precision": float(precision), "recall": float(recall),
-            "f1": float(f1), "pred_yes_share": float(pred.mean()), "gold_yes_share": float(gold.mean())}
+    precision, recall, f1 = precision_recall_f1(gold, pred)
+    return {"acc": float(accuracy_score(gold, pred)), "precision": precision, "recall": recall,
+            "f1": f1, "pred_yes_share": float(pred.mean()), "gold_yes_share": float(gold.mean())}
 
 
 def per_seed_scores(records: Iterable[Sequence]) -> dict[int, dict[str, float]]:

@@ -247,11 +247,14 @@ def confusion(records: Iterable[Sequence]) -> dict[str, int]:
 
 
 def scores_from_confusion(c: dict[str, int]) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 and yes-ratio as fractions (0 where a ratio is undefined)."""
+    """Accuracy, precision, recall, F1 and yes-ratio as fractions (0 where a ratio is undefined); P/R/F1 from
+    ``truthprobe_eval.metrics`` (scikit-learn), an unparseable reply counting as wrong for the accuracy."""
+    from truthprobe_eval.metrics import precision_recall_f1
+
     n = c["n"]
-    precision = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
-    recall = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    gold = [True] * (c["tp"] + c["fn"]) + [False] * (c["fp"] + c["tn"])
+    pred = [True] * c["tp"] + [False] * c["fn"] + [True] * c["fp"] + [False] * c["tn"]
+    precision, recall, f1 = precision_recall_f1(gold, pred)
     return {"acc": c["correct"] / n if n else 0.0, "precision": precision, "recall": recall, "f1": f1,
             "yes_ratio": (c["tp"] + c["fp"]) / n if n else 0.0,
             "pred_yes_share": (c["tp"] + c["fp"]) / n if n else 0.0, "gold_yes_share": (c["tp"] + c["fn"]) / n if n else 0.0}

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from truthprobe_eval.analysis.ablations import AblationError, RandomAblationResult, check_rows_clear_of_probing
 from truthprobe_eval.cli import main
 from truthprobe_eval.commands.ablate import _grid
-from truthprobe_eval.halueval_judge import Evaluation
+from truthprobe_eval.experiments.ablations import AblationError, RandomAblationResult, check_rows_clear_of_probing
+from truthprobe_eval.experiments.halueval_judge import Evaluation
 from truthprobe_eval.scores import TruthScores
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from truthprobe_eval.analysis import overlay
+from truthprobe_eval.experiments import overlay
 from truthprobe_eval.scores import TruthScores
 
 LAYERS, HEADS = 3, 4

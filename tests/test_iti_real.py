@@ -77,7 +77,7 @@ def test_answer_positions_in_loglikelihood_scoring(smollm2, directions):
 
 
 def test_neutral_text_cost(smollm2, directions):
-    from truthprobe_eval.neutral_text import halueval_paragraphs, neutral_text_cost
+    from truthprobe_eval.experiments.neutral_text import halueval_paragraphs, neutral_text_cost
 
     model, tok = smollm2
     texts = halueval_paragraphs(9000, 3)

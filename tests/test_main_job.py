@@ -12,8 +12,8 @@ from scipy import stats
 
 from truthprobe_eval import TruthProbeError
 from truthprobe_eval.cli import main
-from truthprobe_eval.halueval_judge import per_sample
-from truthprobe_eval.main_job import (
+from truthprobe_eval.experiments.halueval_judge import per_sample
+from truthprobe_eval.experiments.main_job import (
     Evaluation,
     MainJobConfig,
     MainJobResult,

@@ -102,7 +102,7 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
 def test_the_runs_and_their_controls(tmp_path):
     """With controls: random and shuffled gates, ITI on random heads and random directions, random neurons."""
     from truthprobe_eval.directions import ITIDirections
-    from truthprobe_eval.method_comparison import ComparisonConfig, _interventions
+    from truthprobe_eval.experiments.method_comparison import ComparisonConfig, _interventions
 
     rng = np.random.default_rng(0)
     unit = rng.standard_normal((30, 9, 64))
@@ -125,7 +125,7 @@ def test_the_runs_and_their_controls(tmp_path):
     assert runs["neurons_random"][0].settings["control"] == "random" and runs["neurons"][0].settings["factor"] == 0
     only = _interventions(ComparisonConfig(methods=("neurons",), controls=False), None, [], neurons)
     assert list(only) == ["baseline", "neurons"]
-    from truthprobe_eval.method_comparison import ComparisonError
+    from truthprobe_eval.experiments.method_comparison import ComparisonError
 
     with pytest.raises(ComparisonError, match="methods: expected some of truthprobe, iti, neurons"):
         ComparisonConfig(methods=("rome",)).check()

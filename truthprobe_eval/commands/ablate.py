@@ -131,12 +131,12 @@ def add_parser(subparsers) -> None:
 def _setup(args: argparse.Namespace):
     from pathlib import Path
 
+    from ..experiments.halueval_judge import HaluEvalJudge, JudgeSettings
     from ..gate_config import check_gate_settings
-    from ..halueval_judge import HaluEvalJudge, JudgeSettings
     from ..models import load_model
 
     if args.offset < 0 or args.n < 1:
-        from ..analysis.ablations import AblationError
+        from ..experiments.ablations import AblationError
 
         raise AblationError(f"rows: expected --offset >= 0 and --n >= 1, found {args.offset} and {args.n}")
     if getattr(args, "method", None) is None and getattr(args, "alpha", None) is not None:
@@ -170,7 +170,7 @@ def _write(out, headers, rows, payload: dict, plot, title: str) -> None:
 
 
 def run_random(args: argparse.Namespace) -> int:
-    from ..analysis import ablations as ab
+    from ..experiments import ablations as ab
 
     made = _intervention(args, alpha_default=2.5)
     control = args.control or next(iter(made.controls), None)
@@ -190,8 +190,8 @@ def run_random(args: argparse.Namespace) -> int:
 
 
 def _grid_points(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from ..analysis.ablations import truthprobe_grid
-    from ..main_job import PUBLISHED_GRID
+    from ..experiments.ablations import truthprobe_grid
+    from ..experiments.main_job import PUBLISHED_GRID
 
     if args.vary:
         names = [name for name, _ in args.vary]
@@ -203,7 +203,7 @@ def _grid_points(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from ..analysis import ablations as ab
+    from ..experiments import ablations as ab
 
     made = _intervention(args)
     points = _grid_points(args)
@@ -221,7 +221,7 @@ def run_grid(args: argparse.Namespace) -> int:
 
 
 def run_regime(args: argparse.Namespace) -> int:
-    from ..analysis import ablations as ab
+    from ..experiments import ablations as ab
 
     ab.check_regime_settings(args.sizes, args.epochs, args.offset, args.folds)  # before the model loads
     out, model, tokenizer, judge = _setup(args)

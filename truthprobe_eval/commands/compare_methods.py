@@ -71,7 +71,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..method_comparison import ComparisonConfig, format_comparison, run_comparison
+    from ..experiments.method_comparison import ComparisonConfig, format_comparison, run_comparison
 
     cfg = ComparisonConfig(model=args.model, out=args.out, truthfulqa_csv=args.truthfulqa_csv, questions=args.questions,
                            split_seed=args.split_seed, halueval_offset=args.halueval_offset,

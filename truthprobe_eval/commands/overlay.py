@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..analysis import overlay
+    from ..experiments import overlay
     from ..models import load_model
     from ..scores import TruthScores
 

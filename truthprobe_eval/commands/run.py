@@ -74,7 +74,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..main_job import PUBLISHED_GRID, MainJobConfig, MainJobError, format_table, run_main_job
+    from ..experiments.main_job import PUBLISHED_GRID, MainJobConfig, MainJobError, format_table, run_main_job
 
     if (args.norm is None) != (args.alpha is None):
         raise MainJobError("--norm and --alpha go together: give both to skip the grid, or neither")

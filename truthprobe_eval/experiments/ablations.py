@@ -22,11 +22,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..analysis import reports
 from ..errors import TruthProbeError
-from ..halueval_judge import METRICS, Evaluation, HaluEvalJudge, select_best
 from ..interventions import Baseline, Intervention, build
 from ..scores import TruthScores
-from . import reports
+from .halueval_judge import METRICS, Evaluation, HaluEvalJudge, select_best
 
 SUMMARY_METRICS = ("f1", "acc", "precision", "recall", "pred_yes_share", "unparseable", "margin_auroc")
 
@@ -284,13 +284,13 @@ def probing_regime(model: Any, tokenizer: Any, judge: HaluEvalJudge | None, *, s
     on rows ``[offset, offset + n)`` (skipped when ``judge`` is None). Score files go to ``out/scores`` if given."""
     import time
 
+    from ..analysis.compare import jaccard, top_k_set
     from ..architectures import describe
     from ..probing.cache import default_cache_root
     from ..probing.data import halueval_examples, labels_and_groups
     from ..probing.pipeline import extract_with_cache, resolve_prompt_format
     from ..probing.prompts import PromptEncoder
     from ..probing.trainers import train_probes
-    from .compare import jaccard, top_k_set
 
     sizes, epochs = check_regime_settings(sizes, epochs, offset, folds)
     examples = halueval_examples(data, offset=0, n=max(sizes))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .interventions import Intervention
+from ..interventions import Intervention
 
 
 @dataclass
@@ -31,7 +31,7 @@ class NeutralTextCost:
 
 def halueval_paragraphs(offset: int, n: int, data: str | None = None) -> list[str]:
     """The knowledge paragraphs of HaluEval QA rows ``[offset, offset + n)``."""
-    from .datasets import load_halueval
+    from ..datasets import load_halueval
 
     return [row["knowledge"] for row in load_halueval(data, offset=offset, n=n)]
 

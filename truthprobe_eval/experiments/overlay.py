@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis import reports
 from ..errors import TruthProbeError
 from ..scores import TruthScores, load_scores
-from . import reports
 
 GENERIC_QUERY = "Write a general description of the image."
 MODES = ("diff", "ratio")

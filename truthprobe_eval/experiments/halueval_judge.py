@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_text, read_jsonl
-from .errors import TruthProbeError
+from .._io import atomic_write_text, read_jsonl
+from ..errors import TruthProbeError
 
 if TYPE_CHECKING:
-    from .interventions import Intervention
+    from ..interventions import Intervention
 
 METRICS = ("acc", "f1", "precision", "recall", "pred_yes_share", "gold_yes_share", "unparseable", "margin_auroc")
 LABELS = {"acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall",
@@ -64,10 +64,10 @@ class JudgeSettings:
 def predicted_yes(protocol: str, reply: str) -> bool:
     """The protocol's own parse of a reply: did the judge say the answer is hallucinated?"""
     if protocol == "truthprobe":
-        from .tasks.halueval.truthprobe_protocol import parse_reply
+        from ..tasks.halueval.truthprobe_protocol import parse_reply
 
         return parse_reply(reply) == "yes"
-    from .tasks.halueval.utils import parse_judgement
+    from ..tasks.halueval.utils import parse_judgement
 
     return parse_judgement(reply) == "Yes"
 
@@ -108,7 +108,7 @@ class HaluEvalJudge:
 
     def __init__(self, model: Any, tokenizer: Any, settings: JudgeSettings, out: "str | Path",
                  log: Callable[[str], None] = print, lm: Any = None) -> None:
-        from .model_adapters.lm_eval_truthgated import TruthGatedLM
+        from ..model_adapters.lm_eval_truthgated import TruthGatedLM
 
         self.settings, self.out, self.log = settings, Path(out), log
         self.task = settings.task()  # a bad protocol fails before the model is wrapped
@@ -124,7 +124,7 @@ class HaluEvalJudge:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
-        from .tasks import TASKS_DIR
+        from ..tasks import TASKS_DIR
 
         s = self.settings
         task = s.task(draw_seed)
@@ -148,7 +148,7 @@ class HaluEvalJudge:
             context = sample["arguments"][0][0]
             sample["truthprobe"] = {"pred_yes": predicted_yes(s.protocol, sample["resps"][0][0]),
                                     "yes_no_margin": self.lm.yes_no_margins.get(context)}
-        from .paired_stats import margin_auroc
+        from ..paired_stats import margin_auroc
 
         auroc = margin_auroc([x["doc"]["hallucinated"] for x in samples],
                              [np.nan if x["truthprobe"]["yes_no_margin"] is None else x["truthprobe"]["yes_no_margin"]
@@ -166,7 +166,7 @@ class HaluEvalJudge:
 
 def paired_comparison(baseline: Evaluation, run: Evaluation, seed: int = 0) -> dict[str, Any]:
     """``compare_paired`` of two judge runs on the same rows, read from their samples files."""
-    from .paired_stats import compare_paired
+    from ..paired_stats import compare_paired
 
     a, b = per_sample(baseline.samples_file), per_sample(run.samples_file)
     if not np.array_equal(a["row"], b["row"]) or not np.array_equal(a["gold_yes"], b["gold_yes"]):

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import TruthProbeError
+from ..errors import TruthProbeError
 
 TASKS = ("truthfulqa_local_mc1", "truthfulqa_local_mc2")
 
@@ -51,7 +51,7 @@ class TruthfulQAEvaluator:
     """Evaluates TruthfulQA questions with a ``TruthGatedLM`` that is shared with other evaluators."""
 
     def __init__(self, lm: Any, csv: "str | Path", out: "str | Path") -> None:
-        from .tasks.truthfulqa.utils import csv_path
+        from ..tasks.truthfulqa.utils import csv_path
 
         self.lm, self.csv, self.out = lm, str(csv_path(csv)), Path(out)
 
@@ -59,8 +59,8 @@ class TruthfulQAEvaluator:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
+        from ..tasks import TASKS_DIR
         from .halueval_judge import write_lm_eval_outputs
-        from .tasks import TASKS_DIR
 
         self.lm.set_intervention(intervention)
         manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,

@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._io import atomic_write_text
-from ._timing import StageClock
-from .errors import TruthProbeError
+from .._io import atomic_write_text
+from .._timing import StageClock
+from ..errors import TruthProbeError
 from .halueval_judge import (
     LABELS,
     METRICS,
@@ -80,13 +80,13 @@ class MainJobConfig:
     progress: bool = True
 
     def rows_total(self) -> int:
-        from .datasets import iter_halueval
+        from ..datasets import iter_halueval
 
         return HALUEVAL_ROWS if self.data is None else sum(1 for _ in iter_halueval(self.data))
 
     def check(self) -> None:
         """Fail before any model work: protocol, draws, row ranges, grid."""
-        from .gate_config import check_gate_settings
+        from ..gate_config import check_gate_settings
 
         if self.protocol not in PROTOCOLS:
             raise MainJobError(f"protocol: expected one of {', '.join(PROTOCOLS)}, found {self.protocol!r}")
@@ -283,7 +283,7 @@ def format_table(result: MainJobResult) -> str:
 
 def plot_result(result: MainJobResult, path: "str | Path") -> Path:
     """Validation F1 per gate setting (left); held-out accuracy and F1 per run, first draw (right)."""
-    from .analysis import reports
+    from ..analysis import reports
 
     plt = reports.pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -319,10 +319,10 @@ def plot_result(result: MainJobResult, path: "str | Path") -> Path:
 # ---- the job ------------------------------------------------------------------------------------------------
 
 def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, Path, Path | None]:
-    from .probing.cache import default_cache_root
-    from .probing.data import halueval_examples
-    from .probing.pipeline import format_summary, plot_heatmap, probe_model
-    from .scores import TruthScores
+    from ..probing.cache import default_cache_root
+    from ..probing.data import halueval_examples
+    from ..probing.pipeline import format_summary, plot_heatmap, probe_model
+    from ..scores import TruthScores
 
     scores_file = out / "scores.json"
     if cfg.scores is not None:
@@ -344,9 +344,9 @@ def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, P
 
 def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> MainJobResult:
     """Probe, select the gate on validation rows, evaluate baseline, gate and controls on test rows; write everything."""
-    from .analysis.ablations import grid_search, truthprobe_grid
-    from .interventions import Baseline, build
-    from .models import load_model
+    from ..interventions import Baseline, build
+    from ..models import load_model
+    from .ablations import grid_search, truthprobe_grid
 
     cfg.check()
     out = Path(cfg.out)

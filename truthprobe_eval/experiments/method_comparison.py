@@ -29,10 +29,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._io import atomic_write_text
-from ._timing import StageClock
-from .errors import TruthProbeError
-from .interventions import Baseline, Intervention, build
+from .._io import atomic_write_text
+from .._timing import StageClock
+from ..errors import TruthProbeError
+from ..interventions import Baseline, Intervention, build
 
 BENCHMARKS = ("halueval", "truthfulqa", "neutral")
 METHODS = ("truthprobe", "iti", "neurons", "rve")
@@ -107,7 +107,7 @@ class ComparisonConfig:
             if reserved:
                 raise ComparisonError(f"{name} settings: {', '.join(sorted(reserved))} are set by the comparison")
         build("truthprobe", gate="random", **self.truthprobe)  # bad settings fail before any model work
-        from .neuron_scores import selection
+        from ..neuron_scores import selection
 
         selection(np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)), float(self.neuron_find.get("p_threshold", 0.05)),
                   self.neuron_find.get("top_n"))
@@ -174,8 +174,8 @@ def _interventions(cfg: ComparisonConfig, scores: Any, directions: list[str], ne
 def _fit_directions(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: list[list[int]], out: Path,
                     log: Callable[[str], None]) -> list[str]:
     """ITI direction files: ``iti_half{i}.json`` fit on the *other* half, so that half i is evaluated out of fold."""
-    from .probing.cache import default_cache_root
-    from .probing.iti import fit_iti
+    from ..probing.cache import default_cache_root
+    from ..probing.iti import fit_iti
 
     files = []
     for i in (0, 1):
@@ -193,7 +193,7 @@ def _find_neurons(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: lis
                   log: Callable[[str], None]) -> list[str]:
     """Neuron score files: ``neurons_half{i}.json`` found on the *other* half, so that half i is evaluated out of
     fold (the option order of the lettered prompts follows ``split_seed``)."""
-    from .probing.neurons import find_neurons
+    from ..probing.neurons import find_neurons
 
     files = []
     for i in (0, 1):
@@ -210,8 +210,8 @@ def _find_neurons(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: lis
 
 def _layer_overlap(scores: Any, neuron_files: list[str], out: Path) -> list[dict[str, Any]]:
     """Where the truth neurons sit against the top Truth-Score heads, per neuron file; with a map of each."""
-    from .neuron_scores import NeuronScores, layer_overlap
-    from .plots import plot_neuron_map
+    from ..neuron_scores import NeuronScores, layer_overlap
+    from ..plots import plot_neuron_map
 
     found = []
     for i, path in enumerate(neuron_files):
@@ -225,10 +225,10 @@ def _layer_overlap(scores: Any, neuron_files: list[str], out: Path) -> list[dict
 def _ars_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, log: Callable[[str], None]) -> str:
     """ARS of every head from HaluEval text pairs (right / hallucinated answer, the same knowledge), rows
     ``[0, ars_rows)``; fills in RVE's default layers (the middle five) from the model's depth."""
-    from .architectures import locate_heads
-    from .probing.ars import ars_scores, halueval_pairs
-    from .probing.data import load_halueval
-    from .spans import context_span
+    from ..architectures import locate_heads
+    from ..probing.ars import ars_scores, halueval_pairs
+    from ..probing.data import load_halueval
+    from ..spans import context_span
 
     settings = {**RVE_DEFAULTS, **cfg.rve}
     if "layers" not in cfg.rve:
@@ -249,10 +249,10 @@ def _ars_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, lo
 
 
 def _probe_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, log: Callable[[str], None]):
-    from .probing.cache import default_cache_root
-    from .probing.data import halueval_examples
-    from .probing.pipeline import probe_model
-    from .scores import TruthScores
+    from ..probing.cache import default_cache_root
+    from ..probing.data import halueval_examples
+    from ..probing.pipeline import probe_model
+    from ..scores import TruthScores
 
     if cfg.scores is not None:
         scores = TruthScores.load(cfg.scores)
@@ -269,13 +269,13 @@ def _probe_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, 
 
 def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) -> ComparisonResult:
     """Every run on every benchmark, the paired tests against the baseline, the table, the figure."""
+    from ..model_adapters.lm_eval_truthgated import TruthGatedLM
+    from ..models import load_model
+    from ..paired_stats import compare_scores
+    from ..probing.iti import question_halves
+    from ..tasks.truthfulqa.utils import csv_path, read_rows
     from .halueval_judge import Evaluation, HaluEvalJudge, JudgeSettings, paired_comparison
-    from .model_adapters.lm_eval_truthgated import TruthGatedLM
-    from .models import load_model
     from .neutral_text import halueval_paragraphs, neutral_text_cost
-    from .paired_stats import compare_scores
-    from .probing.iti import question_halves
-    from .tasks.truthfulqa.utils import csv_path, read_rows
     from .truthfulqa_mc import TruthfulQAEvaluator, concatenate
 
     cfg.check()
@@ -442,7 +442,7 @@ def format_comparison(result: ComparisonResult) -> str:
 
 def plot_comparison(result: ComparisonResult, path: "str | Path") -> Path:
     """Difference to the baseline with its 95% interval, per run and benchmark; * marks p < 0.05."""
-    from .analysis import reports
+    from ..analysis import reports
 
     plt = reports.pyplot()
     panels = [("halueval", "HaluEval accuracy", "acc_delta", "acc_delta_ci", "mcnemar_p"),

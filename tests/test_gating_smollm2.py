@@ -10,7 +10,7 @@ import torch
 
 from truthprobe_eval import ShapeMismatchError, TruthScores, bake, gate, load_model, locate_heads
 from truthprobe_eval.cli import main
-from truthprobe_eval.gating import NORMS, SITES
+from truthprobe_eval.gating import SITES
 
 PROMPT = "Context:\nParis is the capital of France.\n\nQuestion: What is the capital of France?\nAnswer: Paris"
 
@@ -61,33 +61,22 @@ def test_hooks_are_removed_when_the_block_raises(smollm2, scores, batch):
     assert torch.equal(_logits(model, batch), base)
 
 
-@pytest.mark.parametrize("site", SITES)
-@pytest.mark.parametrize("norm", NORMS)
-def test_bake_matches_gate_float32(smollm2, scores, batch, site, norm):
-    model, _ = smollm2
-    alpha = {"centered": 4.5, "minmax": 0.3, "raw": 0.5}[norm]
-    with gate(model, scores, alpha=alpha, norm=norm, site=site):
-        hooked = _logits(model, batch)
-    baked_model = bake(copy.deepcopy(model), scores, alpha=alpha, norm=norm, site=site)
-    baked = _logits(baked_model, batch)
-    assert (baked - hooked).abs().max() <= 1e-4 * hooked.abs().max()
-
-
 @pytest.fixture(scope="module")
 def smollm2_f64():
     model, tok = load_model("smollm2-135m-instruct", dtype="float64")
     return model, tok
 
 
-@pytest.mark.parametrize("site", SITES)
-@pytest.mark.parametrize("norm", NORMS)
-def test_bake_matches_gate_float64(smollm2_f64, scores, site, norm):
+def test_bake_matches_gate_on_the_real_weights(smollm2_f64, scores):
+    """Bake = hooks once on the real model (float64, to 1e-9), at both sites; the norms change the gate values only,
+    which the gate-value tests cover, and every architecture's bake is checked on tiny models (test_architectures)."""
     model, tok = smollm2_f64
     batch = tok([PROMPT], return_tensors="pt")
-    with gate(model, scores, alpha=2.5, norm=norm, site=site):
-        hooked = _logits(model, batch)
-    baked = _logits(bake(copy.deepcopy(model), scores, alpha=2.5, norm=norm, site=site), batch)
-    assert (baked - hooked).abs().max() <= 1e-9 * hooked.abs().max()
+    for site, norm in zip(SITES, ("centered", "minmax")):
+        with gate(model, scores, alpha=2.5, norm=norm, site=site):
+            hooked = _logits(model, batch)
+        baked = _logits(bake(copy.deepcopy(model), scores, alpha=2.5, norm=norm, site=site), batch)
+        assert (baked - hooked).abs().max() <= 1e-9 * hooked.abs().max()
 
 
 def test_gated_generation_differs(smollm2, scores):

@@ -17,7 +17,6 @@ from truthprobe_eval.interventions import build
 from truthprobe_eval.neuron_scores import NeuronScores
 
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +40,7 @@ def found(csv, tmp_path_factory) -> tuple[Path, str]:
     return out, printed.getvalue()
 
 
+@pytest.mark.slow
 def test_find_command_writes_the_file_and_the_map(found):
     from truthprobe_eval.probing.iti import question_halves
 
@@ -62,6 +62,7 @@ def test_find_command_bad_input(csv, tmp_path, capsys):
     assert "expected a CSV file at" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bake_equals_hooks_on_the_real_weights(smollm2, found):
     model, tok = smollm2
     suppress = build("neurons", neurons=str(found[0]))
@@ -76,6 +77,7 @@ def test_bake_equals_hooks_on_the_real_weights(smollm2, found):
     assert (hooked - plain).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_lm_eval_cli_runs_suppression(found, csv, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

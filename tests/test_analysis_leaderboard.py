@@ -252,3 +252,13 @@ def test_random_gate_seeds_are_averaged(tmp_path):
     assert cell.delta == pytest.approx(values.mean() - 0.5) and cell.p is None
     assert "0.5100 ± 0.0656 (+0.0100)" in lb.to_markdown(board)
     assert len(lb.build(entries, seeds=False).rows) == 4
+
+
+def test_the_page_comes_from_the_template_and_escapes(result_dirs):
+    entries, _ = lb.collect(result_dirs)
+    board = lb.build(entries)
+    board.notes = [*board.notes, "a note with <script>alert(1)</script> & 'quotes'"]
+    page = lb.to_html(board)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &#39;quotes&#39;" in page and "<script>alert(1)" not in page
+    assert page.count("<tr>") == len(board.rows) + 1 and page.startswith("<!DOCTYPE html>")
+    assert "sort=(\\d+)" in page  # the sorting script, verbatim from templates/leaderboard.html

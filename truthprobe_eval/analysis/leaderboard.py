@@ -15,7 +15,6 @@ Nothing is guessed from model names or argument strings: a method is what its ru
 """
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -459,93 +458,32 @@ def csv_rows(board: Leaderboard) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
-_SORT_JS = """
-(function () {
-  var table = document.getElementById('leaderboard');
-  var body = table.tBodies[0];
-  var headers = table.tHead.rows[0].cells;
-  function key(row, i, numeric) {
-    var cell = row.cells[i];
-    var v = cell.getAttribute('data-value');
-    if (numeric) { return (v === null || v === '') ? NaN : parseFloat(v); }
-    return cell.textContent.trim().toLowerCase();
-  }
-  function sortBy(i) {
-    var th = headers[i];
-    var numeric = th.getAttribute('data-type') === 'number';
-    var dir = th.getAttribute('aria-sort') === 'descending' ? 'ascending' :
-              (th.getAttribute('aria-sort') === 'ascending' ? 'descending' : (numeric ? 'descending' : 'ascending'));
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = key(a, i, numeric), y = key(b, i, numeric);
-      if (numeric) {
-        if (isNaN(x) && isNaN(y)) { return 0; }
-        if (isNaN(x)) { return 1; }
-        if (isNaN(y)) { return -1; }
-      }
-      var c = x < y ? -1 : (x > y ? 1 : 0);
-      return dir === 'ascending' ? c : -c;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-    for (var j = 0; j < headers.length; j++) { headers[j].removeAttribute('aria-sort'); }
-    th.setAttribute('aria-sort', dir);
-  }
-  for (var i = 0; i < headers.length; i++) {
-    (function (i) { headers[i].addEventListener('click', function () { sortBy(i); }); })(i);
-  }
-  // #sort=<column index>[,<clicks>] clicks a header on load: shareable sorted links
-  var m = /sort=(\\d+)(?:,(\\d+))?/.exec(window.location.hash);
-  if (m && headers[+m[1]]) {
-    for (var n = 0; n < (m[2] ? +m[2] : 1); n++) { headers[+m[1]].click(); }
-  }
-})();
-"""
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; }
-table { border-collapse: collapse; font-size: 14px; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th { background: #f2f2f2; cursor: pointer; user-select: none; position: sticky; top: 0; }
-th[aria-sort=ascending]::after { content: " \\25B2"; }
-th[aria-sort=descending]::after { content: " \\25BC"; }
-td.text, th.text { text-align: left; }
-.better { color: #0a7a0a; } .worse { color: #b00020; }
-small { color: #555; }
-"""
-
-
 def to_html(board: Leaderboard, title: str = "truthprobe-eval leaderboard") -> str:
-    """A static page with the table; click a column header to sort (plain JS, nothing loaded from outside)."""
-    esc = html.escape
-    head = ['<th class="text" data-type="text">model</th>', '<th class="text" data-type="text">method</th>',
-            '<th class="text" data-type="text">settings</th>']
-    head += [f'<th data-type="number">{esc(c[0])}<br><small>{esc(c[1])}</small></th>' for c in board.columns]
-    body = []
+    """A static page with the table; click a column header to sort (plain JS, nothing loaded from outside).
+    Rendered from the jinja2 template ``templates/leaderboard.html`` (autoescaped)."""
+    from importlib import resources
+
+    import jinja2
+
+    rows = []
     for r in board.rows:
-        tds = [f'<td class="text">{esc(x)}</td>' for x in r]
+        cells = []
         for c in board.columns:
             cell = board.cells.get((r, c))
             if cell is None:
-                tds.append('<td data-value=""></td>')
+                cells.append(None)
                 continue
-            delta = ""
-            if cell.delta is not None:
-                cls = {True: "better", False: "worse", None: ""}[cell.better]
-                p = "" if cell.p is None else f' title="p = {reports.fmt_p(cell.p)}"'
-                delta = f' <small class="{cls}"{p}>({cell.delta:+.4f}{esc(cell.mark)})</small>'
-            std = "" if cell.std is None else f" <small>± {cell.std:.4f} (n={cell.n})</small>"
-            tds.append(f'<td data-value="{cell.value!r}">{esc(reports.fmt(cell.value, 4))}{std}{delta}</td>')
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    notes = "".join(f"<li>{esc(n)}</li>" for n in board.notes)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>\n"
-        f"<h1>{esc(title)}</h1>\n<p><small>Click a column header to sort. Deltas are against the model's vanilla run; "
-        "* p &lt; 0.05, ** p &lt; 0.01, *** p &lt; 0.001 (paired tests on per-sample logs).</small></p>\n"
-        f"<table id=\"leaderboard\"><thead><tr>{''.join(head)}</tr></thead>\n<tbody>\n" + "\n".join(body) +
-        "\n</tbody></table>\n" + (f"<h2>Notes</h2><ul>{notes}</ul>\n" if notes else "") +
-        f"<script>{_SORT_JS}</script>\n</body></html>\n"
-    )
+            cells.append({
+                "value": repr(cell.value), "shown": reports.fmt(cell.value, 4),
+                "std": None if cell.std is None else f"{cell.std:.4f} (n={cell.n})",
+                "delta": None if cell.delta is None else f"{cell.delta:+.4f}{cell.mark}",
+                "cls": {True: "better", False: "worse", None: ""}[cell.better],
+                "p": None if cell.p is None else reports.fmt_p(cell.p)})
+        rows.append({"text": list(r), "cells": cells})
+    source = resources.files("truthprobe_eval").joinpath("templates/leaderboard.html").read_text(encoding="utf-8")
+    template = jinja2.Environment(autoescape=True, keep_trailing_newline=True).from_string(source)
+    return template.render(title=title, text_columns=["model", "method", "settings"], columns=board.columns,
+                           rows=rows, notes=board.notes)
 
 
 def write_outputs(board: Leaderboard, out_dir: "str | os.PathLike") -> dict[str, Path]:

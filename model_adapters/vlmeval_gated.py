@@ -318,3 +318,9 @@ class TruthGatedVLM(BaseModel):
 
 
 __all__ = ["TruthGatedVLM", "Family", "FAMILIES", "ENV", "check_fits_config", "family_of", "resolve_intervention"]
+
+from . import vlmeval_registration as _registration  # noqa: E402
+
+if _registration._deferred:  # the start-up hook fired while this module imported VLMEvalKit: finish it now
+    _registration.register()
+

@@ -85,6 +85,7 @@ if os.environ.get(%(env)r, "1") != "0" and not any(type(f).__name__ == "_Truthpr
 ''' % {"target": HOOKED_MODULE, "env": DISABLE_ENV}
 
 _registered = False
+_deferred = False  # register() was called while vlmeval_gated was still importing
 
 
 def pth_line() -> str:
@@ -142,9 +143,17 @@ def keep_grad_mode() -> Iterator[None]:
 
 
 def register() -> None:
-    """Add our models and data sets to VLMEvalKit's lookup tables (once per process)."""
-    global _registered
+    """Add our models and data sets to VLMEvalKit's lookup tables (once per process).
+
+    When the start-up hook fires while ``vlmeval_gated`` itself is importing VLMEvalKit (a program that imports
+    our model class first), registering now would import that half-initialized module; it is deferred instead,
+    and ``vlmeval_gated`` completes it as its last statement."""
+    global _registered, _deferred
     if _registered:
+        return
+    gated = sys.modules.get(f"{__package__}.vlmeval_gated")
+    if gated is not None and not hasattr(gated, "TruthGatedVLM"):
+        _deferred = True
         return
     # import_module, not attribute access: under the start-up hook the ``vlmeval`` package is still initializing
     with keep_grad_mode():

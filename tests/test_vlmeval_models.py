@@ -308,3 +308,20 @@ def test_importing_vlmevalkit_through_us_keeps_autograd_on():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_importing_our_model_class_first_registers_without_a_circular_import():
+    """The start-up hook fires while vlmeval_gated imports VLMEvalKit; registration waits for the module to finish
+    (it used to warn "could not register ... circular import" and leave the models unregistered)."""
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    import truthprobe_eval.model_adapters.vlmeval_gated\n"
+            "    import vlmeval.config as config\n"
+            "print([str(w.message) for w in caught if 'could not register' in str(w.message)], "
+            "'truthprobe_hf' in config.supported_VLM)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[] True"

@@ -104,6 +104,7 @@ def test_scores_of_another_shape_are_refused(loaded, image):
         overlay.attention_overlay(model, processor, image, TruthScores(np.random.rand(30, 9)), "q?")
 
 
+@pytest.mark.slow
 def test_cli_overlay(tiny_llava, image, scores, tmp_path):
     image.save(tmp_path / "img.png")
     scores.save(tmp_path / "scores.json")

@@ -92,6 +92,7 @@ def test_resume_after_ctrl_c_equals_uninterrupted(smollm2, uninterrupted, tmp_pa
     assert np.array_equal(X, X_full)
 
 
+@pytest.mark.slow
 def test_resume_after_killed_process_equals_uninterrupted(uninterrupted, tmp_path):
     X_full, _ = uninterrupted
     script = textwrap.dedent(f"""

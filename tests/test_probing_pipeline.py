@@ -25,6 +25,7 @@ def probed(tmp_path_factory):
     return out, tmp / "cache"
 
 
+@pytest.mark.slow
 def test_scores_above_chance_with_complete_metadata(probed):
     out, cache = probed
     scores = TruthScores.load(out)

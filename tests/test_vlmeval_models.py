@@ -297,6 +297,7 @@ def test_iti_through_the_vlmeval_model(vlmeval_registered, assets, llava, monkey
         vlmeval.config.supported_VLM["truthprobe_hf"]()
 
 
+@pytest.mark.slow
 def test_importing_vlmevalkit_through_us_keeps_autograd_on():
     """vlmeval.vlm calls torch.set_grad_enabled(False) at import; our adapters and runner keep the caller's mode."""
     import subprocess
@@ -310,6 +311,7 @@ def test_importing_vlmevalkit_through_us_keeps_autograd_on():
     assert out.stdout.strip().splitlines()[-1] == "True"
 
 
+@pytest.mark.slow
 def test_importing_our_model_class_first_registers_without_a_circular_import():
     """The start-up hook fires while vlmeval_gated imports VLMEvalKit; registration waits for the module to finish
     (it used to warn "could not register ... circular import" and leave the models unregistered)."""

@@ -167,7 +167,7 @@ def neuron_attributions(model: nn.Module, tokenizer: Any, questions: Sequence[MC
     alphas = torch.arange(1, steps + 1, dtype=torch.float64, device=device) / steps
     per_pass = max(1, rows_per_pass // steps)  # layers per chunk
     out = np.zeros((len(questions), L, W))
-    bar = _progress(len(questions), "neuron attribution", progress)
+    bar = _progress(len(questions), "neuron attribution", progress, "question")
     for qi, q in enumerate(questions):
         tokens = _encode(tokenizer, q.prompt, device)
         with torch.no_grad():
@@ -201,7 +201,7 @@ def plain_attributions(model: nn.Module, tokenizer: Any, questions: Sequence[MCQ
     """The reference loop: one full forward and backward pass per step, per layer, per question (slow)."""
     projs, L, W, chosen, ids, device = _setup(model, tokenizer, questions, steps, layers)
     out = np.zeros((len(questions), L, W))
-    bar = _progress(len(questions) * len(chosen) * steps, "neuron attribution (plain loop)", progress)
+    bar = _progress(len(questions) * len(chosen) * steps, "neuron attribution (plain loop)", progress, "pass")
     for qi, q in enumerate(questions):
         tokens = _encode(tokenizer, q.prompt, device)
         for layer in chosen:
@@ -220,10 +220,10 @@ def plain_attributions(model: nn.Module, tokenizer: Any, questions: Sequence[MCQ
     return out
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, unit: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, unit="q" if "plain" not in desc else "pass")
+    return tqdm(total=total, desc=desc, disable=not enabled, unit=unit)
 
 
 def find_neurons(model: nn.Module, tokenizer: Any, questions: Sequence[int], *, csv: "str | os.PathLike | None" = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -147,13 +147,13 @@ def bake(
     site: str = "o_proj_output",
     kind: str = "truthprobe",
     seed: int = 0,
-    record: bool = True,
+    intervention: Any = None,
 ) -> nn.Module:
     """Fold the gates into the output-projection weights in place (zero run-time cost); returns ``model``.
 
     The gating is recorded, as every baked intervention is, in ``model.config.truthprobe_interventions`` (its
-    ``describe()`` plus the gate values), so that a saved checkpoint says how it was made (``record=False``: the
-    caller records it).
+    ``describe()`` plus the gate values), so that a saved checkpoint says how it was made; ``intervention``: the
+    ``TruthProbeGate`` doing the bake, whose description is recorded (default: one built from these arguments).
     """
     sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
     in_dim, out_dim = (0, 1) if sites.layout.conv1d else (1, 0)
@@ -167,10 +167,10 @@ def bake(
         else:
             scale = _feature_scale(gates[layer], sites.in_features, w)
             w.mul_(scale.unsqueeze(1) if in_dim == 0 else scale.unsqueeze(0))
-    if record:
+    if intervention is None:
         from .interventions import build
 
-        made = build("truthprobe", scores=load_scores(scores), alpha=alpha, norm=norm, site=site, gate=kind, seed=seed,
-                     apply="bake")
-        made.record_bake(model, {"gates": gates.tolist()})
+        intervention = build("truthprobe", scores=load_scores(scores), alpha=alpha, norm=norm, site=site, gate=kind,
+                             seed=seed, apply="bake")
+    intervention.record_bake(model, {"gates": gates.tolist()})
     return model

@@ -190,12 +190,12 @@ def _fit_directions(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: l
 
 
 def _find_neurons(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: list[list[int]], out: Path,
-                  log: Callable[[str], None]) -> list[str]:
-    """Neuron score files: ``neurons_half{i}.json`` found on the *other* half, so that half i is evaluated out of
+                  log: Callable[[str], None]) -> tuple[list[str], list[Any]]:
+    """Neuron score files and their ``NeuronScores``: ``neurons_half{i}.json`` found on the *other* half, so that half i is evaluated out of
     fold (the option order of the lettered prompts follows ``split_seed``)."""
     from ..probing.neurons import find_neurons
 
-    files = []
+    files, found = [], []
     for i in (0, 1):
         train = halves[1 - i]
         log(f"truth neurons: attributing TruthfulQA half {1 - i} ({len(train)} questions), for evaluating half {i}")
@@ -203,19 +203,19 @@ def _find_neurons(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: lis
                             progress=cfg.progress, **cfg.neuron_find,
                             meta={"model_source": cfg.model, "evaluated_half": i, "split_seed": cfg.split_seed})
         files.append(str(made.save(out / f"neurons_half{i}.json")))
+        found.append(made)
         log(f"      {made.count} neurons selected (p < {made.meta['p_threshold']}; chance alone passes "
             f"{made.meta['expected_by_chance']:.0f}, Benjamini-Hochberg keeps {made.meta['n_bh']})")
-    return files
+    return files, found
 
 
-def _layer_overlap(scores: Any, neuron_files: list[str], out: Path) -> list[dict[str, Any]]:
+def _layer_overlap(scores: Any, neuron_files: list[str], neuron_scores: list[Any], out: Path) -> list[dict[str, Any]]:
     """Where the truth neurons sit against the top Truth-Score heads, per neuron file; with a map of each."""
-    from ..neuron_scores import NeuronScores, layer_overlap
+    from ..neuron_scores import layer_overlap
     from ..plots import plot_neuron_map
 
     found = []
-    for i, path in enumerate(neuron_files):
-        neurons = NeuronScores.load(path)
+    for i, (path, neurons) in enumerate(zip(neuron_files, neuron_scores)):
         plot_neuron_map(neurons, out / f"neurons_half{i}.png", head_scores=scores)
         if scores is not None and neurons.shape[0] == scores.num_layers and neurons.count:
             found.append({"neurons": path, **layer_overlap(neurons, scores)})
@@ -292,7 +292,8 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
     lap("probe")
     directions = _fit_directions(cfg, model, tokenizer, halves, out, log) if "iti" in cfg.methods else []
     lap("iti fit")
-    neuron_files = _find_neurons(cfg, model, tokenizer, halves, out, log) if "neurons" in cfg.methods else []
+    neuron_files, neuron_scores = (_find_neurons(cfg, model, tokenizer, halves, out, log) if "neurons" in cfg.methods
+                                   else ([], []))
     lap("neuron find")
     ars = _ars_scores(cfg, model, tokenizer, out, log) if "rve" in cfg.methods else None
     lap("ars")
@@ -306,7 +307,7 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
     files = {"scores": str(out / "scores.json") if scores is not None else "", "directions": "; ".join(directions),
              "neurons": "; ".join(neuron_files), "ars": ars or ""}
     result = ComparisonResult(config, halves, files, stage_seconds=stages,
-                              layer_overlap=_layer_overlap(scores, neuron_files, out))
+                              layer_overlap=_layer_overlap(scores, neuron_files, neuron_scores, out))
     base: RunResult | None = None
     for name, made in _interventions(cfg, scores, directions, neuron_files, ars).items():
         run = RunResult(name, RUN_LABELS.get(name, name), [m.describe() for m in made])

@@ -43,12 +43,12 @@ def neutral_text_cost(model: torch.nn.Module, tokenizer: Any, texts: Sequence[st
     device = next(model.parameters()).device
     sums = np.zeros(3)
     tokens = 0
+    intervention.bind_tokenizer(tokenizer)
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True, truncation=True,
                         max_length=max_tokens)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         plain = model(input_ids=ids, attention_mask=mask).logits.float()
-        intervention.bind_tokenizer(tokenizer)
         with intervention.attach(model), intervention.edit_positions(None):
             edited = model(input_ids=ids, attention_mask=mask).logits.float()
         target = ids[:, 1:]

@@ -167,14 +167,21 @@ class Intervention:
 
     @contextmanager
     def attach(self, model: nn.Module) -> Iterator["Intervention"]:
-        """Hooks in for the block, out afterwards; the model is exactly as before."""
+        """The edit in for the block, out afterwards; the model is exactly as before."""
         if self.identity:
             yield self
             return
         self.check_fits(model)
+        with self.edits(model):
+            yield self
+
+    @contextmanager
+    def edits(self, model: nn.Module) -> Iterator[None]:
+        """The edit itself, while the block runs: by default ``hooks`` in, removed on exit. A method that edits
+        something other than activations (the attention pattern) overrides this instead."""
         handles = self.hooks(model)
         try:
-            yield self
+            yield
         finally:
             for handle in handles:
                 handle.remove()

@@ -24,7 +24,8 @@ final position is edited.
 from __future__ import annotations
 
 import math
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -199,32 +200,22 @@ class RVE(Intervention):
     def edit_fn(self, tracker, sens: list[int], non: list[int]) -> "RowEdit":
         return RowEdit(self.settings, tracker, sens, non)
 
-    def hooks(self, model: nn.Module) -> list:
-        raise InterventionError("method 'rve' attaches through attach() (it edits attention scores, not activations)")
-
-    def attach(self, model: nn.Module):  # type: ignore[override]
-        from contextlib import ExitStack, contextmanager
-
+    @contextmanager
+    def edits(self, model: nn.Module) -> Iterator[None]:
+        """The score edits of every chosen layer, with the span tracker's hook (attention, not activations)."""
         from ..architectures import locate_heads
         from ..attention_edit import SpanTracker, edit_attention
 
-        @contextmanager
-        def attached():
-            if self.identity:
-                yield self
-                return
-            self.check_fits(model)
-            sites = locate_heads(model)
-            tracker = SpanTracker(self._finder(model))
-            heads = self.heads(sites.num_layers, sites.num_heads)
-            edits = {layer: self.edit_fn(tracker, *heads.get(layer, ([], []))) for layer in self.layer_list}
-            with ExitStack() as stack:
-                handle = tracker.hook(model)
-                stack.callback(handle.remove)
-                stack.enter_context(edit_attention(model, edits))
-                yield self
-
-        return attached()
+        sites = locate_heads(model)
+        tracker = SpanTracker(self._finder(model))
+        heads = self.heads(sites.num_layers, sites.num_heads)
+        handle = tracker.hook(model)
+        try:
+            with edit_attention(model, {layer: self.edit_fn(tracker, *heads.get(layer, ([], [])))
+                                        for layer in self.layer_list}):
+                yield
+        finally:
+            handle.remove()
 
     def provenance(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ars_model": self.scores.model if self.scores is not None else None}

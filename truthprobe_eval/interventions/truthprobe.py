@@ -109,9 +109,7 @@ class TruthProbeGate(Intervention):
         if self.identity:
             return model
         s = self.settings
-        bake(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"], record=False)
-        self.record_bake(model, {"gates": self.gates(model).tolist()})
-        return model
+        return bake(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"], intervention=self)
 
     def provenance(self) -> dict[str, Any]:
         return {"scores": self.source, "scores_model": None if self.scores is None else self.scores.model}

@@ -11,14 +11,13 @@ inside LLaVA, LLaVA-NeXT, Qwen2-VL / Qwen2.5-VL, Idefics3 / SmolVLM). TruthProbe
 file of the same (layers, heads) shape: probed on the base LLM (transfer, e.g. Vicuna-7B -> LLaVA-1.5-7B) or on
 the MLLM itself. A shape mismatch raises ``ShapeMismatchError`` naming both, before the weights load.
 
-Every setting is a constructor argument (the keys of a VLMEvalKit JSON ``--config`` model entry) or else an
-environment variable (for ``--model <name>`` runs), see ``ENV``; ``method=none`` (or TruthProbe's gate
-``none``) runs the plain model through the same code (the baseline).
+Every setting is a constructor argument: the keys of a VLMEvalKit JSON ``--config`` model entry, which
+``truthprobe vlmeval`` writes from its options. ``method=none`` (or TruthProbe's gate ``none``) runs the plain
+model through the same code (the baseline).
 """
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,23 +31,9 @@ with keep_grad_mode():  # importing vlmeval.vlm turns autograd off process-wide
 from truthprobe_eval.errors import TruthProbeError
 from truthprobe_eval.interventions import Intervention, method_class
 
-# constructor argument -> environment variable (for ``--model <name>`` runs, where no constructor key is given)
-ENV = {
-    "model_path": "TRUTHPROBE_MODEL_PATH",
-    "method": "TRUTHPROBE_METHOD",
-    "method_args": "TRUTHPROBE_METHOD_ARGS",  # any method's settings, lm-eval style: "directions=iti.json,k=48"
-    "scores": "TRUTHPROBE_SCORES",
-    "alpha": "TRUTHPROBE_ALPHA",
-    "norm": "TRUTHPROBE_NORM",
-    "site": "TRUTHPROBE_SITE",
-    "gate": "TRUTHPROBE_GATE",
-    "seed": "TRUTHPROBE_SEED",
-    "apply": "TRUTHPROBE_APPLY",
-    "dtype": "TRUTHPROBE_DTYPE",
-    "device": "TRUTHPROBE_DEVICE",
-    "max_new_tokens": "TRUTHPROBE_MAX_NEW_TOKENS",
-}
 DEFAULTS = {"method": "truthprobe", "dtype": "auto", "device": "auto", "max_new_tokens": 512}
+
+
 @dataclass(frozen=True)
 class Family:
     """Per-family prompt/processor quirks; everything else is the processor's chat template."""
@@ -77,52 +62,35 @@ def family_of(model_type: str) -> Family:
     return GENERIC
 
 
-def _from_env(name: str, value: Any) -> Any:
-    if value is not None and value != "":
-        return value
-    env = os.environ.get(ENV[name], "")
-    return env if env != "" else DEFAULTS.get(name)
-
-
-def _args_string(text: str) -> dict[str, str]:
-    out = {}
-    for part in (text or "").split(","):
-        if part.strip():
-            key, sep, value = part.partition("=")
-            if not sep:
-                raise TruthProbeError(f"{ENV['method_args']}: expected NAME=VALUE[,NAME=VALUE...], found {part!r}")
-            out[key.strip()] = value.strip()
-    return out
+def _given(value: Any, name: str) -> Any:
+    """A constructor value, else the default (an empty string counts as not given)."""
+    return DEFAULTS.get(name) if value is None or value == "" else value
 
 
 def resolve_intervention(given: dict[str, Any]) -> Intervention:
-    """The intervention from constructor values, else environment variables, else the method's defaults.
+    """The intervention from constructor values (``method`` and any of its settings), else the method's defaults.
 
-    ``given`` holds the constructor's keys (``method`` and any method setting). The same parser as lm-eval's
-    ``model_args`` (``interventions.build``); an error names the config key and the environment variable.
+    The same parser as lm-eval's ``model_args`` (``interventions.build``); an error names the config key.
     """
-    from truthprobe_eval.interventions import method_class
-
-    method = _from_env("method", given.get("method"))
-    cls = method_class(method)
-    from_env_args = _args_string(os.environ.get(ENV["method_args"], ""))
-    settings = {}
-    for name in cls.param_names():
-        value = given.get(name)
-        if value is None or value == "":
-            value = os.environ.get(ENV[name], "") if name in ENV else ""
-        if value == "":
-            value = from_env_args.get(name, "")
-        if value != "":
-            settings[name] = value
+    cls = method_class(_given(given.get("method"), "method"))
+    settings = {name: given[name] for name in cls.param_names() if given.get(name) not in (None, "")}
     try:
         return cls.from_kwargs(**settings)
     except TruthProbeError as exc:
-        name = str(exc).split(":", 1)[0]
-        if name in settings or name in cls.param_names():
-            where = f"config key '{name}' or {ENV[name]}" if name in ENV else f"config key '{name}' or {ENV['method_args']}"
-            raise type(exc)(f"{name} ({where}):{str(exc).split(':', 1)[1]}") from None
+        name, sep, rest = str(exc).partition(":")
+        if sep and name in cls.param_names():
+            raise type(exc)(f"{name} (config key '{name}'):{rest}") from None
         raise
+
+
+def dataset_max_new_tokens_default(dataset: str | None) -> int | None:
+    """The generation limit a registered local data set declares (``MAX_NEW_TOKENS``, e.g. CHAIR's 64), or None."""
+    from .vlmeval_registration import dataset_classes
+
+    for cls in dataset_classes():
+        if dataset in cls.supported_datasets():
+            return getattr(cls, "MAX_NEW_TOKENS", None)
+    return None
 
 
 def check_fits_config(model_path: str, intervention: Intervention) -> None:
@@ -146,6 +114,16 @@ def check_fits_config(model_path: str, intervention: Intervention) -> None:
                              f"the language model of {model_path}")
 
 
+def _limit(value: Any, what: str) -> int:
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise TruthProbeError(f"{what}: expected a positive integer, found {value!r}") from None
+    if out < 1:
+        raise TruthProbeError(f"{what}: expected a positive integer, found {out}")
+    return out
+
+
 def _auto_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -163,11 +141,13 @@ def _auto_dtype(dtype: str, device: str) -> str:
 class TruthGatedVLM(BaseModel):
     """A Hugging Face MLLM with TruthProbe head gating on its language model, for VLMEvalKit.
 
-    Arguments (each also read from the environment, see ``ENV``): ``model_path`` (hub id, local folder);
+    Arguments: ``model_path`` (hub id, local folder);
     ``method`` (truthprobe, iti, none) and its settings, e.g. TruthProbe's ``scores`` (score file: ours, published
     ``.npy`` or ``cv5_head_metrics.csv``), ``alpha``, ``norm``, ``site``, ``gate`` (truthprobe, random, inverse,
     shuffled, none), ``seed``, and ``apply`` (hook or bake, same numbers);
-    ``dtype``, ``device`` (auto: CUDA + bfloat16 where available, else CPU + float32); ``max_new_tokens``;
+    ``dtype``, ``device`` (auto: CUDA + bfloat16 where available, else CPU + float32); ``max_new_tokens``
+    (default 512) and ``dataset_max_new_tokens`` (data set name -> limit; a local data set's own declaration,
+    CHAIR_local's 64, applies where this names none);
     ``min_pixels`` / ``max_pixels`` (Qwen2-VL family); any other keyword goes to ``generate``.
     """
 
@@ -182,6 +162,7 @@ class TruthGatedVLM(BaseModel):
         dtype: str | None = None,
         device: str | None = None,
         max_new_tokens: int | str | None = None,
+        dataset_max_new_tokens: dict[str, int] | None = None,
         default_model_path: str | None = None,
         system_prompt: str | None = None,
         min_pixels: int | None = None,
@@ -192,20 +173,24 @@ class TruthGatedVLM(BaseModel):
         super().__init__()
         if use_vllm:
             raise TruthProbeError("TruthGatedVLM: vLLM inference is not supported (the gate hooks run in transformers); drop --use-vllm")
-        path = _from_env("model_path", model_path) or default_model_path
+        path = _given(model_path, "model_path") or default_model_path
         if not path:
-            raise TruthProbeError(f"TruthGatedVLM: expected a model (config key 'model_path' or {ENV['model_path']}), found none")
+            raise TruthProbeError("TruthGatedVLM: expected a model (config key 'model_path', `truthprobe vlmeval --hf-model`), found none")
         self.model_path = str(path)
-        names = set(method_class(_from_env("method", method)).param_names())
+        names = set(method_class(_given(method, "method")).param_names())
         self.intervention = resolve_intervention({"method": method, **{k: v for k, v in kwargs.items() if k in names}})
         generate_kwargs = {k: v for k, v in kwargs.items() if k not in names}
         check_fits_config(self.model_path, self.intervention)  # before the weights load
 
         from truthprobe_eval.models import load_model
 
-        self.device = _auto_device(str(_from_env("device", device)))
-        self.dtype = _auto_dtype(str(_from_env("dtype", dtype)), self.device)
-        self.max_new_tokens = int(_from_env("max_new_tokens", max_new_tokens))
+        self.device = _auto_device(str(_given(device, "device")))
+        self.dtype = _auto_dtype(str(_given(dtype, "dtype")), self.device)
+        self.max_new_tokens = _limit(_given(max_new_tokens, "max_new_tokens"), "max_new_tokens")
+        if not isinstance(dataset_max_new_tokens, (dict, type(None))):
+            raise TruthProbeError(f"dataset_max_new_tokens: expected an object of data set name -> limit, found {dataset_max_new_tokens!r}")
+        self.dataset_max_new_tokens = {str(k): _limit(v, f"dataset_max_new_tokens[{k!r}]")
+                                       for k, v in (dataset_max_new_tokens or {}).items()}
         self.model, self.processor = load_model(self.model_path, dtype=self.dtype, device=self.device)
         if not hasattr(self.processor, "image_processor"):
             raise TruthProbeError(f"TruthGatedVLM: expected a multimodal checkpoint with an image processor at {self.model_path}, "
@@ -298,12 +283,17 @@ class TruthGatedVLM(BaseModel):
                 inputs[key] = value.to(self.model.dtype)
         return inputs
 
+    def max_new_tokens_for(self, dataset: str | None) -> int:
+        """This data set's limit: ``dataset_max_new_tokens``, else the data set's declaration, else ``max_new_tokens``."""
+        if dataset in self.dataset_max_new_tokens:
+            return self.dataset_max_new_tokens[dataset]
+        declared = dataset_max_new_tokens_default(dataset)
+        return self.max_new_tokens if declared is None else int(declared)
+
     @torch.inference_mode()
     def generate_inner(self, message: list[dict], dataset: str | None = None) -> str:
-        from truthprobe_eval.tasks.vlmeval_common import generation_overrides
-
         inputs = self.encode(message)
-        settings = {"max_new_tokens": self.max_new_tokens, **self.generate_kwargs, **generation_overrides(dataset)}
+        settings = {**self.generate_kwargs, "max_new_tokens": self.max_new_tokens_for(dataset)}
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         if getattr(tokenizer, "pad_token_id", None) is not None:
             settings.setdefault("pad_token_id", tokenizer.pad_token_id)
@@ -314,10 +304,12 @@ class TruthGatedVLM(BaseModel):
 
     def describe(self) -> dict:
         return {"model_path": self.model_path, "family": self.family.name, "device": self.device, "dtype": self.dtype,
-                "max_new_tokens": self.max_new_tokens, "intervention": self.intervention.describe()}
+                "max_new_tokens": self.max_new_tokens, "dataset_max_new_tokens": self.dataset_max_new_tokens,
+                "intervention": self.intervention.describe()}
 
 
-__all__ = ["TruthGatedVLM", "Family", "FAMILIES", "ENV", "check_fits_config", "family_of", "resolve_intervention"]
+__all__ = ["TruthGatedVLM", "Family", "FAMILIES", "DEFAULTS", "check_fits_config", "dataset_max_new_tokens_default",
+           "family_of", "resolve_intervention"]
 
 from . import vlmeval_registration as _registration  # noqa: E402
 

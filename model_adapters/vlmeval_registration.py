@@ -1,7 +1,7 @@
 """Register the gated models and the offline data sets with VLMEvalKit, where its runner looks them up.
 
 - Models: ``vlmeval.config.supported_VLM`` (``--model llava_v1.5_7b_truthprobe``; ``partial`` entries, gate
-  settings from the environment) and ``vlmeval.vlm.TruthGatedVLM`` (JSON ``--config`` entries name
+  settings from the call's keyword arguments) and ``vlmeval.vlm.TruthGatedVLM`` (JSON ``--config`` entries name
   ``"class": "TruthGatedVLM"`` and give every setting as a key).
 - Data sets: ``vlmeval.dataset.DATASET_CLASSES`` (``--data POPE_local``; ``build_dataset`` and ``DATASET_TYPE``
   search that list) and ``vlmeval.dataset.<ClassName>`` (``--config`` ``"class": "POPELocal"``).
@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Iterator
 
-# name -> default Hugging Face checkpoint (TRUTHPROBE_MODEL_PATH or a config's model_path overrides it)
+# name -> default Hugging Face checkpoint (a config entry's model_path, i.e. `truthprobe vlmeval --hf-model`, overrides it)
 MODELS: dict[str, str | None] = {
     "llava_v1.5_7b_truthprobe": "llava-hf/llava-1.5-7b-hf",
     "llava_v1.5_13b_truthprobe": "llava-hf/llava-1.5-13b-hf",
@@ -42,7 +42,7 @@ MODELS: dict[str, str | None] = {
     "SmolVLM-500M_truthprobe": "HuggingFaceTB/SmolVLM-500M-Instruct",
     "SmolVLM_truthprobe": "HuggingFaceTB/SmolVLM-Instruct",
     "Idefics3-8B-Llama3_truthprobe": "HuggingFaceM4/Idefics3-8B-Llama3",
-    # any image-text-to-text checkpoint: TRUTHPROBE_MODEL_PATH (or --hf-model) names it
+    # any image-text-to-text checkpoint: the config's model_path (--hf-model) names it
     "truthprobe_hf": None,
 }
 MODEL_CLASS_NAME = "TruthGatedVLM"

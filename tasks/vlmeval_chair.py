@@ -2,7 +2,8 @@
 
 Images: ``image_list`` (a text file, one COCO image id or file name a line) or a seeded sample of ``n_images``
 (default 500) ids from the annotations that have a file in ``image_dir``. Each image gets the prompt "Please
-describe this image in detail."; our gated models stop after ``max_new_tokens`` (default 64). With
+describe this image in detail."; our gated models stop after ``MAX_NEW_TOKENS`` (64, the class's declaration, which
+the model's ``dataset_max_new_tokens`` may override). With
 ``drop_unfinished`` (default on) a caption's last sentence is dropped when generation cut it off (no final
 . ! or ?), unless it is the only one. Captions are scored by ``truthprobe_eval.chair`` against
 ``instances_val2014.json`` + ``captions_val2014.json`` in ``annotations_dir``.
@@ -22,7 +23,7 @@ import pandas as pd
 from vlmeval.dataset.image_base import ImageBaseDataset
 from vlmeval.smp import get_intermediate_file_path, load
 
-from .vlmeval_common import GENERATION_OVERRIDES, LocalDatasetError, as_bool, as_int, check_images, local_path, setting
+from .vlmeval_common import LocalDatasetError, as_bool, as_int, check_images, local_path, setting
 
 PROMPT = "Please describe this image in detail."
 _ID_IN_NAME = re.compile(r"(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
@@ -64,6 +65,7 @@ class CHAIRLocal(ImageBaseDataset):
     TYPE = "Caption"
     DATASET_URL = {"CHAIR_local": ""}
     force_use_dataset_prompt = True
+    MAX_NEW_TOKENS = 64  # the protocol's caption length; TruthGatedVLM reads it for this data set's name
 
     def __init__(
         self,
@@ -75,23 +77,19 @@ class CHAIRLocal(ImageBaseDataset):
         seed: int = 0,
         split: str = "val2014",
         prompt: str | None = None,
-        max_new_tokens: int | None = None,
         drop_unfinished: bool | str | None = None,
         cache_dir: str | None = None,
-        **_: object,
     ):
-        self.image_dir = local_path(image_dir, "TRUTHPROBE_COCO_IMAGES", "CHAIR images (COCO val2014)", "image_dir", kind="dir")
-        self.annotations_dir = local_path(annotations_dir, "TRUTHPROBE_COCO_ANNOTATIONS", "CHAIR annotations", "annotations_dir", kind="dir")
-        listed = setting(image_list, "TRUTHPROBE_CHAIR_IMAGE_LIST")
-        self.image_list = local_path(listed, "TRUTHPROBE_CHAIR_IMAGE_LIST", "CHAIR image list", "image_list", kind="file") if listed else None
-        self.n_images = as_int(setting(n_images, "TRUTHPROBE_CHAIR_N_IMAGES", 500), "n_images")
-        self.seed = int(setting(seed, "TRUTHPROBE_CHAIR_SEED", 0))
+        self.image_dir = local_path(image_dir, "CHAIR images (COCO val2014)", "image_dir", kind="dir")
+        self.annotations_dir = local_path(annotations_dir, "CHAIR annotations", "annotations_dir", kind="dir")
+        listed = setting(image_list)
+        self.image_list = local_path(listed, "CHAIR image list", "image_list", kind="file") if listed else None
+        self.n_images = as_int(setting(n_images, 500), "n_images")
+        self.seed = int(setting(seed, 0))
         self.split = split
         self.prompt = prompt or PROMPT
-        self.max_new_tokens = as_int(setting(max_new_tokens, "TRUTHPROBE_CHAIR_MAX_NEW_TOKENS", 64), "max_new_tokens")
-        self.drop_unfinished = as_bool(setting(drop_unfinished, "TRUTHPROBE_CHAIR_DROP_UNFINISHED", True))
-        self.cache_dir = setting(cache_dir, "TRUTHPROBE_CHAIR_CACHE")  # default: $TRUTHPROBE_CACHE/chair
-        GENERATION_OVERRIDES[dataset] = {"max_new_tokens": self.max_new_tokens}
+        self.drop_unfinished = as_bool(setting(drop_unfinished, True))
+        self.cache_dir = setting(cache_dir)  # default: $TRUTHPROBE_CACHE/chair
         super().__init__(dataset=dataset)
 
     @classmethod
@@ -137,8 +135,7 @@ class CHAIRLocal(ImageBaseDataset):
             captions.append({"image_id": int(image_id), "caption": drop_unfinished_sentence(text) if self.drop_unfinished else text.strip()})
         evaluator = CHAIREvaluator.from_coco(self.annotations_dir, self.cache_dir)
         result = evaluator.score(captions)
-        result.update({"dataset": self.dataset_name, "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
-                       "drop_unfinished": self.drop_unfinished, "annotations_dir": str(self.annotations_dir)})
+        result.update({"dataset": self.dataset_name, "prompt": self.prompt, "drop_unfinished": self.drop_unfinished, "annotations_dir": str(self.annotations_dir)})
         out = get_intermediate_file_path(eval_file, "_chair", "json")
         atomic_write_text(out, json.dumps(result, indent=1) + "\n")
         summary = {"CHAIRs": 100 * result["CHAIRs"], "CHAIRi": 100 * result["CHAIRi"], "recall": 100 * result["recall"],

@@ -1,8 +1,7 @@
-"""Shared pieces of the offline VLMEvalKit data sets: local paths, sampling, judges, generation overrides.
+"""Shared pieces of the offline VLMEvalKit data sets: local paths, sampling, judges.
 
-Each data set reads local files (never downloads) and is configured by constructor arguments (the keys of a
-VLMEvalKit JSON ``--config`` data entry) or, when run by name (``--data POPE_local``), by environment
-variables. Constructor arguments win over the environment.
+Each data set reads local files (never downloads) and is configured only by constructor arguments: the keys of a
+VLMEvalKit JSON ``--config`` data entry, which ``truthprobe vlmeval`` writes from its options.
 """
 from __future__ import annotations
 
@@ -20,33 +19,22 @@ class LocalDatasetError(TruthProbeError, ValueError):
     """A local data set's files are missing or not in the expected format."""
 
 
-# Per data set name: generation settings our gated models honor (VLMEvalKit passes models only the name).
-GENERATION_OVERRIDES: dict[str, dict[str, Any]] = {}
+def setting(value: Any, default: Any = None) -> Any:
+    """A constructor value, else ``default`` (an empty string counts as not given)."""
+    return default if value is None or value == "" else value
 
 
-def generation_overrides(dataset_name: str | None) -> dict[str, Any]:
-    """Settings (e.g. ``max_new_tokens``) a local data set asks of the model, or ``{}``."""
-    return dict(GENERATION_OVERRIDES.get(dataset_name or "", {}))
-
-
-def setting(value: Any, env: str, default: Any = None) -> Any:
-    """A constructor value, else the environment variable ``env``, else ``default``."""
-    if value is not None and value != "":
-        return value
-    found = os.environ.get(env)
-    return found if found not in (None, "") else default
-
-
-def local_path(value: Any, env: str, what: str, key: str, *, kind: str = "any") -> Path:
-    """A path from a constructor value or ``env`` that must exist (``kind``: ``dir``, ``file`` or ``any``)."""
-    raw = setting(value, env)
+def local_path(value: Any, what: str, key: str, *, kind: str = "any") -> Path:
+    """A path from a constructor value that must exist (``kind``: ``dir``, ``file`` or ``any``)."""
+    raw = setting(value)
     if raw is None:
-        raise LocalDatasetError(f"{what}: expected a path in the config key {key!r} or the environment variable {env}, found neither")
+        raise LocalDatasetError(f"{what}: expected a path in the config key {key!r} (see `truthprobe vlmeval --help` "
+                                "for the option that sets it), found none")
     path = Path(str(raw)).expanduser()
     ok = path.is_dir() if kind == "dir" else path.is_file() if kind == "file" else path.exists()
     if not ok:
         noun = {"dir": "folder", "file": "file"}.get(kind, "path")
-        raise LocalDatasetError(f"{what}: expected an existing {noun} at {path} (from {key!r} / {env}), found none")
+        raise LocalDatasetError(f"{what}: expected an existing {noun} at {path} (config key {key!r}), found none")
     return path.resolve()
 
 
@@ -85,13 +73,10 @@ def check_images(paths: list[str], what: str) -> None:
         raise LocalDatasetError(f"{what}: expected {len(set(paths))} image files, found {len(missing)} missing (e.g. {shown})")
 
 
-JUDGE_ENV = "TRUTHPROBE_JUDGE"
-
-
 def judge_kwargs_for(judge: str | None, judge_kwargs: dict) -> dict:
     """Judge settings for VLMEvalKit's scoring: exact matching (offline, the default) unless ``judge`` is
     ``runner`` (use the runner's ``--judge`` settings, which need an API) or a judge model name."""
-    choice = setting(judge, JUDGE_ENV, "exact_matching")
+    choice = setting(judge, "exact_matching")
     kwargs = dict(judge_kwargs)
     if choice == "runner":
         return kwargs

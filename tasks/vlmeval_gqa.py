@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from vlmeval.dataset.image_vqa import ImageVQADataset
 
-from .vlmeval_common import LocalDatasetError, as_int, check_images, local_path, sample_frame, setting
+from .vlmeval_common import LocalDatasetError, as_int, check_images, local_path, sample_frame
 
 
 def read_gqa_questions(path: Path) -> pd.DataFrame:
@@ -51,11 +51,10 @@ class GQALocal(ImageVQADataset):
         image_dir: str | None = None,
         n_questions: int | None = None,
         seed: int = 0,
-        **_: object,
     ):
-        self.questions = local_path(questions, "TRUTHPROBE_GQA_QUESTIONS", "GQA questions (testdev_balanced_questions.json)", "questions", kind="file")
-        self.image_dir = local_path(image_dir, "TRUTHPROBE_GQA_IMAGES", "GQA images", "image_dir", kind="dir")
-        self.n_questions = as_int(setting(n_questions, "TRUTHPROBE_GQA_N"), "n_questions")
+        self.questions = local_path(questions, "GQA questions (testdev_balanced_questions.json)", "questions", kind="file")
+        self.image_dir = local_path(image_dir, "GQA images", "image_dir", kind="dir")
+        self.n_questions = as_int(n_questions, "n_questions")
         self.seed = int(seed)
         super().__init__(dataset=dataset)
 

@@ -88,12 +88,11 @@ class OmniMedVQALocal(ImageMCQDataset):
         n_questions: int | None = None,
         seed: int = 0,
         judge: str | None = None,
-        **_: object,
     ):
-        self.root = local_path(root, "TRUTHPROBE_OMNIMEDVQA_DIR", "OmniMedVQA folder", "root", kind="dir")
-        chosen = setting(subsets, "TRUTHPROBE_OMNIMEDVQA_SUBSETS")
+        self.root = local_path(root, "OmniMedVQA folder", "root", kind="dir")
+        chosen = setting(subsets)
         self.subsets = [s.strip() for s in (chosen.split(",") if isinstance(chosen, str) else chosen or []) if s.strip()]
-        self.n_questions = as_int(setting(n_questions, "TRUTHPROBE_OMNIMEDVQA_N", 500), "n_questions")
+        self.n_questions = as_int(setting(n_questions, 500), "n_questions")
         self.seed = int(seed)
         self.judge = judge
         super().__init__(dataset=dataset)

@@ -37,12 +37,8 @@ from .vlmeval_common import (
 
 DEFAULT_SUFFIX = "\nAnswer the question using a single word or phrase."
 
-# dataset name -> (question file prefix, questions env var, images env var)
-VARIANTS = {
-    "POPE_local": ("coco", "TRUTHPROBE_POPE_DIR", "TRUTHPROBE_COCO_IMAGES"),
-    "POPE_aokvqa_local": ("aokvqa", "TRUTHPROBE_POPE_AOKVQA_DIR", "TRUTHPROBE_AOKVQA_IMAGES"),
-    "POPE_gqa_local": ("gqa", "TRUTHPROBE_POPE_GQA_DIR", "TRUTHPROBE_GQA_IMAGES"),
-}
+# dataset name -> question file prefix
+VARIANTS = {"POPE_local": "coco", "POPE_aokvqa_local": "aokvqa", "POPE_gqa_local": "gqa"}
 
 
 def read_question_file(path: Path) -> list[dict]:
@@ -93,16 +89,15 @@ class POPELocal(ImageYORNDataset):
         prompt_suffix: str | None = None,
         merge_duplicates: bool = True,
         judge: str | None = None,
-        **_: object,
     ):
         if dataset not in VARIANTS:
             raise LocalDatasetError(f"POPE: expected a dataset name among {', '.join(VARIANTS)}, found {dataset!r}")
-        self.prefix, q_env, img_env = VARIANTS[dataset]
-        self.question_dir = local_path(question_dir, q_env, f"{dataset} question files", "question_dir", kind="dir")
-        self.image_dir = local_path(image_dir, img_env, f"{dataset} images", "image_dir", kind="dir")
-        chosen = setting(splits, "TRUTHPROBE_POPE_SPLITS", ",".join(POPE_SPLITS))
+        self.prefix = VARIANTS[dataset]
+        self.question_dir = local_path(question_dir, f"{dataset} question files", "question_dir", kind="dir")
+        self.image_dir = local_path(image_dir, f"{dataset} images", "image_dir", kind="dir")
+        chosen = setting(splits, ",".join(POPE_SPLITS))
         self.splits = [s.strip() for s in (chosen.split(",") if isinstance(chosen, str) else chosen) if s.strip()]
-        self.limit_per_split = as_int(setting(limit_per_split, "TRUTHPROBE_POPE_LIMIT"), "limit_per_split")
+        self.limit_per_split = as_int(limit_per_split, "limit_per_split")
         self.seed = int(seed)
         self.prompt_suffix = DEFAULT_SUFFIX if prompt_suffix is None else str(prompt_suffix)
         self.merge_duplicates = as_bool(merge_duplicates)

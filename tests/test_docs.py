@@ -35,3 +35,20 @@ def test_readme_links_resolve():
     links = [link.split("#")[0] for link in re.findall(r"\]\(([^)]+)\)", text) if not link.startswith(("http", "#"))]
     assert links and all((REPO / link).exists() for link in links), [x for x in links if not (REPO / x).exists()]
     assert len(text.splitlines()) < 150  # a landing page; the reference lives in docs/
+
+
+def test_every_environment_variable_is_in_the_one_table():
+    """Settings travel through the harnesses' channels; the few environment variables left are listed in one table
+    (docs/core.md), and every TRUTHPROBE_* name the code or the tests read is there."""
+    code = [*SOURCES, *REPO.glob("tests/*.py"), *REPO.glob("scripts/*.sh")]
+    read = set()
+    for source in code:
+        if source.suffix in (".py", ".sh"):
+            read.update(re.findall(r"\bTRUTHPROBE_[A-Z0-9_]+\b", source.read_text(encoding="utf-8")))
+    # names of constants that are not variables (task tuples, the comparison's defaults)
+    read -= {"TRUTHPROBE_TASKS", "TRUTHPROBE_GROUP", "TRUTHPROBE_DEFAULTS"}
+    section = (REPO / "docs/core.md").read_text(encoding="utf-8").split("## Environment variables", 1)[1]
+    listed = set(re.findall(r"`(TRUTHPROBE_[A-Z0-9_]+)`", section))
+    assert read and read <= listed, f"read but not listed: {sorted(read - listed)}"
+    assert listed <= read, f"listed but read nowhere: {sorted(listed - read)}"
+    assert len(read) <= 8

@@ -245,17 +245,12 @@ def test_global_variant_and_random_heads_control(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_rve_runs_pope_and_chair_through_vlmevalkits_runner(tiny, tmp_path, shared_dir, monkeypatch):
-    import os
-
     from tiny_models import write_pope_questions, write_synthetic_coco
 
     from truthprobe_eval.analysis import leaderboard as lb
     from truthprobe_eval.cli import main
 
-    for var in [k for k in os.environ if k.startswith("TRUTHPROBE_") and k != "TRUTHPROBE_CACHE"]:
-        monkeypatch.delenv(var)
     monkeypatch.setenv("LMUData", str(tmp_path))
-    monkeypatch.setenv("TRUTHPROBE_CHAIR_CACHE", str(tmp_path / "chair_cache"))
     images = ["COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg"]
     rows = {}
     for split in ("random", "popular", "adversarial"):
@@ -270,13 +265,14 @@ def test_rve_runs_pope_and_chair_through_vlmevalkits_runner(tiny, tmp_path, shar
         sites = locate_heads(load_model(tiny[family])[0])
         ars = TruthScores(np.random.default_rng(0).uniform(size=sites.shape), meta={"model": family, "kind": "ars"})
         common = {"class": "TruthGatedVLM", "model_path": tiny[family], "max_new_tokens": 1, "method": "rve",
-                  "ars": str(ars.save(tmp_path / f"{family}_ars.json")), "layers": "0-1", "k": 1, "alpha": 0.3}
+                  "ars": str(ars.save(tmp_path / f"{family}_ars.json")), "layers": "0-1", "k": 1, "alpha": 0.3,
+                  "dataset_max_new_tokens": {"CHAIR_local": 8}}
         models[f"{family}_rve"] = common
     config = {"model": models, "data": {
         "POPE_local": {"class": "POPELocal", "dataset": "POPE_local", "question_dir": str(pope_dir),
                        "image_dir": str(image_dir)},
         "CHAIR_local": {"class": "CHAIRLocal", "dataset": "CHAIR_local", "image_dir": str(image_dir),
-                        "annotations_dir": str(ann_dir), "n_images": 2, "max_new_tokens": 8}}}
+                        "annotations_dir": str(ann_dir), "n_images": 2, "cache_dir": str(tmp_path / "chair_cache")}}}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     work = tmp_path / "out"

@@ -17,8 +17,6 @@ POPE_IMAGE = "COCO_val2014_000000310196.jpg"
 def _lmu_root(tmp_path, monkeypatch):
     monkeypatch.setenv("LMUData", str(tmp_path / "LMUData"))
     (tmp_path / "LMUData").mkdir()
-    for var in [k for k in os.environ if k.startswith("TRUTHPROBE_") and k != "TRUTHPROBE_CACHE"]:
-        monkeypatch.delenv(var)
 
 
 @pytest.fixture(scope="module")
@@ -101,24 +99,25 @@ def test_pope_evaluate_by_hand(registered, pope_files, tmp_path):
     assert report["metrics"]["splits"]["random"]["unknown"] == 1
 
 
-def test_pope_bad_input(registered, pope_files, tmp_path, monkeypatch):
+def test_pope_bad_input(registered, pope_files, tmp_path):
     from truthprobe_eval.tasks.vlmeval_common import LocalDatasetError
     from truthprobe_eval.tasks.vlmeval_pope import POPELocal
 
     qdir, image_dir = pope_files
-    with pytest.raises(LocalDatasetError, match="TRUTHPROBE_POPE_DIR"):
+    with pytest.raises(LocalDatasetError, match="expected a path in the config key 'question_dir'"):
         POPELocal("POPE_local", image_dir=str(image_dir))
-    monkeypatch.setenv("TRUTHPROBE_POPE_DIR", str(qdir))
     with pytest.raises(LocalDatasetError, match="existing folder"):
-        POPELocal("POPE_local", image_dir=str(tmp_path / "nowhere"))
+        POPELocal("POPE_local", question_dir=str(qdir), image_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(TypeError, match="limit"):  # a misspelled key fails instead of being ignored
+        POPELocal("POPE_local", question_dir=str(qdir), image_dir=str(image_dir), limit=2)
     os.remove(image_dir / POPE_IMAGE)
     with pytest.raises(LocalDatasetError, match="1 missing"):
-        POPELocal("POPE_local", image_dir=str(image_dir))
+        POPELocal("POPE_local", question_dir=str(qdir), image_dir=str(image_dir))
     with pytest.raises(LocalDatasetError, match="coco_pope_other.json"):
-        POPELocal("POPE_local", image_dir=str(image_dir), splits="other")
+        POPELocal("POPE_local", question_dir=str(qdir), image_dir=str(image_dir), splits="other")
     (qdir / "coco_pope_random.json").write_text('{"image": "x.jpg", "text": "Is there?"}\n')
     with pytest.raises(LocalDatasetError, match="entry 0: expected keys image, text, label; missing label"):
-        POPELocal("POPE_local", image_dir=str(image_dir), splits="random")
+        POPELocal("POPE_local", question_dir=str(qdir), image_dir=str(image_dir), splits="random")
 
 
 @pytest.fixture
@@ -130,19 +129,19 @@ def coco(tmp_path):
 
 def test_chair_images_list_and_sample(registered, coco, tmp_path):
     from truthprobe_eval.tasks.vlmeval_chair import CHAIRLocal
-    from truthprobe_eval.tasks.vlmeval_common import GENERATION_OVERRIDES, LocalDatasetError
+    from truthprobe_eval.tasks.vlmeval_common import LocalDatasetError
 
     image_dir, ann = coco
     ds = CHAIRLocal(image_dir=str(image_dir), annotations_dir=str(ann), n_images=2, seed=0)
     assert len(ds.data) == 2 and set(ds.data["image_id"]) <= {1, 2, 3}
     again = CHAIRLocal(image_dir=str(image_dir), annotations_dir=str(ann), n_images=2, seed=0)
     assert list(again.data["image_id"]) == list(ds.data["image_id"])  # seeded
-    assert GENERATION_OVERRIDES["CHAIR_local"] == {"max_new_tokens": 64}
+    assert CHAIRLocal.MAX_NEW_TOKENS == 64
     assert ds.build_prompt(ds.data.iloc[0])[1] == dict(type="text", value="Please describe this image in detail.")
     listing = tmp_path / "images.txt"
     listing.write_text(f"3\n{coco_file_name(1)}\n")
-    listed = CHAIRLocal(image_dir=str(image_dir), annotations_dir=str(ann), image_list=str(listing), max_new_tokens=16)
-    assert list(listed.data["image_id"]) == [3, 1] and GENERATION_OVERRIDES["CHAIR_local"] == {"max_new_tokens": 16}
+    listed = CHAIRLocal(image_dir=str(image_dir), annotations_dir=str(ann), image_list=str(listing))
+    assert list(listed.data["image_id"]) == [3, 1]
     listing.write_text("3\n999\n")
     with pytest.raises(LocalDatasetError, match="1 not there"):
         CHAIRLocal(image_dir=str(image_dir), annotations_dir=str(ann), image_list=str(listing))

@@ -1,10 +1,8 @@
 """The gated VLMEvalKit model (TruthGatedVLM) on tiny random-initialized MLLMs saved with their processors and
 loaded through truthprobe_eval.load_model (the users' path): LLaVA, LLaVA-NeXT, Qwen2-VL, Idefics3; a LLaVA whose
-language model has SmolLM2-135M's shape, gated by real SmolLM2 Truth Scores; settings from config or environment;
+language model has SmolLM2-135M's shape, gated by real SmolLM2 Truth Scores; settings from config keys and the command's options;
 shape mismatches; registration in VLMEvalKit's lookup tables."""
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
@@ -16,12 +14,6 @@ from truthprobe_eval.scores import TruthScores
 
 torch.set_num_threads(1)
 QUESTIONS = ["Is there a dog in the image?", "Is there a person in the image?", "Please describe this image in detail."]
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for var in [k for k in os.environ if k.startswith("TRUTHPROBE_") and k != "TRUTHPROBE_CACHE"]:
-        monkeypatch.delenv(var)
 
 
 @pytest.fixture(scope="module")
@@ -131,47 +123,70 @@ def test_qwen_pixel_budget(vlmeval_registered, assets):
         TruthGatedVLM(model_path=save_tiny_mllm("llava", assets["root"] / "llava_px"), gate="none", max_pixels=100)
 
 
-def test_settings_from_environment_and_config(vlmeval_registered, assets, llava, monkeypatch):
+def _command_config(argv: list[str]) -> dict:
+    """The VLMEvalKit config `truthprobe vlmeval` would hand the runner for these arguments."""
+    from truthprobe_eval.cli import build_parser
+    from truthprobe_eval.commands.vlmeval import _runner_values, build_config
+
+    args, extras = build_parser().parse_known_args(["vlmeval", *argv])
+    return build_config(args, _runner_values(extras)[0])
+
+
+def test_settings_from_config_and_command_options(vlmeval_registered, assets, llava):
     import vlmeval.config
     from vlmeval.run import build_model_from_config
 
-    monkeypatch.setenv("TRUTHPROBE_SCORES", assets["scores"])
-    monkeypatch.setenv("TRUTHPROBE_ALPHA", "2.5")
-    monkeypatch.setenv("TRUTHPROBE_NORM", "minmax")
-    monkeypatch.setenv("TRUTHPROBE_MODEL_PATH", llava)
-    monkeypatch.setenv("TRUTHPROBE_MAX_NEW_TOKENS", "3")
     # a supported_VLM entry, built the way VLMEvalKit's inference builds it (Qwen2-VL names get use_vllm)
-    model = vlmeval.config.supported_VLM["Qwen2-VL-2B-Instruct_truthprobe"](use_vllm=False)
+    model = vlmeval.config.supported_VLM["Qwen2-VL-2B-Instruct_truthprobe"](
+        use_vllm=False, model_path=llava, scores=assets["scores"], alpha="2.5", norm="minmax", max_new_tokens=3)
     assert model.model_path == llava and model.max_new_tokens == 3
     described = model.intervention.describe()
     assert {k: described[k] for k in ("method", "scores", "alpha", "norm", "site", "gate", "seed", "apply")} == {
         "method": "truthprobe", "scores": assets["scores"], "alpha": 2.5, "norm": "minmax", "site": "o_proj_output",
         "gate": "truthprobe", "seed": 0, "apply": "hook"}
     assert model.describe()["intervention"] == described
-    # a JSON --config entry: its keys beat the environment
-    cfg = {"gated": {"class": "TruthGatedVLM", "model_path": llava, "alpha": 1.5, "norm": "centered", "gate": "inverse"}}
-    built = build_model_from_config(cfg, "gated")
-    settings = built.intervention.settings
-    assert (settings["alpha"], settings["norm"], settings["gate"]) == (1.5, "centered", "inverse")
-    assert settings["scores"] == assets["scores"]
-    monkeypatch.setenv("TRUTHPROBE_NORM", "zscore")
-    with pytest.raises(GateConfigError, match="TRUTHPROBE_NORM.*found 'zscore'"):
-        vlmeval.config.supported_VLM["truthprobe_hf"]()
-    monkeypatch.delenv("TRUTHPROBE_NORM")
-    monkeypatch.setenv("TRUTHPROBE_ALPHA", "strong")
+    # the command's options become the same keys of a JSON --config entry, which VLMEvalKit builds
+    cfg = _command_config(["--hf-model", llava, "--scores", assets["scores"], "--alpha", "2.5", "--norm", "minmax",
+                           "--max-new-tokens", "3", "--model", "Qwen2-VL-2B-Instruct_truthprobe", "--data", "POPE_local"])
+    entry = cfg["model"]["Qwen2-VL-2B-Instruct_truthprobe"]
+    assert entry == {"class": "TruthGatedVLM", "model_path": llava, "scores": assets["scores"], "alpha": "2.5",
+                     "norm": "minmax", "max_new_tokens": "3"}
+    built = build_model_from_config(cfg["model"], "Qwen2-VL-2B-Instruct_truthprobe")
+    assert built.intervention.settings == model.intervention.settings and built.max_new_tokens == 3
+    with pytest.raises(GateConfigError, match=r"norm \(config key 'norm'\).*found 'zscore'"):
+        build_model_from_config({"m": {**entry, "norm": "zscore"}}, "m")
     with pytest.raises(GateConfigError, match="alpha"):
-        vlmeval.config.supported_VLM["truthprobe_hf"]()
-    monkeypatch.delenv("TRUTHPROBE_ALPHA")
-    monkeypatch.delenv("TRUTHPROBE_SCORES")
-    with pytest.raises(GateConfigError, match="TRUTHPROBE_SCORES"):
-        vlmeval.config.supported_VLM["truthprobe_hf"]()
+        build_model_from_config({"m": {**entry, "alpha": "strong"}}, "m")
+    with pytest.raises(GateConfigError, match="scores"):
+        vlmeval.config.supported_VLM["truthprobe_hf"](model_path=llava)
     # the same parser as lm-eval: a random gate takes its shape from the model and needs no scores
-    monkeypatch.setenv("TRUTHPROBE_GATE", "random")
-    random_gate = vlmeval.config.supported_VLM["truthprobe_hf"]()
+    random_gate = vlmeval.config.supported_VLM["truthprobe_hf"](model_path=llava, gate="random")
     assert random_gate.intervention.settings["gate"] == "random" and random_gate.gates.shape == (2, 4)
-    monkeypatch.setenv("TRUTHPROBE_METHOD", "itti")
     with pytest.raises(TruthProbeError, match="method: expected one of iti, neurons, none, rve, truthprobe, found 'itti'"):
-        vlmeval.config.supported_VLM["truthprobe_hf"]()
+        vlmeval.config.supported_VLM["truthprobe_hf"](model_path=llava, method="itti")
+    # options a method does not take, conflicting keys and unknown data set keys fail before anything runs
+    with pytest.raises(TruthProbeError, match="method 'iti': it takes no scores"):
+        _command_config(["--method", "iti", "--scores", assets["scores"], "--model", "truthprobe_hf", "--data", "POPE_local"])
+    with pytest.raises(TruthProbeError, match="CHAIRLocal takes no max_new_tokens"):
+        _command_config(["--data-args", "CHAIR_local:max_new_tokens=12", "--model", "truthprobe_hf", "--data", "CHAIR_local"])
+    data = _command_config(["--pope-dir", "q", "--coco-images", "im", "--pope-limit", "2", "--data-args",
+                            "POPE_local:splits=random", "--model", "truthprobe_hf", "--data", "POPE_local", "MME"])["data"]
+    assert data == {"POPE_local": {"class": "POPELocal", "dataset": "POPE_local", "question_dir": "q", "image_dir": "im",
+                                   "limit_per_split": "2", "splits": "random"},
+                    "MME": {"class": "ImageYORNDataset", "dataset": "MME"}}
+
+
+def test_dataset_max_new_tokens(vlmeval_registered, llava):
+    """CHAIR_local declares its caption length (64); the model's dataset_max_new_tokens overrides it; other data
+    sets get max_new_tokens. No state passes between data set and model."""
+    from truthprobe_eval.model_adapters.vlmeval_gated import TruthGatedVLM
+
+    model = TruthGatedVLM(model_path=llava, method="none", max_new_tokens=7)
+    assert (model.max_new_tokens_for("CHAIR_local"), model.max_new_tokens_for("POPE_local"), model.max_new_tokens_for(None)) == (64, 7, 7)
+    model = TruthGatedVLM(model_path=llava, method="none", dataset_max_new_tokens={"CHAIR_local": 12, "POPE_local": 2})
+    assert (model.max_new_tokens_for("CHAIR_local"), model.max_new_tokens_for("POPE_local"), model.max_new_tokens_for("MME")) == (12, 2, 512)
+    with pytest.raises(TruthProbeError, match=r"dataset_max_new_tokens\['CHAIR_local'\]: expected a positive integer"):
+        TruthGatedVLM(model_path=llava, method="none", dataset_max_new_tokens={"CHAIR_local": 0})
 
 
 def test_shape_mismatch_named_before_weights_load(vlmeval_registered, assets, llava, tmp_path):
@@ -270,7 +285,7 @@ def tiny_directions(model_path: str, out) -> str:
                              meta={"model": "tiny-llava"}).save(out))
 
 
-def test_iti_through_the_vlmeval_model(vlmeval_registered, assets, llava, monkeypatch):
+def test_iti_through_the_vlmeval_model(vlmeval_registered, assets, llava):
     from truthprobe_eval.model_adapters.vlmeval_gated import TruthGatedVLM
 
     directions = tiny_directions(llava, assets["root"] / "iti_llava.json")
@@ -282,19 +297,16 @@ def test_iti_through_the_vlmeval_model(vlmeval_registered, assets, llava, monkey
     assert shifted != base
     iti.close()
     assert _replies(iti, assets["images"]) == base  # hooks out: the plain model again
-    # the same settings from the environment, for `--model <name>` runs
-    monkeypatch.setenv("TRUTHPROBE_METHOD", "iti")
-    monkeypatch.setenv("TRUTHPROBE_METHOD_ARGS", f"directions={directions},k=4,alpha=8")
-    monkeypatch.setenv("TRUTHPROBE_MODEL_PATH", llava)
-    monkeypatch.setenv("TRUTHPROBE_MAX_NEW_TOKENS", "6")
-    import vlmeval.config
+    # the same settings as `truthprobe vlmeval --method iti --method-args ...` writes them into the config
+    from vlmeval.run import build_model_from_config
 
-    built = vlmeval.config.supported_VLM["truthprobe_hf"]()
+    cfg = _command_config(["--hf-model", llava, "--method", "iti", "--method-args", f"directions={directions},k=4,alpha=8",
+                           "--max-new-tokens", "6", "--model", "truthprobe_hf", "--data", "POPE_local"])["model"]
+    built = build_model_from_config(cfg, "truthprobe_hf")
     assert built.intervention.settings == iti.intervention.settings
     assert _replies(built, assets["images"]) == shifted
-    monkeypatch.setenv("TRUTHPROBE_METHOD_ARGS", "directions=/no/such.json")
-    with pytest.raises(TruthProbeError, match=r"directions \(config key 'directions' or TRUTHPROBE_METHOD_ARGS\)"):
-        vlmeval.config.supported_VLM["truthprobe_hf"]()
+    with pytest.raises(TruthProbeError, match=r"directions \(config key 'directions'\)"):
+        build_model_from_config({"m": {**cfg["truthprobe_hf"], "directions": "/no/such.json"}}, "m")
 
 
 @pytest.mark.slow

@@ -25,10 +25,7 @@ POPE_IMAGES = ["COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg"]
 
 @pytest.fixture(autouse=True)
 def _env(tmp_path, monkeypatch):
-    for var in [k for k in os.environ if k.startswith("TRUTHPROBE_") and k != "TRUTHPROBE_CACHE"]:
-        monkeypatch.delenv(var)
     monkeypatch.setenv("LMUData", str(tmp_path))
-    monkeypatch.setenv("TRUTHPROBE_CHAIR_CACHE", str(tmp_path / "chair_cache"))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +50,8 @@ def setup(tmp_path_factory, shared_dir):
 
 
 def _config(setup, work: Path) -> Path:
-    common = {"class": "TruthGatedVLM", "model_path": setup["llava"], "max_new_tokens": 1}
+    common = {"class": "TruthGatedVLM", "model_path": setup["llava"], "max_new_tokens": 1,
+              "dataset_max_new_tokens": {"CHAIR_local": 12}}
     config = {
         "model": {
             "tiny_llava_gated": {**common, "scores": setup["scores"], "alpha": 3.5, "norm": "centered"},
@@ -63,7 +61,7 @@ def _config(setup, work: Path) -> Path:
             "POPE_local": {"class": "POPELocal", "dataset": "POPE_local", "question_dir": setup["pope_dir"],
                            "image_dir": setup["images"]},
             "CHAIR_local": {"class": "CHAIRLocal", "dataset": "CHAIR_local", "image_dir": setup["images"],
-                            "annotations_dir": setup["annotations"], "n_images": 3, "max_new_tokens": 12},
+                            "annotations_dir": setup["annotations"], "n_images": 3, "cache_dir": str(work / "chair_cache")},
         },
     }
     path = work / "config.json"
@@ -95,7 +93,8 @@ def test_config_run_gated_and_plain(setup, tmp_path):
         assert 100 * report["metrics"]["overall"]["accuracy"] == pytest.approx(theirs.loc["Overall", "acc"])
         chair = json.loads((folder / f"{name}_CHAIR_local_chair.json").read_text())
         assert chair["n_captions"] + sum(chair["skipped"].values()) == 3
-        assert chair["max_new_tokens"] == 12
+        record = json.loads((folder / "intervention.json").read_text())
+        assert record["dataset_max_new_tokens"] == {"CHAIR_local": 12} and record["max_new_tokens"] == 1
         metrics[name] = chair
         captions = pd.read_excel(folder / f"{name}_CHAIR_local.xlsx")["prediction"]
         assert all(1 <= len(str(c).split()) <= 12 for c in captions)  # one word a token in the tiny vocabulary
@@ -103,14 +102,19 @@ def test_config_run_gated_and_plain(setup, tmp_path):
     assert [c["caption"] for c in metrics["tiny_llava_gated"]["per_caption"]] != [c["caption"] for c in metrics["tiny_llava_plain"]["per_caption"]]
 
 
-def test_model_name_with_environment_settings(setup, tmp_path):
-    """`--model <name>` (a supported_VLM entry): checkpoint and gate from the command's options (environment)."""
+def test_model_name_with_command_options(setup, tmp_path):
+    """`--model <name>` (a supported_VLM entry): checkpoint and gate from the command's options, which it writes
+    into the VLMEvalKit config the run describes itself with."""
     work = tmp_path / "out"
     rc = main(["vlmeval", "--hf-model", setup["qwen"], "--scores", setup["scores"], "--alpha", "3.5",
                "--max-new-tokens", "1", "--pope-dir", setup["pope_dir"], "--coco-images", setup["images"],
                "--pope-limit", "3", "--model", "Qwen2-VL-2B-Instruct_truthprobe", "--data", "POPE_local",
                "--work-dir", str(work)])
     assert rc == 0
+    written = json.loads((work / "truthprobe_vlmeval_config.json").read_text())  # the run describes itself
+    assert written["model"]["Qwen2-VL-2B-Instruct_truthprobe"] == {
+        "class": "TruthGatedVLM", "model_path": setup["qwen"], "scores": setup["scores"], "alpha": "3.5", "max_new_tokens": "1"}
+    assert written["data"]["POPE_local"]["limit_per_split"] == "3"
     folder = work / "Qwen2-VL-2B-Instruct_truthprobe"
     pope = pd.read_excel(folder / "Qwen2-VL-2B-Instruct_truthprobe_POPE_local.xlsx")
     assert 3 <= len(pope) <= 9  # 3 sampled per split, merged where shared
@@ -133,7 +137,7 @@ def test_errors_before_and_during_the_run(setup, tmp_path, capsys):
     # a data set that fails inside VLMEvalKit (it logs and goes on): reported, exit status 1
     rc = main(["vlmeval", "--hf-model", setup["llava"], "--gate", "none", "--pope-dir", str(tmp_path / "missing"),
                "--coco-images", setup["images"], "--model", "truthprobe_hf", "--data", "POPE_local", "--work-dir", str(work)])
-    assert rc == 1 and "TRUTHPROBE_POPE_DIR" in capsys.readouterr().err
+    assert rc == 1 and "config key 'question_dir'" in capsys.readouterr().err
 
 
 def test_list(capsys):
@@ -169,14 +173,17 @@ def test_stock_runner_with_pth_hook(setup, tmp_path):
     """VLMEvalKit's own `python -m vlmeval` entry; the only addition is our .pth start-up line (processed here by
     site.addsitedir, as Python does for site-packages at start-up)."""
     work = tmp_path / "out"
-    env = dict(os.environ, TRUTHPROBE_MODEL_PATH=setup["llava"], TRUTHPROBE_GATE="none", TRUTHPROBE_MAX_NEW_TOKENS="1",
-               TRUTHPROBE_POPE_DIR=setup["pope_dir"], TRUTHPROBE_COCO_IMAGES=setup["images"], TRUTHPROBE_POPE_LIMIT="2",
-               OMP_NUM_THREADS="1")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model": {"truthprobe_hf": {"class": "TruthGatedVLM", "model_path": setup["llava"], "gate": "none",
+                                    "max_new_tokens": 1}},
+        "data": {"POPE_local": {"class": "POPELocal", "dataset": "POPE_local", "question_dir": setup["pope_dir"],
+                                "image_dir": setup["images"], "limit_per_split": 2}}}))
     code = ("import site, sys; site.addsitedir(sys.argv.pop(1)); "
             "import runpy; runpy.run_module('vlmeval', run_name='__main__', alter_sys=True)")
-    proc = subprocess.run([sys.executable, "-c", code, str(_site_with_pth(tmp_path)), "--model", "truthprobe_hf",
-                           "--data", "POPE_local", "--work-dir", str(work)],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code, str(_site_with_pth(tmp_path)), "--config", str(config),
+                           "--work-dir", str(work)],
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     status = json.loads((work / "truthprobe_hf" / "status.json").read_text())["datasets"]["POPE_local"]
     assert status.get("error_message") is None and status["status"] == "done"

@@ -1,45 +1,44 @@
 """``truthprobe vlmeval ...``: VLMEvalKit's own runner with the gated models and offline data sets registered.
 
-Every argument this command does not define goes to VLMEvalKit's ``run.py`` unchanged (``--model``, ``--data``,
-``--config``, ``--work-dir``, ``--mode``, ``--limit``, ``--reuse``, ...). The options below set the
-``TRUTHPROBE_*`` environment variables that the gated models and local data sets read.
+Every argument this command does not define goes to VLMEvalKit's ``run.py`` unchanged (``--work-dir``,
+``--mode``, ``--reuse``, ...). The options below become keys of the VLMEvalKit JSON ``--config`` the runner is
+given (VLMEvalKit's own channel for model and data set settings): ``--model`` / ``--data`` names, or the user's
+``--config``, are turned into one config with every setting spelled out, written to
+``<work dir>/truthprobe_vlmeval_config.json`` (so the run describes itself) and handed to the runner.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-# option dest -> environment variable
-GATE_OPTIONS = {
-    "method": "TRUTHPROBE_METHOD",
-    "method_args": "TRUTHPROBE_METHOD_ARGS",
-    "scores": "TRUTHPROBE_SCORES",
-    "alpha": "TRUTHPROBE_ALPHA",
-    "norm": "TRUTHPROBE_NORM",
-    "site": "TRUTHPROBE_SITE",
-    "gate": "TRUTHPROBE_GATE",
-    "seed": "TRUTHPROBE_SEED",
-    "apply": "TRUTHPROBE_APPLY",
-    "hf_model": "TRUTHPROBE_MODEL_PATH",
-    "dtype": "TRUTHPROBE_DTYPE",
-    "device": "TRUTHPROBE_DEVICE",
-    "max_new_tokens": "TRUTHPROBE_MAX_NEW_TOKENS",
+# option dest -> TruthGatedVLM constructor key (the model's and the intervention's settings)
+MODEL_OPTIONS = {
+    "hf_model": "model_path", "method": "method", "scores": "scores", "alpha": "alpha", "norm": "norm",
+    "site": "site", "gate": "gate", "seed": "seed", "apply": "apply", "dtype": "dtype", "device": "device",
+    "max_new_tokens": "max_new_tokens",
 }
+# options that are the intervention's settings: only a method that takes them may be given them
+METHOD_OPTIONS = ("scores", "alpha", "norm", "site", "gate", "seed", "apply")
+# option dest -> {data set name: constructor key}
 DATA_OPTIONS = {
-    "pope_dir": "TRUTHPROBE_POPE_DIR",
-    "pope_limit": "TRUTHPROBE_POPE_LIMIT",
-    "coco_images": "TRUTHPROBE_COCO_IMAGES",
-    "coco_annotations": "TRUTHPROBE_COCO_ANNOTATIONS",
-    "chair_image_list": "TRUTHPROBE_CHAIR_IMAGE_LIST",
-    "chair_n_images": "TRUTHPROBE_CHAIR_N_IMAGES",
-    "gqa_questions": "TRUTHPROBE_GQA_QUESTIONS",
-    "gqa_images": "TRUTHPROBE_GQA_IMAGES",
-    "omnimedvqa_dir": "TRUTHPROBE_OMNIMEDVQA_DIR",
-    "omnimedvqa_subsets": "TRUTHPROBE_OMNIMEDVQA_SUBSETS",
+    "pope_dir": {"POPE_local": "question_dir"},
+    "pope_limit": {"POPE_local": "limit_per_split", "POPE_aokvqa_local": "limit_per_split",
+                   "POPE_gqa_local": "limit_per_split"},
+    "coco_images": {"POPE_local": "image_dir", "CHAIR_local": "image_dir"},
+    "coco_annotations": {"CHAIR_local": "annotations_dir"},
+    "chair_image_list": {"CHAIR_local": "image_list"},
+    "chair_n_images": {"CHAIR_local": "n_images"},
+    "gqa_questions": {"GQA_local": "questions"},
+    "gqa_images": {"GQA_local": "image_dir", "POPE_gqa_local": "image_dir"},
+    "omnimedvqa_dir": {"OmniMedVQA_local": "root"},
+    "omnimedvqa_subsets": {"OmniMedVQA_local": "subsets"},
 }
+CONFIG_FILE = "truthprobe_vlmeval_config.json"
 
 
 def add_parser(subparsers) -> None:
@@ -50,12 +49,13 @@ def add_parser(subparsers) -> None:
         "class TruthGatedVLM for --config) and the local data sets (POPE_local, POPE_aokvqa_local, POPE_gqa_local, "
         "CHAIR_local, GQA_local, OmniMedVQA_local) with VLMEvalKit, then run its runner (vlmeval/run.py) with "
         "every other argument, e.g. `truthprobe vlmeval --scores vicuna.json --alpha 4.5 --model "
-        "llava_v1.5_7b_truthprobe --data POPE_local --work-dir out`. Options set TRUTHPROBE_* environment "
-        "variables; a JSON --config may give the same settings as keys. See docs/vlmeval.md.",
+        "llava_v1.5_7b_truthprobe --data POPE_local --work-dir out`. The options become keys of the VLMEvalKit "
+        "JSON --config the runner gets (written to <work dir>/truthprobe_vlmeval_config.json); a --config of "
+        "your own may give the same settings as keys. See docs/vlmeval.md.",
     )
     p.set_defaults(passes_through=True)  # the arguments we do not know are the runner's (cli.main keeps them)
     p.allow_abbrev = False  # never mistake a runner option (--mode) for a prefix of ours
-    g = p.add_argument_group("intervention (environment: TRUTHPROBE_METHOD, TRUTHPROBE_SCORES, TRUTHPROBE_ALPHA, ...)")
+    g = p.add_argument_group("model and intervention (keys of each gated model's --config entry)")
     g.add_argument("--method", help="truthprobe (default), iti, neurons, rve or none")
     g.add_argument("--method-args", help="any method's settings, e.g. 'directions=iti.json,k=48,alpha=15' or 'ars=ars.json,layers=14'")
     g.add_argument("--scores", help="score file: probed on the base LLM (transfer) or on the MLLM")
@@ -69,7 +69,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--dtype", help="auto (default), float32, bfloat16, float16")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     g.add_argument("--max-new-tokens", help="generation limit (default 512; CHAIR_local sets its own, 64)")
-    d = p.add_argument_group("local data sets")
+    d = p.add_argument_group("local data sets (keys of each local data set's --config entry)")
     d.add_argument("--pope-dir", help="folder with coco_pope_{random,popular,adversarial}.json")
     d.add_argument("--pope-limit", help="questions sampled per POPE split (default: all)")
     d.add_argument("--coco-images", help="COCO val2014 image folder (POPE_local, CHAIR_local)")
@@ -80,58 +80,191 @@ def add_parser(subparsers) -> None:
     d.add_argument("--gqa-images", help="GQA image folder")
     d.add_argument("--omnimedvqa-dir", help="OmniMedVQA folder (QA_information/, Images/)")
     d.add_argument("--omnimedvqa-subsets", help="comma-separated QA file names, e.g. 'SARS-CoV-2 CT-scan'")
+    d.add_argument("--data-args", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="any setting of one data set, e.g. 'POPE_aokvqa_local:question_dir=pope/,image_dir=coco/' "
+                   "(repeatable; the keys are the data set's constructor arguments, see docs/vlmeval.md)")
     p.add_argument("--list", action="store_true", help="print the registered model and data set names, then exit")
     p.add_argument("--runner-help", action="store_true", help="print VLMEvalKit's own runner help, then exit")
     p.set_defaults(func=run)
 
 
-def _runner_values(argv: list[str]) -> dict:
-    """The few runner options this command checks before starting (model names, config, work dir)."""
+def _runner_values(argv: list[str]) -> tuple[dict, list[str]]:
+    """The runner options this command reads (model and data names, config, work dir), and the others."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--model", nargs="+", default=[])
+    parser.add_argument("--data", nargs="+", default=[])
     parser.add_argument("--config")
     parser.add_argument("--work-dir", default="./outputs")
     parser.add_argument("--use-vllm", action="store_true")
-    known, _ = parser.parse_known_args(argv)
-    return vars(known)
+    known, rest = parser.parse_known_args(argv)
+    if known.work_dir != "./outputs" or "--work-dir" in argv:
+        rest += ["--work-dir", known.work_dir]
+    if known.use_vllm:
+        rest.append("--use-vllm")
+    return vars(known), rest
 
 
-def _models_to_check(values: dict) -> list[tuple[str, dict, str | None]]:
-    """(name, explicit settings, default checkpoint) of each gated model the run will build."""
+def _pairs(text: str, what: str) -> dict[str, str]:
+    """``"a=1,b=2"`` as a dict, or an error naming ``what``."""
     from ..errors import TruthProbeError
-    from ..model_adapters.vlmeval_registration import MODEL_CLASS_NAME, MODELS
 
-    found = []
+    out = {}
+    for part in (text or "").split(","):
+        if part.strip():
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip():
+                raise TruthProbeError(f"{what}: expected KEY=VALUE[,KEY=VALUE...], found {part!r}")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _merge(entry: dict, settings: dict, where: str) -> dict:
+    """``settings`` added to a config ``entry``; a key both give with different values is an error."""
+    from ..errors import TruthProbeError
+
+    out = dict(entry)
+    for key, value in settings.items():
+        if key in out and str(out[key]) != str(value):
+            raise TruthProbeError(f"{where}: the config gives {key}={out[key]!r} and the options give {value!r}; give it once")
+        out[key] = value
+    return out
+
+
+def model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The gated models' config keys from this command's options (``--method-args`` spelled out as keys)."""
+    from ..errors import TruthProbeError
+    from ..interventions import method_class
+
+    settings = {key: getattr(args, dest) for dest, key in MODEL_OPTIONS.items() if getattr(args, dest, None) is not None}
+    settings.update(_pairs(args.method_args, "--method-args"))
+    cls = method_class(settings.get("method") or "truthprobe")
+    wrong = [k for k in (*METHOD_OPTIONS, *_pairs(args.method_args, "--method-args")) if k in settings
+             and k not in cls.param_names()]
+    if wrong:
+        raise TruthProbeError(f"method {cls.name!r}: it takes no {', '.join(wrong)}; its settings: {', '.join(cls.param_names())}")
+    return settings
+
+
+def data_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Local data set name -> its config keys from this command's options."""
+    from ..errors import TruthProbeError
+    from ..model_adapters.vlmeval_registration import dataset_names
+
+    out: dict[str, dict[str, Any]] = {}
+    for dest, targets in DATA_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            for name, key in targets.items():
+                out.setdefault(name, {})[key] = value
+    for given in args.data_args:
+        name, sep, rest = given.partition(":")
+        if not sep or name not in dataset_names():
+            raise TruthProbeError(f"--data-args: expected NAME:KEY=VALUE,... with NAME among {', '.join(dataset_names())}, found {given!r}")
+        out.setdefault(name, {}).update(_pairs(rest, f"--data-args {name}"))
+    return out
+
+
+def _dataset_entry(name: str) -> dict:
+    """The config entry that makes VLMEvalKit build one of its own data sets by name (what ``build_dataset`` finds)."""
+    from ..errors import TruthProbeError
+    from ..model_adapters.vlmeval_registration import keep_grad_mode
+
+    with keep_grad_mode():
+        import vlmeval.dataset as datasets
+        from vlmeval.dataset.video_dataset_config import supported_video_datasets
+
+    if name in supported_video_datasets:
+        return {}
+    for cls in datasets.DATASET_CLASSES:
+        if name in cls.supported_datasets():
+            return {"class": cls.__name__, "dataset": name}
+    raise TruthProbeError(f"--data {name}: expected a data set VLMEvalKit or truthprobe-eval knows by name, found none; "
+                          "for a custom TSV give a --config with its class")
+
+
+def _check_keys(cls: type, entry: dict, where: str) -> None:
+    """VLMEvalKit drops config keys a data set's constructor does not take, without a word: fail here instead."""
+    from ..errors import TruthProbeError
+
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(entry) - accepted - {"class"})
+    if unknown:
+        raise TruthProbeError(f"{where}: {cls.__name__} takes no {', '.join(unknown)}; its keys: {', '.join(sorted(accepted))}")
+
+
+def build_config(args: argparse.Namespace, values: dict) -> dict:
+    """The VLMEvalKit config of this run: the user's ``--config`` or the ``--model`` / ``--data`` names, with the
+    options filled into the gated models' and the local data sets' entries."""
+    from ..errors import TruthProbeError
+    from ..model_adapters.vlmeval_registration import MODEL_CLASS_NAME, MODELS, dataset_classes
+
     if values["config"]:
+        if values["model"] or values["data"]:
+            raise TruthProbeError("--config: expected either --config or --model/--data, found both")
         try:
             config = json.loads(Path(values["config"]).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise TruthProbeError(f"--config: expected a readable JSON file, found: {exc}") from None
-        for name, entry in (config.get("model") or {}).items():
-            if isinstance(entry, dict) and entry.get("class") == MODEL_CLASS_NAME:
-                found.append((name, {k: v for k, v in entry.items() if k != "class"}, None))
-            elif name in MODELS and not entry:
-                found.append((name, {}, MODELS[name]))
-    for name in values["model"]:
-        if name in MODELS:
-            found.append((name, {}, MODELS[name]))
-    return found
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(config.get("data"), dict):
+            raise TruthProbeError(f"--config {values['config']}: expected an object with 'model' and 'data' objects")
+    else:
+        if not values["model"] or not values["data"]:
+            raise TruthProbeError("expected --model and --data (or --config), found "
+                                  + ("neither" if not values["model"] and not values["data"] else "only one"))
+        config = {"model": {name: {} for name in values["model"]}, "data": {name: {} for name in values["data"]}}
+
+    gated = model_settings(args)
+    for name, entry in list(config["model"].items()):
+        if name in MODELS and not entry:  # a registered name: its default checkpoint, unless --hf-model names one
+            entry = {"class": MODEL_CLASS_NAME, "model_path": gated.get("model_path") or MODELS[name]}
+        if isinstance(entry, dict) and entry.get("class") == MODEL_CLASS_NAME:
+            config["model"][name] = _merge(entry, gated, f"model {name}")
+    ours = {name: cls for cls in dataset_classes() for name in cls.supported_datasets()}
+    local = data_settings(args)
+    for name in local:
+        if name not in config["data"]:
+            print(f"truthprobe vlmeval: options for {name} given, but it is not among the data sets run", file=sys.stderr)
+    for name, entry in list(config["data"].items()):
+        if name in ours:
+            entry = _merge({"class": ours[name].__name__, "dataset": name, **(entry or {})}, local.get(name, {}), f"data {name}")
+            _check_keys(ours[name], entry, f"data {name}")
+        elif not entry and not values["config"]:
+            entry = _dataset_entry(name)
+        config["data"][name] = entry
+    return config
 
 
-def _interventions(values: dict) -> dict[str, dict]:
-    """Model name -> its checkpoint and the ``describe()`` of its intervention, each checked against its config before
-    VLMEvalKit starts (it would only log a failure and go on)."""
+def write_config(work_dir: str, config: dict) -> Path:
+    from .._io import atomic_write_text
+
+    folder = Path(work_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+
+
+def _gated_entries(config: dict) -> dict[str, dict]:
+    from ..model_adapters.vlmeval_registration import MODEL_CLASS_NAME
+
+    return {name: entry for name, entry in config["model"].items()
+            if isinstance(entry, dict) and entry.get("class") == MODEL_CLASS_NAME}
+
+
+def _interventions(config: dict) -> dict[str, dict]:
+    """Model name -> what it runs (checkpoint, generation limits, the ``describe()`` of its intervention), each
+    checked against its checkpoint's config before VLMEvalKit starts (it would only log a failure and go on)."""
     from ..errors import TruthProbeError
-    from ..model_adapters.vlmeval_gated import ENV, check_fits_config, resolve_intervention
+    from ..model_adapters.vlmeval_gated import DEFAULTS, check_fits_config, resolve_intervention
 
     checked = {}
-    for name, explicit, default_path in _models_to_check(values):
-        made = resolve_intervention(explicit)
-        path = explicit.get("model_path") or os.environ.get(ENV["model_path"]) or default_path
+    for name, entry in _gated_entries(config).items():
+        made = resolve_intervention(entry)
+        path = entry.get("model_path")
         if not path:
-            raise TruthProbeError(f"{name}: expected a checkpoint (--hf-model, {ENV['model_path']} or the config's model_path), found none")
+            raise TruthProbeError(f"{name}: expected a checkpoint (--hf-model or the config's model_path), found none")
         check_fits_config(str(path), made)
-        checked[name] = {"model": str(path), "intervention": made.describe()}
+        checked[name] = {"model": str(path), "max_new_tokens": entry.get("max_new_tokens", DEFAULTS["max_new_tokens"]),
+                         "dataset_max_new_tokens": entry.get("dataset_max_new_tokens", {}),
+                         "intervention": made.describe()}
     return checked
 
 
@@ -167,21 +300,6 @@ def _failures(work_dir: str, model_names: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    given = {env: str(getattr(args, dest)) for dest, env in {**GATE_OPTIONS, **DATA_OPTIONS}.items()
-             if getattr(args, dest, None) is not None}
-    previous = {env: os.environ.get(env) for env in given}
-    os.environ.update(given)
-    try:
-        return _run(args)
-    finally:  # an in-process caller gets its environment back
-        for env, value in previous.items():
-            if value is None:
-                os.environ.pop(env, None)
-            else:
-                os.environ[env] = value
-
-
-def _run(args: argparse.Namespace) -> int:
     from ..errors import TruthProbeError
 
     runner_args = list(args.runner_args)
@@ -195,13 +313,18 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.runner_help:
         runner_args = ["--help"]
-    elif not runner_args:
-        raise TruthProbeError("expected VLMEvalKit runner arguments (e.g. --model llava_v1.5_7b_truthprobe --data POPE_local), found none")
-
-    values = _runner_values(runner_args)
-    if values["use_vllm"] and _models_to_check(values):
-        raise TruthProbeError("--use-vllm: the gated models run in transformers (the gate hooks); drop --use-vllm")
-    described = {} if args.runner_help else _interventions(values)
+        described, work_dir = {}, None
+    else:
+        if not runner_args:
+            raise TruthProbeError("expected VLMEvalKit runner arguments (e.g. --model llava_v1.5_7b_truthprobe --data POPE_local), found none")
+        values, rest = _runner_values(runner_args)
+        register()
+        config = build_config(args, values)
+        if values["use_vllm"] and _gated_entries(config):
+            raise TruthProbeError("--use-vllm: the gated models run in transformers (the gate hooks); drop --use-vllm")
+        described = _interventions(config)
+        work_dir = values["work_dir"]
+        runner_args = ["--config", str(write_config(work_dir, config)), *rest]
 
     register()
     argv = sys.argv
@@ -215,11 +338,10 @@ def _run(args: argparse.Namespace) -> int:
         return int(exc.code or 0)
     finally:
         sys.argv = argv
-    write_descriptions(values["work_dir"], described)
-    names = list(values["model"])
-    if values["config"]:
-        names = list((json.loads(Path(values["config"]).read_text(encoding="utf-8")).get("model") or {}))
-    failures = _failures(values["work_dir"], names)
+    if work_dir is None:
+        return 0
+    write_descriptions(work_dir, described)
+    failures = _failures(work_dir, list(config["model"]))
     if failures:
         print("VLMEvalKit reported failures:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

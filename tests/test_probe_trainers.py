@@ -318,3 +318,29 @@ def test_fold_errors_are_clear():
         grouped_stratified_folds(np.tile([0, 1], 6), np.arange(12), n_folds=1)
     with pytest.raises(FoldError, match="expected only 0 .* found 0.5"):
         grouped_stratified_folds(np.array([0, 1, 0.5, 1, 0, 1]), np.arange(6), n_folds=2)
+
+
+@pytest.mark.parametrize("n_folds", [2, 4, 5])
+def test_folds_balance_as_well_as_sklearns_stratified_group_kfold(n_folds, shared_dir):
+    """On the real TruthfulQA groups (2 to 18 answers a question), our folds keep every group whole and balance label
+    shares and fold sizes at least as well as scikit-learn's StratifiedGroupKFold (kept: see probing/folds.py)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    from truthprobe_eval.probing.data import labels_and_groups, truthfulqa_examples
+
+    csv = shared_dir / "data/truthfulqa/TruthfulQA.csv"
+    y, groups = labels_and_groups(truthfulqa_examples(csv, range(400)))
+
+    def spread(folds):
+        sizes = np.bincount(folds, minlength=n_folds)
+        share = np.bincount(folds, weights=y, minlength=n_folds) / sizes
+        return float(np.abs(share - y.mean()).max()), int(sizes.max() - sizes.min())
+
+    for seed in (0, 1, 2):
+        ours = grouped_stratified_folds(y, groups, n_folds=n_folds, seed=seed)
+        assert all(len(set(ours[groups == g])) == 1 for g in np.unique(groups))
+        theirs = np.empty_like(ours)
+        splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+        for k, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
+            theirs[test] = k
+        (our_share, our_sizes), (their_share, their_sizes) = spread(ours), spread(theirs)
+        assert our_share <= max(their_share, 0.005) and our_sizes <= max(their_sizes, 2)

@@ -3,7 +3,9 @@ plugin discovery) and VLMEvalKit's runner find our models, tasks and data sets w
 Everything else is in pyproject.toml. The hooks' sources live in model_adapters/*_registration.py."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -14,13 +16,26 @@ HERE = Path(__file__).resolve().parent
 HOOK_MODULES = ("lm_eval_registration", "vlmeval_registration")
 
 
+def _adapters_package():
+    """``model_adapters/`` imported from its folder under a private name (its hook modules are stdlib-only)."""
+    name = "_tp_model_adapters"
+    if name not in sys.modules:
+        folder = HERE / "model_adapters"
+        spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        spec.loader.exec_module(package)
+    return name
+
+
 def _write_pth_files(target: Path) -> list[str]:
     written = []
-    for name in HOOK_MODULES:  # stdlib-only modules: load them from their files, not as a package
-        spec = importlib.util.spec_from_file_location(f"_tp_{name}", HERE / "model_adapters" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        written.append(str(module.write_pth(target)))
+    package = _adapters_package()
+    for name in HOOK_MODULES:
+        module = importlib.import_module(f"{package}.{name}")
+        path = target / module.PTH_NAME
+        path.write_text(module.pth_line(), encoding="utf-8")
+        written.append(str(path))
     return written
 
 

@@ -13,8 +13,8 @@ import this module and call ``on_import``, which
 Nothing in lm-eval's files is changed. ``TRUTHPROBE_LM_EVAL_AUTOREGISTER=0`` switches the hook off. In-process
 users who did not install the ``.pth`` call ``register()`` once instead.
 
-This module imports only the standard library at module level: ``setup.py`` loads it from its file to render
-the ``.pth`` line.
+This module imports only the standard library (and ``startup_hook``) at module level: ``setup.py`` loads it
+to render the ``.pth`` line.
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from . import startup_hook
+from .startup_hook import hook_source
 
 MODEL_NAME = "truthgated"
 MODEL_NAMES = ("truthgated", "intervened")  # the second is the method-neutral alias
@@ -38,58 +41,21 @@ _MARK = "_truthprobe_tasks_added"
 # small, stdlib-only and must never raise. It wraps the loader of the two hooked modules: right after
 # lm_eval.models has run it adds the lazy model placeholder itself (so ``lm_eval --help`` imports nothing of
 # ours); right after the task manager module has run it calls ``on_import(module)`` below.
-HOOK_SOURCE = '''
-import os, sys
-class _TruthprobeLmEvalHook:
-    targets = %(targets)r
-    def find_spec(self, name, path=None, target=None):
-        if name not in self.targets:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        run = getattr(loader, "exec_module", None)
-        if run is None:
-            return spec
-        def exec_module(module, _run=run):
-            _run(module)
-            try:
-                if module.__name__ == "lm_eval.models":  # a lazy placeholder: imports nothing of ours
-                    from lm_eval.api.registry import model_registry
-                    for name in %(models)r:
-                        if name not in model_registry:
-                            model_registry.register(name, target=%(target)r)
-                else:
-                    from truthprobe_eval.model_adapters import lm_eval_registration
-                    lm_eval_registration.on_import(module)
-            except Exception as exc:
-                import warnings
-                warnings.warn("truthprobe-eval could not register with lm_eval: %%r" %% (exc,), stacklevel=2)
-        loader.exec_module = exec_module
-        return spec
-if os.environ.get(%(env)r, "1") != "0" and not any(type(f).__name__ == "_TruthprobeLmEvalHook" for f in sys.meta_path):
-    sys.meta_path.insert(0, _TruthprobeLmEvalHook())
-''' % {"targets": HOOKED_MODULES, "env": DISABLE_ENV, "models": MODEL_NAMES, "target": MODEL_TARGET}
+HOOK_SOURCE = hook_source("_TruthprobeLmEvalHook", HOOKED_MODULES, f"""
+    if module.__name__ == "lm_eval.models":  # a lazy placeholder: imports nothing of ours
+        from lm_eval.api.registry import model_registry
+        for name in {MODEL_NAMES!r}:
+            if name not in model_registry:
+                model_registry.register(name, target={MODEL_TARGET!r})
+    else:
+        from truthprobe_eval.model_adapters import lm_eval_registration
+        lm_eval_registration.on_import(module)
+""", "lm_eval", DISABLE_ENV)
 
 
 def pth_line() -> str:
-    """The single line of ``truthprobe_eval_lm_eval.pth`` (``site`` executes lines that start with ``import``)."""
-    return f"import sys; exec({HOOK_SOURCE!r}, {{'__name__': 'truthprobe_eval_lm_eval_hook'}})\n"
-
-
-def write_pth(path: "str | os.PathLike") -> Path:
-    """Write the ``.pth`` file (used by ``setup.py``; a folder gets ``PTH_NAME`` inside it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / PTH_NAME
-    path.write_text(pth_line(), encoding="utf-8")
-    return path
+    """The single line of ``truthprobe_eval_lm_eval.pth``."""
+    return startup_hook.pth_line(HOOK_SOURCE, "truthprobe_eval_lm_eval_hook")
 
 
 def tasks_dir() -> Path:
@@ -152,4 +118,4 @@ def hook_installed() -> bool:
 
 
 __all__ = ["HOOK_SOURCE", "MODEL_NAME", "MODEL_NAMES", "MODEL_TARGET", "PTH_NAME", "add_tasks_to_task_manager",
-           "hook_installed", "on_import", "pth_line", "register", "register_model", "tasks_dir", "write_pth"]
+           "hook_installed", "on_import", "pth_line", "register", "register_model", "tasks_dir"]

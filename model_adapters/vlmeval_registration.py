@@ -13,18 +13,19 @@ post-import hook that calls ``register()`` right after ``vlmeval.config`` has be
 nothing otherwise. ``TRUTHPROBE_VLMEVAL_AUTOREGISTER=0`` switches it off. ``install_import_hook()`` installs
 the same hook in a running process.
 
-This module imports only the standard library at module level (``setup.py`` may load it from its file to
+This module imports only the standard library (and ``startup_hook``) at module level (``setup.py`` loads it to
 render the ``.pth`` line).
 """
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
 from typing import Iterator
+
+from . import startup_hook
+from .startup_hook import hook_source
 
 # name -> default Hugging Face checkpoint (a config entry's model_path, i.e. `truthprobe vlmeval --hf-model`, overrides it)
 MODELS: dict[str, str | None] = {
@@ -50,56 +51,19 @@ PTH_NAME = "truthprobe_eval_vlmeval.pth"
 DISABLE_ENV = "TRUTHPROBE_VLMEVAL_AUTOREGISTER"
 HOOKED_MODULE = "vlmeval.config"
 
-# Source of the start-up hook: small, stdlib-only, never raises. It wraps the loader of ``vlmeval.config`` so
-# that ``register()`` runs right after that module has executed (VLMEvalKit's runner imports it first thing).
-HOOK_SOURCE = '''
-import os, sys
-class _TruthprobeVlmevalHook:
-    target = %(target)r
-    def find_spec(self, name, path=None, target=None):
-        if name != self.target:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        run = getattr(spec.loader, "exec_module", None)
-        if run is None:
-            return spec
-        def exec_module(module, _run=run):
-            _run(module)
-            try:
-                from truthprobe_eval.model_adapters import vlmeval_registration
-                vlmeval_registration.register()
-            except Exception as exc:
-                import warnings
-                warnings.warn("truthprobe-eval could not register with VLMEvalKit: %%r" %% (exc,), stacklevel=2)
-        spec.loader.exec_module = exec_module
-        return spec
-if os.environ.get(%(env)r, "1") != "0" and not any(type(f).__name__ == "_TruthprobeVlmevalHook" for f in sys.meta_path):
-    sys.meta_path.insert(0, _TruthprobeVlmevalHook())
-''' % {"target": HOOKED_MODULE, "env": DISABLE_ENV}
+# The start-up hook: ``register()`` right after ``vlmeval.config`` has run (VLMEvalKit's runner imports it first).
+HOOK_SOURCE = hook_source("_TruthprobeVlmevalHook", (HOOKED_MODULE,), """
+    from truthprobe_eval.model_adapters import vlmeval_registration
+    vlmeval_registration.register()
+""", "VLMEvalKit", DISABLE_ENV)
 
 _registered = False
 _deferred = False  # register() was called while vlmeval_gated was still importing
 
 
 def pth_line() -> str:
-    """The single line of ``truthprobe_eval_vlmeval.pth`` (``site`` executes lines that start with ``import``)."""
-    return f"import sys; exec({HOOK_SOURCE!r}, {{'__name__': 'truthprobe_eval_vlmeval_hook'}})\n"
-
-
-def write_pth(path: "str | os.PathLike") -> Path:
-    """Write the ``.pth`` file (a folder gets ``PTH_NAME`` inside it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / PTH_NAME
-    path.write_text(pth_line(), encoding="utf-8")
-    return path
+    """The single line of ``truthprobe_eval_vlmeval.pth``."""
+    return startup_hook.pth_line(HOOK_SOURCE, "truthprobe_eval_vlmeval_hook")
 
 
 def install_import_hook() -> None:
@@ -180,4 +144,4 @@ def register() -> None:
 
 
 __all__ = ["MODELS", "MODEL_CLASS_NAME", "PTH_NAME", "DISABLE_ENV", "register", "install_import_hook", "pth_line",
-           "write_pth", "hook_installed", "dataset_classes", "dataset_names"]
+           "hook_installed", "dataset_classes", "dataset_names"]

@@ -147,11 +147,11 @@ def test_list(capsys):
 
 
 def _site_with_pth(tmp_path) -> Path:
-    from truthprobe_eval.model_adapters.vlmeval_registration import write_pth
+    from truthprobe_eval.model_adapters.vlmeval_registration import PTH_NAME, pth_line
 
     site_dir = tmp_path / "site"
     site_dir.mkdir()
-    write_pth(site_dir)
+    (site_dir / PTH_NAME).write_text(pth_line(), encoding="utf-8")
     return site_dir
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Union
 
 import numpy as np
 import torch
@@ -21,6 +21,8 @@ from .architectures import HeadSites, locate_heads, model_name
 from .errors import GateConfigError
 from .gate_config import KINDS, NORMS, SITES, check_gate_settings  # noqa: E402,F401
 from .scores import TruthScores, load_scores
+
+ScoresLike = Union[TruthScores, np.ndarray, str, os.PathLike]  # a score object, an array or a score file
 
 
 def normalize(scores: np.ndarray, norm: str = "centered") -> np.ndarray:
@@ -37,7 +39,7 @@ def normalize(scores: np.ndarray, norm: str = "centered") -> np.ndarray:
 
 
 def gate_values(
-    scores: "TruthScores | np.ndarray | str | os.PathLike",
+    scores: ScoresLike,
     alpha: float,
     norm: str = "centered",
     kind: str = "truthprobe",
@@ -73,7 +75,9 @@ def gate_values(
     return g
 
 
-def _resolve(model: nn.Module, scores, alpha, norm, site, kind, seed) -> tuple[HeadSites, np.ndarray]:
+def resolve_gates(model: nn.Module, scores: ScoresLike, alpha: float, norm: str, site: str, kind: str,
+                  seed: int) -> tuple[HeadSites, np.ndarray]:
+    """The model's head sites and the gate array, after every setting and the scores' shape are checked."""
     alpha = check_gate_settings(alpha, norm, site, kind)
     sites = locate_heads(model)
     s = load_scores(scores)
@@ -87,7 +91,8 @@ def _feature_scale(gates_row: np.ndarray, width: int, like: torch.Tensor) -> tor
     return torch.as_tensor(np.repeat(gates_row, chunk), dtype=like.dtype, device=like.device)
 
 
-def _register(sites: HeadSites, gates: np.ndarray, site: str) -> list:
+def register_gate_hooks(sites: HeadSites, gates: np.ndarray, site: str) -> list:
+    """One hook per output projection scaling each head's chunk by its gate; returns the handles (remove to restore)."""
     handles = []
     try:
         for layer, proj in enumerate(sites.out_projs):
@@ -104,33 +109,12 @@ def _register(sites: HeadSites, gates: np.ndarray, site: str) -> list:
     return handles
 
 
-def gate_hooks(
-    model: nn.Module,
-    scores: "TruthScores | np.ndarray | str | os.PathLike",
-    alpha: float = 4.5,
-    norm: str = "centered",
-    site: str = "o_proj_output",
-    kind: str = "truthprobe",
-    seed: int = 0,
-) -> list:
-    """Register the gate hooks on every output projection; returns their handles (remove them to restore)."""
-    sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
-    return _register(sites, gates, site)
-
-
 @contextmanager
-def gate(
-    model: nn.Module,
-    scores: "TruthScores | np.ndarray | str | os.PathLike",
-    alpha: float = 4.5,
-    norm: str = "centered",
-    site: str = "o_proj_output",
-    kind: str = "truthprobe",
-    seed: int = 0,
-) -> Iterator[np.ndarray]:
+def gate(model: nn.Module, scores: ScoresLike, alpha: float = 4.5, norm: str = "centered", site: str = "o_proj_output",
+         kind: str = "truthprobe", seed: int = 0) -> Iterator[np.ndarray]:
     """Gate every head of ``model`` while the block runs; yields the gate array. Hooks are removed on exit."""
-    sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
-    handles = _register(sites, gates, site)
+    sites, gates = resolve_gates(model, scores, alpha, norm, site, kind, seed)
+    handles = register_gate_hooks(sites, gates, site)
     try:
         yield gates
     finally:
@@ -139,23 +123,15 @@ def gate(
 
 
 @torch.no_grad()
-def bake(
-    model: nn.Module,
-    scores: "TruthScores | np.ndarray | str | os.PathLike",
-    alpha: float = 4.5,
-    norm: str = "centered",
-    site: str = "o_proj_output",
-    kind: str = "truthprobe",
-    seed: int = 0,
-    intervention: Any = None,
-) -> nn.Module:
+def bake(model: nn.Module, scores: ScoresLike, alpha: float = 4.5, norm: str = "centered", site: str = "o_proj_output",
+         kind: str = "truthprobe", seed: int = 0, intervention: Any = None) -> nn.Module:
     """Fold the gates into the output-projection weights in place (zero run-time cost); returns ``model``.
 
     The gating is recorded, as every baked intervention is, in ``model.config.truthprobe_interventions`` (its
     ``describe()`` plus the gate values), so that a saved checkpoint says how it was made; ``intervention``: the
     ``TruthProbeGate`` doing the bake, whose description is recorded (default: one built from these arguments).
     """
-    sites, gates = _resolve(model, scores, alpha, norm, site, kind, seed)
+    sites, gates = resolve_gates(model, scores, alpha, norm, site, kind, seed)
     in_dim, out_dim = (0, 1) if sites.layout.conv1d else (1, 0)
     for layer, proj in enumerate(sites.out_projs):
         w = proj.weight

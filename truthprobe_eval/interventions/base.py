@@ -5,7 +5,8 @@ serves lm-eval's ``model_args``, VLMEvalKit's config keys, the CLI and Python), 
 manager (hooks in, hooks out, the model exactly restored), may bake into the weights, and describes itself as a
 plain dict that every result records (``describe()``; ``from_description`` rebuilds it).
 
-A new method is a new subclass with a ``name``, its ``params`` and ``hooks``; nothing else moves.
+A new method is a new subclass with a ``name``, its ``params`` and ``hooks`` (and, to be bakeable,
+``bake_weights``; its leaderboard wording in ``row``); nothing else moves.
 """
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ class Intervention:
             raise cls.error(f"method {cls.name!r}: unknown argument(s) {', '.join(unknown)}; expected "
                             f"{', '.join(cls.param_names())}")
         apply = Param("apply", str, "hook", APPLY_MODES).parse(kwargs.get("apply"), cls.error)
-        if apply == "bake" and cls.bake is Intervention.bake:
+        if apply == "bake" and not cls.can_bake():
             raise cls.error(f"apply: method {cls.name!r} cannot be baked into weights; use apply=hook")
         settings = {"apply": apply, **{p.name: p.parse(kwargs.get(p.name), cls.error) for p in cls.params}}
         made = cls(**settings)
@@ -186,8 +187,26 @@ class Intervention:
             for handle in handles:
                 handle.remove()
 
+    @classmethod
+    def can_bake(cls) -> bool:
+        return cls.bake is not Intervention.bake or cls.bake_weights is not Intervention.bake_weights
+
+    @torch.no_grad()
     def bake(self, model: nn.Module) -> nn.Module:
-        """Fold the intervention into the weights in place; recorded in ``model.config.truthprobe_interventions``."""
+        """Fold the intervention into the weights in place (``bake_weights``), after the same checks as ``attach``;
+        recorded in ``model.config.truthprobe_interventions``. Returns ``model``."""
+        from ..architectures import locate_heads
+
+        if self.identity:
+            return model
+        if not self.can_bake():
+            raise self.error(f"method {self.name!r} cannot be baked into weights")
+        self.check_fits(model)
+        self.record_bake(model, self.bake_weights(locate_heads(model)))
+        return model
+
+    def bake_weights(self, sites: Any) -> dict | None:
+        """Change the weights of the model whose ``HeadSites`` are given; returns extra fields for the record."""
         raise self.error(f"method {self.name!r} cannot be baked into weights")
 
     def record_bake(self, model: nn.Module, extra: dict | None = None) -> None:
@@ -221,6 +240,11 @@ class Intervention:
         """(method, settings) of a leaderboard row, from a recorded ``describe()`` (no instance: files may be gone)."""
         if described.get("identity"):
             return "vanilla", ""
+        return cls.row(described)
+
+    @classmethod
+    def row(cls, described: dict[str, Any]) -> tuple[str, str]:
+        """``table_row`` of an intervention that changes something; methods word their own."""
         skip = ("method", "label", "identity", "apply")
         return (str(described.get("label") or cls.name),
                 ", ".join(f"{k}={v}" for k, v in described.items() if k not in skip and isinstance(v, (int, float, str))))
@@ -242,8 +266,8 @@ class Baseline(Intervention):
     def hooks(self, model: nn.Module) -> list:
         return []
 
-    def bake(self, model: nn.Module) -> nn.Module:
-        return model
+    def bake_weights(self, sites: Any) -> None:
+        return None
 
     def label(self) -> str:
         return "baseline"

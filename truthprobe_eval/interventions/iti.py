@@ -127,14 +127,7 @@ class ITI(Intervention):
             handles.append(proj.register_forward_pre_hook(add))
         return handles
 
-    @torch.no_grad()
-    def bake(self, model: nn.Module) -> nn.Module:
-        from ..architectures import locate_heads
-
-        if self.identity:
-            return model
-        self.check_fits(model)
-        sites = locate_heads(model)
+    def bake_weights(self, sites: Any) -> dict:
         shifts = self.shifts()
         for layer, proj in enumerate(sites.out_projs):
             if not shifts[layer].any():
@@ -145,17 +138,14 @@ class ITI(Intervention):
             if getattr(proj, "bias", None) is None:
                 proj.bias = nn.Parameter(torch.zeros(delta.shape[0], dtype=w.dtype, device=w.device))
             proj.bias.add_(delta.to(w.dtype))
-        self.record_bake(model, {"heads": [list(h) for h in self.heads()]})
-        return model
+        return {"heads": [list(h) for h in self.heads()]}
 
     def provenance(self) -> dict[str, Any]:
         return {"directions_model": self.data.model, "direction": self.data.meta.get("direction"),
                 "heads": [list(h) for h in self.heads()]}
 
     @classmethod
-    def table_row(cls, described: dict[str, Any]) -> tuple[str, str]:
-        if described.get("identity"):
-            return "vanilla", ""
+    def row(cls, described: dict[str, Any]) -> tuple[str, str]:
         control = described.get("control", "none")
         parts = [f"K={described['k']}", f"alpha={described['alpha']:g}"]
         if described.get("positions", "answer") != "answer":

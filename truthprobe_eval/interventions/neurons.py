@@ -96,21 +96,12 @@ class NeuronSuppression(Intervention):
             handles.append(projs[layer].register_forward_pre_hook(scale))
         return handles
 
-    @torch.no_grad()
-    def bake(self, model: nn.Module) -> nn.Module:
-        from ..architectures import locate_heads
-
-        if self.identity:
-            return model
-        self.check_fits(model)
-        sites = locate_heads(model)
+    def bake_weights(self, sites: Any) -> None:
         projs = sites.modules("mlp_activation")
         w = projs[0].weight
         for layer, s in self._scales(sites.mlp_width, w.dtype, w.device).items():
             weight = projs[layer].weight
             weight.mul_(s[:, None] if sites.layout.conv1d else s[None, :])
-        self.record_bake(model)
-        return model
 
     def provenance(self) -> dict[str, Any]:
         counts = {str(layer): int(len(idx)) for layer, idx in self.chosen().items()}
@@ -118,9 +109,7 @@ class NeuronSuppression(Intervention):
                 "p_threshold": self.data.meta.get("p_threshold"), "top_n": self.data.meta.get("top_n")}
 
     @classmethod
-    def table_row(cls, described: dict[str, Any]) -> tuple[str, str]:
-        if described.get("identity"):
-            return "vanilla", ""
+    def row(cls, described: dict[str, Any]) -> tuple[str, str]:
         name = "truth neurons, random" if described.get("control") == "random" else "truth neurons"
         parts = [f"n={described.get('n_neurons')}", f"factor={described['factor']:g}"]
         if described.get("control") == "random":

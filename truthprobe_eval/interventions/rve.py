@@ -225,9 +225,7 @@ class RVE(Intervention):
         return out
 
     @classmethod
-    def table_row(cls, described: dict[str, Any]) -> tuple[str, str]:
-        if described.get("identity"):
-            return "vanilla", ""
+    def row(cls, described: dict[str, Any]) -> tuple[str, str]:
         name = {"rve": "RVE", "global": "global attention boost"}[described.get("variant", "rve")]
         if described.get("control") == "random_heads":
             name += ", random heads"

@@ -98,10 +98,11 @@ class TruthProbeGate(Intervention):
             return gate_values(self.scores_for(model), s["alpha"], s["norm"], s["gate"], s["seed"])
 
     def hooks(self, model: nn.Module) -> list:
-        from ..gating import gate_hooks
+        from ..gating import register_gate_hooks, resolve_gates
 
         s = self.settings
-        return gate_hooks(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"])
+        sites, gates = resolve_gates(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"])
+        return register_gate_hooks(sites, gates, s["site"])
 
     def bake(self, model: nn.Module) -> nn.Module:
         from ..gating import bake
@@ -115,9 +116,7 @@ class TruthProbeGate(Intervention):
         return {"scores": self.source, "scores_model": None if self.scores is None else self.scores.model}
 
     @classmethod
-    def table_row(cls, described: dict[str, Any]) -> tuple[str, str]:
-        if described.get("identity"):
-            return "vanilla", ""
+    def row(cls, described: dict[str, Any]) -> tuple[str, str]:
         gate = described.get("gate", "truthprobe")
         parts = [f"alpha={described['alpha']:g}", f"norm={described['norm']}"]
         if described.get("site", "o_proj_output") != "o_proj_output":

@@ -1,0 +1,56 @@
+"""The source of a ``.pth`` start-up hook: a ``sys.meta_path`` finder that runs ``on_load`` right after one of
+``targets`` has been imported, and does nothing else.
+
+Both harness registrations (``lm_eval_registration``, ``vlmeval_registration``) render their hook from here. The
+source runs inside ``site`` at every Python start-up of the environment, so it is stdlib-only and never raises
+(a failed registration is a warning). Standard library only: ``setup.py`` loads this folder to write the files.
+"""
+from __future__ import annotations
+
+import textwrap
+
+_TEMPLATE = '''
+import os, sys
+class %(cls)s:
+    targets = %(targets)r
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.targets:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        run = getattr(spec.loader, "exec_module", None)
+        if run is None:
+            return spec
+        def exec_module(module, _run=run):
+            _run(module)
+            try:
+%(on_load)s
+            except Exception as exc:
+                import warnings
+                warnings.warn("truthprobe-eval could not register with %(harness)s: %%r" %% (exc,), stacklevel=2)
+        spec.loader.exec_module = exec_module
+        return spec
+if os.environ.get(%(env)r, "1") != "0" and not any(type(f).__name__ == %(cls)r for f in sys.meta_path):
+    sys.meta_path.insert(0, %(cls)s())
+'''
+
+
+def hook_source(cls: str, targets: tuple[str, ...], on_load: str, harness: str, disable_env: str) -> str:
+    """The hook's source: finder class ``cls``; ``on_load`` is code run with ``module`` (the imported target) bound;
+    ``disable_env=0`` in the environment switches the hook off."""
+    body = textwrap.indent(textwrap.dedent(on_load).strip(), " " * 16)
+    return _TEMPLATE % {"cls": cls, "targets": tuple(targets), "on_load": body, "harness": harness, "env": disable_env}
+
+
+def pth_line(source: str, name: str) -> str:
+    """The single line of a ``.pth`` file (``site`` executes lines that start with ``import``)."""
+    return f"import sys; exec({source!r}, {{'__name__': {name!r}}})\n"
+
+
+__all__ = ["hook_source", "pth_line"]

@@ -30,6 +30,7 @@ with keep_grad_mode():  # importing vlmeval.vlm turns autograd off process-wide
 
 from truthprobe_eval.errors import TruthProbeError
 from truthprobe_eval.interventions import Intervention, method_class
+from truthprobe_eval.interventions.base import Param
 
 DEFAULTS = {"method": "truthprobe", "dtype": "auto", "device": "auto", "max_new_tokens": 512}
 
@@ -115,12 +116,10 @@ def check_fits_config(model_path: str, intervention: Intervention) -> None:
 
 
 def _limit(value: Any, what: str) -> int:
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        raise TruthProbeError(f"{what}: expected a positive integer, found {value!r}") from None
-    if out < 1:
-        raise TruthProbeError(f"{what}: expected a positive integer, found {out}")
+    """A generation limit: a positive integer (from a config's number or string), parsed as method settings are."""
+    out = Param(what, int).parse(value, TruthProbeError)
+    if out is None or out < 1:
+        raise TruthProbeError(f"{what}: expected a positive integer, found {value!r}")
     return out
 
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from tiny_models import save_tiny_mllm
 
 from truthprobe_eval.experiments import overlay
 from truthprobe_eval.scores import TruthScores
@@ -16,36 +16,9 @@ LAYERS, HEADS = 3, 4
 
 
 @pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory):
-    from transformers import (
-        AutoTokenizer,
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    from truthprobe_eval.models import resolve_model_path
-
-    folder = tmp_path_factory.mktemp("llava")
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
-    tok.add_tokens(["<image>"], special_tokens=True)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1)
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                       image_size=32, patch_size=8).to_dict(),
-        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
-                                num_attention_heads=HEADS, num_key_value_heads=2, head_dim=8,
-                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id).to_dict(),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default")
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def tiny_llava(tmp_path_factory, smollm2):
+    return save_tiny_mllm("llava", tmp_path_factory.mktemp("llava"), layers=LAYERS, heads=HEADS, tokenizer=smollm2[1],
+                          yes_no_boost=1.0)
 
 
 @pytest.fixture(scope="module")

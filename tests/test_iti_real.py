@@ -3,11 +3,8 @@ log-likelihood scoring (with and without the shared-prefix cache), neutral-text 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
+import lm_eval_cli
 import numpy as np
 import pytest
 import torch
@@ -16,7 +13,6 @@ from lm_eval.api.instance import Instance
 from truthprobe_eval.directions import ITIDirections
 from truthprobe_eval.interventions import build
 
-BIN = Path(sys.executable).parent
 PROMPT = ("Q: What is the capital of France?\nA: Paris.\n\nQ: What is 2+2?\nA: Four.\n\nQ: Who wrote Hamlet?\n"
           "A: Shakespeare.\n\nQ: Where do penguins live?\nA:")
 CONTINUATIONS = [" In Antarctica.", " In the Arctic and in zoos.", " Mostly in the southern hemisphere.", " Nowhere."]
@@ -90,15 +86,9 @@ def test_neutral_text_cost(smollm2, directions):
 @pytest.mark.slow
 def test_lm_eval_cli_runs_iti_on_truthfulqa_halves(directions, csv, tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run([str(BIN / "lm_eval"), "--model", "intervened", "--model_args",
-                          f"pretrained=smollm2-135m-instruct,method=iti,directions={directions},k=48,alpha=15",
-                          "--tasks", "truthfulqa_local_mc2", "--metadata",
-                          json.dumps({"truthfulqa_csv": csv, "truthfulqa_rows": [5, 9, 12]}),
-                          "--batch_size", "4", "--log_samples", "--output_path", str(out)],
-                         capture_output=True, text=True, env=env, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    results = json.loads(next(out.rglob("results_*.json")).read_text())
+    results = lm_eval_cli.results("intervened", f"pretrained=smollm2-135m-instruct,method=iti,directions={directions},k=48,alpha=15",
+                                  "truthfulqa_local_mc2", out, "--batch_size", "4", "--log_samples",
+                                  metadata={"truthfulqa_csv": csv, "truthfulqa_rows": [5, 9, 12]})
     described = results["config"]["intervention"]
     assert (described["method"], described["k"], described["alpha"], described["positions"]) == ("iti", 48, 15.0, "answer")
     assert len(described["heads"]) == 48 and results["config"]["model"] == "intervened"

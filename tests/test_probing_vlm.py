@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from tiny_models import save_tiny_mllm
 from truthprobe_eval.probing import load_activations
 from truthprobe_eval.probing.data import ProbeExample, jsonl_examples
 from truthprobe_eval.probing.extract import extract_activations
@@ -27,40 +28,8 @@ N_GROUPS = 6
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory, smollm2):
     """Checkpoint folder of a random LLaVA whose processor is SmolLM2's tokenizer + a CLIP image processor."""
-    import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    folder = tmp_path_factory.mktemp("tiny-llava")
-    tok = smollm2[1]
-    tok.save_pretrained(folder / "tok")
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder / "tok")  # a copy: the session fixture's tokenizer stays as it is
-    tok.add_tokens(["<image>"], special_tokens=True)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                       image_size=32, patch_size=8).to_dict(),
-        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id).to_dict(),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(folder / "model")
-    processor.save_pretrained(folder / "model")
-    return str(folder / "model")
+    return save_tiny_mllm("llava", tmp_path_factory.mktemp("tiny-llava") / "model", layers=3, tokenizer=smollm2[1],
+                          chat_template=CHAT_TEMPLATE, yes_no_boost=1.0)
 
 
 @pytest.fixture(scope="module")

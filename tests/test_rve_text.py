@@ -2,19 +2,12 @@
 `truthprobe ars score`, and `method=rve,span=context` through the stock lm_eval CLI on the TruthProbe protocol."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
+import lm_eval_cli
 import pytest
 import torch
 
 from truthprobe_eval import TruthScores
 from truthprobe_eval.interventions import build
-
-BIN = Path(sys.executable).parent
 
 
 def test_the_context_span_is_the_knowledge_paragraph(smollm2):
@@ -65,16 +58,10 @@ def test_ars_command_and_rve_through_the_lm_eval_cli(smollm2, tmp_path, capsys):
             edited = model(input_ids=ids).logits[0, -1]
     assert not torch.allclose(plain, edited) and lm.intervention is rve
 
-    out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run([str(BIN / "lm_eval"), "--model", "intervened", "--model_args",
-                          f"pretrained=smollm2-135m-instruct,method=rve,ars={ars},span=context,layers=12-16,k=2",
-                          "--tasks", "halueval_truthprobe_seed0", "--metadata",
-                          json.dumps({"halueval_offset": 342, "halueval_n": 2}),
-                          "--batch_size", "2", "--output_path", str(out)],
-                         capture_output=True, text=True, env=env, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    results = json.loads(next(out.rglob("results_*.json")).read_text())
+    results = lm_eval_cli.results(
+        "intervened", f"pretrained=smollm2-135m-instruct,method=rve,ars={ars},span=context,layers=12-16,k=2",
+        "halueval_truthprobe_seed0", tmp_path / "out", "--batch_size", "2",
+        metadata={"halueval_offset": 342, "halueval_n": 2})
     described = results["config"]["intervention"]
     assert (described["method"], described["span"], described["layers"], described["k"]) == ("rve", "context", "12-16", 2)
     assert described["heads"]["14"]["sensitive"] and "halueval_truthprobe_seed0" in results["results"]

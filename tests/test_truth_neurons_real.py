@@ -3,20 +3,15 @@ bake = hooks on the real weights."""
 from __future__ import annotations
 
 import copy
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import lm_eval_cli
 import numpy as np
 import pytest
 import torch
 
 from truthprobe_eval.interventions import build
 from truthprobe_eval.neuron_scores import NeuronScores
-
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +74,10 @@ def test_bake_equals_hooks_on_the_real_weights(smollm2, found):
 
 @pytest.mark.slow
 def test_lm_eval_cli_runs_suppression(found, csv, tmp_path):
-    out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run([str(BIN / "lm_eval"), "--model", "intervened", "--model_args",
-                          f"pretrained=smollm2-135m-instruct,method=neurons,neurons={found[0]},control=random,seed=2",
-                          "--tasks", "truthfulqa_local_mc2", "--metadata",
-                          json.dumps({"truthfulqa_csv": csv, "truthfulqa_rows": [5, 9]}),
-                          "--batch_size", "4", "--output_path", str(out)],
-                         capture_output=True, text=True, env=env, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    described = json.loads(next(out.rglob("results_*.json")).read_text())["config"]["intervention"]
+    described = lm_eval_cli.results(
+        "intervened", f"pretrained=smollm2-135m-instruct,method=neurons,neurons={found[0]},control=random,seed=2",
+        "truthfulqa_local_mc2", tmp_path / "out", "--batch_size", "4",
+        metadata={"truthfulqa_csv": csv, "truthfulqa_rows": [5, 9]})["config"]["intervention"]
     made = NeuronScores.load(found[0])
     assert (described["method"], described["control"], described["seed"], described["factor"]) == ("neurons", "random", 2, 0.0)
     assert described["n_neurons"] == made.count

@@ -99,10 +99,11 @@ IDEFICS3_TEMPLATE = (
 )
 
 
-def _text_config(vocab: int, layers: int, heads: int, kv_heads: int, hidden: int, head_dim: int, ids: dict, **extra):
-    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=max(16, hidden // 4), num_hidden_layers=layers,
+def _text_config(tok, layers: int, heads: int, kv_heads: int, hidden: int, head_dim: int, **extra):
+    return dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=max(16, hidden // 4), num_hidden_layers=layers,
                 num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, max_position_embeddings=512,
-                pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], tie_word_embeddings=False,
+                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                tie_word_embeddings=False,
                 initializer_range=INIT_RANGE,
                 **extra)
 
@@ -112,16 +113,31 @@ def _clip(image_size: int = 32, patch: int = 8) -> dict:
                 image_size=image_size, patch_size=patch)
 
 
-def _build(family: str, layers: int, heads: int, kv_heads: int, hidden: int, head_dim: int):
+def _llava_tokenizer(tokenizer, chat_template: str | None):
+    """The tiny word-level tokenizer, or a copy of a real one (e.g. SmolLM2's) with an ``<image>`` token added."""
+    if tokenizer is None:
+        return tiny_tokenizer(chat_template or LLAVA_TEMPLATE)
+    import copy
+
+    tok = copy.deepcopy(tokenizer)  # the caller's tokenizer stays as it is
+    tok.add_tokens(["<image>"], special_tokens=True)
+    tok.chat_template = chat_template or LLAVA_TEMPLATE
+    return tok
+
+
+def _build(family: str, layers: int, heads: int, kv_heads: int, hidden: int, head_dim: int, tokenizer=None,
+           chat_template: str | None = None):
     """(config, processor) of a tiny ``family`` model."""
     from transformers import AutoConfig
 
+    if tokenizer is not None and family != "llava":
+        raise ValueError(f"tokenizer: only the llava family takes a real tokenizer, found family {family!r}")
     if family in ("llava", "llava_next"):
         from transformers import CLIPVisionConfig, LlamaConfig
 
-        tok = tiny_tokenizer(LLAVA_TEMPLATE)
+        tok = _llava_tokenizer(tokenizer, chat_template)
         ids = tok.get_vocab()
-        text = LlamaConfig(**_text_config(len(ids), layers, heads, kv_heads, hidden, head_dim, ids))
+        text = LlamaConfig(**_text_config(tok, layers, heads, kv_heads, hidden, head_dim))
         extra = {"image_grid_pinpoints": [[32, 32]]} if family == "llava_next" else {}
         config = AutoConfig.for_model(family, vision_config=CLIPVisionConfig(**_clip()).to_dict(),
                                       text_config=text.to_dict(), image_token_id=ids["<image>"],
@@ -132,7 +148,7 @@ def _build(family: str, layers: int, heads: int, kv_heads: int, hidden: int, hea
             image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
             processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
                                        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                                       chat_template=LLAVA_TEMPLATE)
+                                       chat_template=tok.chat_template)
         else:
             from transformers import LlavaNextImageProcessor, LlavaNextProcessor
 
@@ -149,7 +165,7 @@ def _build(family: str, layers: int, heads: int, kv_heads: int, hidden: int, hea
         ids = tok.get_vocab()
         half = head_dim // 2
         section = [half - 2 * (half // 4), half // 4, half // 4]
-        text = _text_config(len(ids), layers, heads, kv_heads, hidden, head_dim, ids,
+        text = _text_config(tok, layers, heads, kv_heads, hidden, head_dim,
                             rope_scaling={"rope_type": "default", "mrope_section": section})
         vision = dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, in_chans=3,
                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
@@ -168,7 +184,7 @@ def _build(family: str, layers: int, heads: int, kv_heads: int, hidden: int, hea
 
         tok = tiny_tokenizer(IDEFICS3_TEMPLATE)
         ids = tok.get_vocab()
-        text = _text_config(len(ids), layers, heads, kv_heads, hidden, head_dim, ids, model_type="llama")
+        text = _text_config(tok, layers, heads, kv_heads, hidden, head_dim, model_type="llama")
         config = Idefics3Config(vision_config=_clip(32, 8), text_config=text, image_token_id=ids["<image>"],
                                 scale_factor=2)
         image_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 32},
@@ -191,12 +207,17 @@ def save_tiny_mllm(
     head_dim: int = 8,
     seed: int = 0,
     yes_no_boost: float = 4.0,
+    tokenizer=None,
+    chat_template: str | None = None,
 ) -> str:
-    """Write a random-initialized ``family`` checkpoint with its processor to ``folder``; returns the path."""
+    """Write a random-initialized ``family`` checkpoint with its processor to ``folder``; returns the path.
+
+    ``tokenizer``: a real tokenizer to build on instead of the tiny word-level one (llava only; e.g. SmolLM2's, so
+    that prompts tokenize as the base LLM's do); ``chat_template``: instead of the family's."""
     import torch
     from transformers import AutoModelForImageTextToText
 
-    config, processor = _build(family, layers, heads, kv_heads, hidden, head_dim)
+    config, processor = _build(family, layers, heads, kv_heads, hidden, head_dim, tokenizer, chat_template)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     # random init leaves some vectors at zero/one; perturb them so that outputs depend on every weight

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_device_options
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("ars", help="ARS: how much each head's attention to the evidence changes with the text",
@@ -26,10 +28,8 @@ def add_parser(subparsers) -> None:
                    help="image (MLLMs; the default with --pairs) or context (the default with --halueval-rows)")
     s.add_argument("--span-start", default="#Knowledge:")
     s.add_argument("--span-end", default="#Question#:")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--dtype", default="float32")
+    add_device_options(s)
     s.add_argument("--out", required=True, help="score file to write (.json); a heatmap goes beside it")
-    s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=run_score)
 
 

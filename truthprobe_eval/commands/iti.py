@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_device_options, add_truthfulqa_questions, chosen_questions
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("iti", help="ITI: fit truthful directions per head from TruthfulQA",
@@ -14,34 +16,21 @@ def add_parser(subparsers) -> None:
                        "the grouped k-fold probe accuracy, the mass-mean direction (or the probe's weights) and sigma, "
                        "from the chosen questions only. --half 0/1 takes one half of the published 2-fold split "
                        "(the other half is then held out); --half all uses every question.")
-    f.add_argument("--model", default="smollm2-135m-instruct")
-    f.add_argument("--truthfulqa-csv", default=None, help="TruthfulQA.csv (default: $TRUTHPROBE_TRUTHFULQA_CSV)")
-    f.add_argument("--half", choices=("0", "1", "all"), default="0", help="questions to fit on (default half 0)")
-    f.add_argument("--split-seed", type=int, default=0, help="seed of the 2-fold question split (default 0)")
-    f.add_argument("--questions", type=int, default=None, help="a random subset of N questions before splitting")
+    add_truthfulqa_questions(f, "fit on", None)
     f.add_argument("--direction", choices=("mass_mean", "probe"), default="mass_mean")
     f.add_argument("--folds", type=int, default=4, help="probe folds for the accuracies (default 4)")
     f.add_argument("--batch-size", type=int, default=16)
-    f.add_argument("--device", default="cpu")
-    f.add_argument("--dtype", default="float32")
+    add_device_options(f)
     f.add_argument("--out", required=True, help="direction file to write (.json)")
-    f.add_argument("--quiet", action="store_true")
     f.set_defaults(func=run_fit)
 
 
 def run_fit(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..probing.cache import default_cache_root
-    from ..probing.iti import fit_iti, question_halves
-    from ..tasks.truthfulqa.utils import csv_path, read_rows
+    from ..probing.iti import fit_iti
 
-    csv = str(csv_path(args.truthfulqa_csv))  # before the model loads
-    n = len(read_rows(csv))
-    if args.half == "all":
-        questions = list(range(n)) if args.questions is None else sorted(sum(question_halves(n, args.split_seed,
-                                                                                             args.questions), []))
-    else:
-        questions = question_halves(n, args.split_seed, args.questions)[int(args.half)]
+    csv, questions = chosen_questions(args)  # before the model loads
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     made = fit_iti(model, tokenizer, questions, csv=csv, direction=args.direction, folds=args.folds,
                    seed=args.split_seed, batch_size=args.batch_size, cache_dir=default_cache_root(),

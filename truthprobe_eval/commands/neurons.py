@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_device_options, add_truthfulqa_questions, chosen_questions
+
 
 def _count(value: str) -> int | None:
     return None if value.lower() in ("none", "all") else int(value)
@@ -19,21 +21,14 @@ def add_parser(subparsers) -> None:
                        "projection) at the last prompt position, from a zero baseline, layer by layer; then a "
                        "one-sided one-sample t-test across questions. --half 0/1 takes one half of the 2-fold "
                        "question split (the other half stays for evaluation). Writes the score file and a map (.png).")
-    f.add_argument("--model", default="smollm2-135m-instruct")
-    f.add_argument("--truthfulqa-csv", default=None, help="TruthfulQA.csv (default: $TRUTHPROBE_TRUTHFULQA_CSV)")
-    f.add_argument("--half", choices=("0", "1", "all"), default="0", help="questions to attribute (default half 0)")
-    f.add_argument("--split-seed", type=int, default=0, help="seed of the question split and option order")
-    f.add_argument("--questions", type=int, default=100, help="a seeded random subset of N questions before "
-                   "splitting (default 100)")
+    add_truthfulqa_questions(f, "attribute", 100)  # --split-seed also seeds the option order
     f.add_argument("--steps", type=int, default=20, help="integrated-gradients steps m (default 20)")
     f.add_argument("--p", type=float, default=0.05, dest="p_threshold", help="significance level (default 0.05)")
     f.add_argument("--top-n", type=_count, default=None, help="keep at most N neurons, by mean attribution (default: no cap)")
     f.add_argument("--rows-per-pass", type=int, default=300, help="single-token rows per batched pass (memory)")
     f.add_argument("--scores", default=None, help="a Truth Score file: its top heads per layer join the map")
-    f.add_argument("--device", default="cpu")
-    f.add_argument("--dtype", default="float32")
+    add_device_options(f)
     f.add_argument("--out", required=True, help="neuron score file to write (.json); the map goes beside it")
-    f.add_argument("--quiet", action="store_true")
     f.set_defaults(func=run_find)
 
 
@@ -43,17 +38,13 @@ def run_find(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..neuron_scores import NeuronFileError
     from ..plots import layer_bar, plot_neuron_map
-    from ..probing.iti import question_halves
     from ..probing.neurons import find_neurons
     from ..scores import TruthScores
-    from ..tasks.truthfulqa.utils import csv_path, read_rows
 
     if not 0 < args.p_threshold <= 1 or args.steps < 1:
         raise NeuronFileError(f"expected --p in (0, 1] and --steps >= 1, found {args.p_threshold} and {args.steps}")
-    csv = str(csv_path(args.truthfulqa_csv))  # before the model loads
+    csv, questions = chosen_questions(args)  # before the model loads
     head_scores = TruthScores.load(args.scores) if args.scores else None
-    halves = question_halves(len(read_rows(csv)), args.split_seed, args.questions)
-    questions = sorted(halves[0] + halves[1]) if args.half == "all" else halves[int(args.half)]
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     made = find_neurons(model, tokenizer, questions, csv=csv, steps=args.steps, p_threshold=args.p_threshold,
                         top_n=args.top_n, seed=args.split_seed, rows_per_pass=args.rows_per_pass,

@@ -1,0 +1,35 @@
+"""Options that several ``truthprobe`` subcommands share (not a subcommand itself: the name starts with ``_``)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype`` and ``--quiet`` (no progress bars)."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_truthfulqa_questions(parser: argparse.ArgumentParser, what: str, questions: int | None) -> None:
+    """The model and the TruthfulQA questions a command works on: one half of the seeded 2-fold question split (the
+    other half stays held out) or all of them, optionally from a random subset of N questions."""
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--truthfulqa-csv", default=None, help="TruthfulQA.csv (default: $TRUTHPROBE_TRUTHFULQA_CSV)")
+    parser.add_argument("--half", choices=("0", "1", "all"), default="0", help=f"questions to {what} (default half 0)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the 2-fold question split (default 0)")
+    parser.add_argument("--questions", type=int, default=questions, help="a seeded random subset of N questions "
+                        f"before splitting (default {'all' if questions is None else questions})")
+
+
+def chosen_questions(args: argparse.Namespace) -> tuple[str, list[int]]:
+    """(the CSV, the chosen question rows), checked before any model loads."""
+    from ..probing.iti import question_halves
+    from ..tasks.truthfulqa.utils import csv_path, read_rows
+
+    csv = str(csv_path(args.truthfulqa_csv))
+    halves = question_halves(len(read_rows(csv)), args.split_seed, args.questions)
+    return csv, sorted(halves[0] + halves[1]) if args.half == "all" else halves[int(args.half)]
+
+
+__all__ = ["add_device_options", "add_truthfulqa_questions", "chosen_questions"]

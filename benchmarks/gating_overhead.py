@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import torch
+from _setup import parse
 
 from truthprobe_eval import TruthScores, bake, gate, load_model
 
@@ -29,9 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(ap)
 
     model, tok = load_model("smollm2-135m-instruct")
     scores = TruthScores(np.random.default_rng(0).uniform(0.5, 0.95, size=(30, 9)), meta={"model": "bench"})

@@ -9,12 +9,11 @@ alike; prints rows per second, ratios against ``hf`` and whether every variant g
 from __future__ import annotations
 
 import argparse
-import logging
 import platform
 import statistics
 import time
 
-import torch
+from _setup import parse
 
 
 def main() -> None:
@@ -24,10 +23,7 @@ def main() -> None:
     ap.add_argument("--offset", type=int, default=292)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    logging.disable(logging.WARNING)
+    args = parse(ap)
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM

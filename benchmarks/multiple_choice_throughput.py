@@ -10,14 +10,12 @@ variants interleaved; prints seconds, ratios against ``hf`` and the largest log-
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import platform
 import statistics
 import time
 
 import numpy as np
-import torch
+from _setup import parse
 
 
 def _loglikelihoods(out) -> np.ndarray:
@@ -33,11 +31,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=24)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--csv", default=os.environ.get("TRUTHPROBE_TRUTHFULQA_CSV", "../shared/data/truthfulqa/TruthfulQA.csv"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    logging.disable(logging.WARNING)
+    args = parse(ap, csv=True)
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM

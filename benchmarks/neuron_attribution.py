@@ -12,13 +12,12 @@ Then the batched path's time against questions and steps (it grows linearly in b
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import platform
 import time
 
 import numpy as np
 import torch
+from _setup import parse
 
 
 def main() -> None:
@@ -26,11 +25,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--plain-layers", default="0,14,29")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--csv", default=os.environ.get("TRUTHPROBE_TRUTHFULQA_CSV", "../shared/data/truthfulqa/TruthfulQA.csv"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    logging.disable(logging.WARNING)
+    args = parse(ap, csv=True)
 
     from truthprobe_eval.probing.neurons import mc_questions, neuron_attributions, plain_attributions
 

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import torch
+from _setup import parse
 
 
 def build(layers: int, hidden: int):
@@ -38,9 +39,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(ap)
 
     from truthprobe_eval import TruthScores
     from truthprobe_eval.interventions import build as build_method

@@ -16,28 +16,45 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# option dest -> TruthGatedVLM constructor key (the model's and the intervention's settings)
+# option -> (TruthGatedVLM constructor key, help): the model's and the intervention's settings
 MODEL_OPTIONS = {
-    "hf_model": "model_path", "method": "method", "scores": "scores", "alpha": "alpha", "norm": "norm",
-    "site": "site", "gate": "gate", "seed": "seed", "apply": "apply", "dtype": "dtype", "device": "device",
-    "max_new_tokens": "max_new_tokens",
+    "--method": ("method", "truthprobe (default), iti, neurons, rve or none"),
+    "--scores": ("scores", "score file: probed on the base LLM (transfer) or on the MLLM"),
+    "--alpha": ("alpha", "gate strength (default 4.5)"),
+    "--norm": ("norm", "centered (default), minmax or raw"),
+    "--site": ("site", "o_proj_output (default) or o_proj_input"),
+    "--gate": ("gate", "truthprobe (default), random, inverse or none (the ungated baseline)"),
+    "--seed": ("seed", "seed of --gate random"),
+    "--apply": ("apply", "hook (default) or bake"),
+    "--hf-model": ("model_path", "checkpoint (hub id or folder) for the model name given to --model"),
+    "--dtype": ("dtype", "auto (default), float32, bfloat16, float16"),
+    "--device": ("device", "auto (default), cpu, cuda, cuda:1, ..."),
+    "--max-new-tokens": ("max_new_tokens", "generation limit (default 512; CHAIR_local declares its own, 64)"),
 }
 # options that are the intervention's settings: only a method that takes them may be given them
 METHOD_OPTIONS = ("scores", "alpha", "norm", "site", "gate", "seed", "apply")
-# option dest -> {data set name: constructor key}
+# option -> ({data set name: constructor key}, help)
 DATA_OPTIONS = {
-    "pope_dir": {"POPE_local": "question_dir"},
-    "pope_limit": {"POPE_local": "limit_per_split", "POPE_aokvqa_local": "limit_per_split",
-                   "POPE_gqa_local": "limit_per_split"},
-    "coco_images": {"POPE_local": "image_dir", "CHAIR_local": "image_dir"},
-    "coco_annotations": {"CHAIR_local": "annotations_dir"},
-    "chair_image_list": {"CHAIR_local": "image_list"},
-    "chair_n_images": {"CHAIR_local": "n_images"},
-    "gqa_questions": {"GQA_local": "questions"},
-    "gqa_images": {"GQA_local": "image_dir", "POPE_gqa_local": "image_dir"},
-    "omnimedvqa_dir": {"OmniMedVQA_local": "root"},
-    "omnimedvqa_subsets": {"OmniMedVQA_local": "subsets"},
+    "--pope-dir": ({"POPE_local": "question_dir"}, "folder with coco_pope_{random,popular,adversarial}.json"),
+    "--pope-limit": ({name: "limit_per_split" for name in ("POPE_local", "POPE_aokvqa_local", "POPE_gqa_local")},
+                     "questions sampled per POPE split (default: all)"),
+    "--coco-images": ({"POPE_local": "image_dir", "CHAIR_local": "image_dir"},
+                      "COCO val2014 image folder (POPE_local, CHAIR_local)"),
+    "--coco-annotations": ({"CHAIR_local": "annotations_dir"},
+                           "folder with instances_val2014.json and captions_val2014.json (CHAIR)"),
+    "--chair-image-list": ({"CHAIR_local": "image_list"}, "text file of COCO image ids for CHAIR (default: a seeded sample)"),
+    "--chair-n-images": ({"CHAIR_local": "n_images"}, "CHAIR sample size (default 500)"),
+    "--gqa-questions": ({"GQA_local": "questions"}, "GQA testdev_balanced_questions.json"),
+    "--gqa-images": ({"GQA_local": "image_dir", "POPE_gqa_local": "image_dir"}, "GQA image folder (GQA_local, POPE_gqa_local)"),
+    "--omnimedvqa-dir": ({"OmniMedVQA_local": "root"}, "OmniMedVQA folder (QA_information/, Images/)"),
+    "--omnimedvqa-subsets": ({"OmniMedVQA_local": "subsets"}, "comma-separated QA file names, e.g. 'SARS-CoV-2 CT-scan'"),
 }
+
+
+def _dest(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
+
+
 CONFIG_FILE = "truthprobe_vlmeval_config.json"
 
 
@@ -56,30 +73,12 @@ def add_parser(subparsers) -> None:
     p.set_defaults(passes_through=True)  # the arguments we do not know are the runner's (cli.main keeps them)
     p.allow_abbrev = False  # never mistake a runner option (--mode) for a prefix of ours
     g = p.add_argument_group("model and intervention (keys of each gated model's --config entry)")
-    g.add_argument("--method", help="truthprobe (default), iti, neurons, rve or none")
+    for option, (_, text) in MODEL_OPTIONS.items():
+        g.add_argument(option, help=text)
     g.add_argument("--method-args", help="any method's settings, e.g. 'directions=iti.json,k=48,alpha=15' or 'ars=ars.json,layers=14'")
-    g.add_argument("--scores", help="score file: probed on the base LLM (transfer) or on the MLLM")
-    g.add_argument("--alpha", help="gate strength (default 4.5)")
-    g.add_argument("--norm", help="centered (default), minmax or raw")
-    g.add_argument("--site", help="o_proj_output (default) or o_proj_input")
-    g.add_argument("--gate", help="truthprobe (default), random, inverse or none (the ungated baseline)")
-    g.add_argument("--seed", help="seed of --gate random")
-    g.add_argument("--apply", help="hook (default) or bake")
-    g.add_argument("--hf-model", help="checkpoint (hub id or folder) for the model name given to --model")
-    g.add_argument("--dtype", help="auto (default), float32, bfloat16, float16")
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    g.add_argument("--max-new-tokens", help="generation limit (default 512; CHAIR_local sets its own, 64)")
     d = p.add_argument_group("local data sets (keys of each local data set's --config entry)")
-    d.add_argument("--pope-dir", help="folder with coco_pope_{random,popular,adversarial}.json")
-    d.add_argument("--pope-limit", help="questions sampled per POPE split (default: all)")
-    d.add_argument("--coco-images", help="COCO val2014 image folder (POPE_local, CHAIR_local)")
-    d.add_argument("--coco-annotations", help="folder with instances_val2014.json and captions_val2014.json (CHAIR)")
-    d.add_argument("--chair-image-list", help="text file of COCO image ids for CHAIR (default: a seeded sample)")
-    d.add_argument("--chair-n-images", help="CHAIR sample size (default 500)")
-    d.add_argument("--gqa-questions", help="GQA testdev_balanced_questions.json")
-    d.add_argument("--gqa-images", help="GQA image folder")
-    d.add_argument("--omnimedvqa-dir", help="OmniMedVQA folder (QA_information/, Images/)")
-    d.add_argument("--omnimedvqa-subsets", help="comma-separated QA file names, e.g. 'SARS-CoV-2 CT-scan'")
+    for option, (_, text) in DATA_OPTIONS.items():
+        d.add_argument(option, help=text)
     d.add_argument("--data-args", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="any setting of one data set, e.g. 'POPE_aokvqa_local:question_dir=pope/,image_dir=coco/' "
                    "(repeatable; the keys are the data set's constructor arguments, see docs/vlmeval.md)")
@@ -135,7 +134,8 @@ def model_settings(args: argparse.Namespace) -> dict[str, Any]:
     from ..errors import TruthProbeError
     from ..interventions import method_class
 
-    settings = {key: getattr(args, dest) for dest, key in MODEL_OPTIONS.items() if getattr(args, dest, None) is not None}
+    settings = {key: getattr(args, _dest(option)) for option, (key, _) in MODEL_OPTIONS.items()
+                if getattr(args, _dest(option), None) is not None}
     settings.update(_pairs(args.method_args, "--method-args"))
     cls = method_class(settings.get("method") or "truthprobe")
     wrong = [k for k in (*METHOD_OPTIONS, *_pairs(args.method_args, "--method-args")) if k in settings
@@ -151,8 +151,8 @@ def data_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     from ..model_adapters.vlmeval_registration import dataset_names
 
     out: dict[str, dict[str, Any]] = {}
-    for dest, targets in DATA_OPTIONS.items():
-        value = getattr(args, dest, None)
+    for option, (targets, _) in DATA_OPTIONS.items():
+        value = getattr(args, _dest(option), None)
         if value is not None:
             for name, key in targets.items():
                 out.setdefault(name, {})[key] = value

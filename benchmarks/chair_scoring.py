@@ -50,7 +50,7 @@ def _surface(rng: random.Random, synonyms: dict[str, list[str]], name: str) -> s
 
 def make_dataset(folder: Path, n_images: int, n_captions: int, seed: int = 0) -> Path:
     """instances_val2014.json and captions_val2014.json in ``folder``; the captions to score beside it."""
-    from truthprobe_eval.chair.vocabulary import read_synonyms
+    from truthprobe_eval.tasks.chair.vocabulary import read_synonyms
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -100,7 +100,7 @@ def worker(annotations: str, cache_dir: str) -> None:
     import nltk  # noqa: F401  (its package import alone takes 1-4 s: scipy.stats; the same cold or cached)
 
     import_s = time.perf_counter() - t_import
-    from truthprobe_eval.chair import CHAIREvaluator, read_captions
+    from truthprobe_eval.tasks.chair import CHAIREvaluator, read_captions
 
     captions = read_captions(Path(annotations).parent / "captions_to_score.json")
     t0 = time.perf_counter()

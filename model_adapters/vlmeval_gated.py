@@ -310,8 +310,7 @@ class TruthGatedVLM(BaseModel):
 __all__ = ["TruthGatedVLM", "Family", "FAMILIES", "DEFAULTS", "check_fits_config", "dataset_max_new_tokens_default",
            "family_of", "resolve_intervention"]
 
-from . import vlmeval_registration as _registration  # noqa: E402
+from .vlmeval_registration import finish_deferred  # noqa: E402
 
-if _registration._deferred:  # the start-up hook fired while this module imported VLMEvalKit: finish it now
-    _registration.register()
+finish_deferred(__name__)  # a registration the start-up hook deferred while this module imported VLMEvalKit
 

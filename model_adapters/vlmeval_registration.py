@@ -58,7 +58,11 @@ HOOK_SOURCE = hook_source("_TruthprobeVlmevalHook", (HOOKED_MODULE,), """
 """, "VLMEvalKit", DISABLE_ENV)
 
 _registered = False
-_deferred = False  # register() was called while vlmeval_gated was still importing
+_deferred = False  # register() was called while one of OUR_MODULES was still importing
+# the modules register() imports; each ends with ``finish_deferred()``
+OUR_MODULES = ("truthprobe_eval.model_adapters.vlmeval_gated", "truthprobe_eval.tasks.pope.vlmeval_dataset",
+               "truthprobe_eval.tasks.chair.vlmeval_dataset", "truthprobe_eval.tasks.gqa.vlmeval_dataset",
+               "truthprobe_eval.tasks.omnimedvqa.vlmeval_dataset")
 
 
 def pth_line() -> str:
@@ -78,11 +82,24 @@ def hook_installed() -> bool:
     return any(type(f).__name__ == "_TruthprobeVlmevalHook" for f in sys.meta_path)
 
 
+def _initializing(name: str) -> bool:
+    """True while the module ``name`` is being imported (its body has not finished)."""
+    module = sys.modules.get(name)
+    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def finish_deferred(caller: str) -> None:
+    """Called last by each of ``OUR_MODULES`` (``caller``: its ``__name__``, whose body is complete but for this
+    call): a registration deferred while they were importing happens now."""
+    if _deferred and not any(_initializing(name) for name in OUR_MODULES if name != caller):
+        register(_finishing=caller)
+
+
 def dataset_classes() -> list[type]:
-    from truthprobe_eval.tasks.vlmeval_chair import CHAIRLocal
-    from truthprobe_eval.tasks.vlmeval_gqa import GQALocal
-    from truthprobe_eval.tasks.vlmeval_omnimedvqa import OmniMedVQALocal
-    from truthprobe_eval.tasks.vlmeval_pope import POPELocal
+    from truthprobe_eval.tasks.chair.vlmeval_dataset import CHAIRLocal
+    from truthprobe_eval.tasks.gqa.vlmeval_dataset import GQALocal
+    from truthprobe_eval.tasks.omnimedvqa.vlmeval_dataset import OmniMedVQALocal
+    from truthprobe_eval.tasks.pope.vlmeval_dataset import POPELocal
 
     return [POPELocal, CHAIRLocal, GQALocal, OmniMedVQALocal]
 
@@ -106,17 +123,16 @@ def keep_grad_mode() -> Iterator[None]:
             torch.set_grad_enabled(mode)
 
 
-def register() -> None:
+def register(_finishing: str | None = None) -> None:
     """Add our models and data sets to VLMEvalKit's lookup tables (once per process).
 
     When the start-up hook fires while ``vlmeval_gated`` itself is importing VLMEvalKit (a program that imports
-    our model class first), registering now would import that half-initialized module; it is deferred instead,
-    and ``vlmeval_gated`` completes it as its last statement."""
+    our model class or a data set first), registering now would import that half-initialized module; it is
+    deferred instead, and that module completes it as its last statement (``finish_deferred``)."""
     global _registered, _deferred
     if _registered:
         return
-    gated = sys.modules.get(f"{__package__}.vlmeval_gated")
-    if gated is not None and not hasattr(gated, "TruthGatedVLM"):
+    if any(_initializing(name) for name in OUR_MODULES if name != _finishing):
         _deferred = True
         return
     # import_module, not attribute access: under the start-up hook the ``vlmeval`` package is still initializing
@@ -144,4 +160,4 @@ def register() -> None:
 
 
 __all__ = ["MODELS", "MODEL_CLASS_NAME", "PTH_NAME", "DISABLE_ENV", "register", "install_import_hook", "pth_line",
-           "hook_installed", "dataset_classes", "dataset_names"]
+           "finish_deferred", "hook_installed", "dataset_classes", "dataset_names"]

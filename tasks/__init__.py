@@ -1,8 +1,12 @@
-"""truthprobe_eval.tasks: lm-evaluation-harness task configs (HaluEval QA under HaluEval's own judge protocol
-and under the TruthProbe paper's protocol, TruthfulQA from a local CSV).
+"""truthprobe_eval.tasks: the benchmarks, one folder each, with its loader, prompt and metric together.
 
-The folder is an lm-eval ``--include_path``; after ``pip install truthprobe-eval`` the ``lm_eval`` command indexes
-it by itself (see ``truthprobe_eval.model_adapters.lm_eval_registration``).
+- ``halueval/``, ``truthfulqa/``: lm-evaluation-harness task configs and their ``utils.py`` (HaluEval QA under
+  HaluEval's own judge protocol and under the TruthProbe paper's protocol; TruthfulQA from a local CSV). The folder
+  is an lm-eval ``--include_path``; after ``pip install truthprobe-eval`` the ``lm_eval`` command indexes it by
+  itself (see ``truthprobe_eval.model_adapters.lm_eval_registration``).
+- ``pope/``, ``chair/``, ``gqa/``, ``omnimedvqa/``: offline VLMEvalKit data sets (``vlmeval_dataset.py``) and, for
+  POPE and CHAIR, our metric beside them (importable without VLMEvalKit); ``vlmeval_local.py`` holds what the
+  local data sets share (paths, sampling, judges).
 
 This top-level folder is installed as ``truthprobe_eval.tasks`` (``package-dir`` in pyproject.toml), so a relative
 ``from ..errors import ...`` here means ``truthprobe_eval/errors.py``; import it as ``truthprobe_eval.tasks``.

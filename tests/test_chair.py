@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from truthprobe_eval.chair import (
+from truthprobe_eval.tasks.chair import (
     CHAIREvaluator,
     CHAIRInputError,
     COCOAnnotationError,
@@ -23,6 +22,7 @@ from truthprobe_eval.chair import (
     check_nltk_data,
     read_captions,
 )
+
 from truthprobe_eval.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,8 +27,7 @@ def test_precision_recall_f1_equals_the_hand_formulas(pairs):
 
 def test_the_benchmarks_use_it():
     from truthprobe_eval.tasks.halueval.utils import scores_from_confusion
-
-    from truthprobe_eval.pope import binary_metrics
+    from truthprobe_eval.tasks.pope import binary_metrics
 
     m = binary_metrics(["yes", "yes", "no", "no", "yes"], ["Yes", "No", "Yes", "Unknown", "Yes"])
     assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((2 / 3, 2 / 3, 2 / 3))

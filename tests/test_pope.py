@@ -1,12 +1,11 @@
-"""POPE metrics (truthprobe_eval.pope): hand-computed cases, VLMEvalKit's own yes/no extraction, and equality
+"""POPE metrics (truthprobe_eval.tasks.pope): hand-computed cases, VLMEvalKit's own yes/no extraction, and equality
 with VLMEvalKit's POPE_rating on the same predictions."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-
-from truthprobe_eval.pope import (
+from truthprobe_eval.tasks.pope import (
     POPEInputError,
     binary_metrics,
     extract_answers,

@@ -73,7 +73,7 @@ def test_pope_builds_merged_questions(registered, pope_files):
 
 
 def test_pope_evaluate_by_hand(registered, pope_files, tmp_path):
-    from truthprobe_eval.tasks.vlmeval_pope import POPELocal
+    from truthprobe_eval.tasks.pope.vlmeval_dataset import POPELocal
 
     qdir, image_dir = pope_files
     ds = POPELocal("POPE_local", question_dir=str(qdir), image_dir=str(image_dir))
@@ -100,8 +100,8 @@ def test_pope_evaluate_by_hand(registered, pope_files, tmp_path):
 
 
 def test_pope_bad_input(registered, pope_files, tmp_path):
-    from truthprobe_eval.tasks.vlmeval_common import LocalDatasetError
-    from truthprobe_eval.tasks.vlmeval_pope import POPELocal
+    from truthprobe_eval.tasks.pope.vlmeval_dataset import POPELocal
+    from truthprobe_eval.tasks.vlmeval_local import LocalDatasetError
 
     qdir, image_dir = pope_files
     with pytest.raises(LocalDatasetError, match="expected a path in the config key 'question_dir'"):
@@ -128,8 +128,8 @@ def coco(tmp_path):
 
 
 def test_chair_images_list_and_sample(registered, coco, tmp_path):
-    from truthprobe_eval.tasks.vlmeval_chair import CHAIRLocal
-    from truthprobe_eval.tasks.vlmeval_common import LocalDatasetError
+    from truthprobe_eval.tasks.chair.vlmeval_dataset import CHAIRLocal
+    from truthprobe_eval.tasks.vlmeval_local import LocalDatasetError
 
     image_dir, ann = coco
     ds = CHAIRLocal(image_dir=str(image_dir), annotations_dir=str(ann), n_images=2, seed=0)
@@ -148,7 +148,7 @@ def test_chair_images_list_and_sample(registered, coco, tmp_path):
 
 
 def test_drop_unfinished_sentence():
-    from truthprobe_eval.tasks.vlmeval_chair import drop_unfinished_sentence
+    from truthprobe_eval.tasks.chair.vlmeval_dataset import drop_unfinished_sentence
 
     assert drop_unfinished_sentence("A dog sits. The man") == "A dog sits."
     assert drop_unfinished_sentence("A dog sits. The man stands!") == "A dog sits. The man stands!"
@@ -158,7 +158,7 @@ def test_drop_unfinished_sentence():
 
 @pytest.mark.parametrize("drop", [True, False])
 def test_chair_evaluate_by_hand(registered, coco, tmp_path, drop):
-    from truthprobe_eval.tasks.vlmeval_chair import CHAIRLocal
+    from truthprobe_eval.tasks.chair.vlmeval_dataset import CHAIRLocal
 
     image_dir, ann = coco
     ds = CHAIRLocal(image_dir=str(image_dir), annotations_dir=str(ann), n_images=3, drop_unfinished=drop,
@@ -229,7 +229,7 @@ def _write_omnimed(tmp_path):
 
 
 def test_omnimedvqa_scored_by_vlmevalkit(registered, tmp_path):
-    from truthprobe_eval.tasks.vlmeval_common import LocalDatasetError
+    from truthprobe_eval.tasks.vlmeval_local import LocalDatasetError
     from vlmeval.dataset import build_dataset
 
     root = _write_omnimed(tmp_path)

@@ -324,18 +324,20 @@ def test_importing_vlmevalkit_through_us_keeps_autograd_on():
 
 
 @pytest.mark.slow
-def test_importing_our_model_class_first_registers_without_a_circular_import():
-    """The start-up hook fires while vlmeval_gated imports VLMEvalKit; registration waits for the module to finish
-    (it used to warn "could not register ... circular import" and leave the models unregistered)."""
+@pytest.mark.parametrize("first", ["model_adapters.vlmeval_gated", "tasks.pope.vlmeval_dataset",
+                                   "tasks.chair.vlmeval_dataset"])
+def test_importing_our_modules_first_registers_without_a_circular_import(first):
+    """The start-up hook fires while our model class or a data set imports VLMEvalKit; registration waits for the
+    module to finish (it used to warn "could not register ... circular import" and leave things unregistered)."""
     import subprocess
     import sys
 
     code = ("import warnings; warnings.simplefilter('always')\n"
             "with warnings.catch_warnings(record=True) as caught:\n"
-            "    import truthprobe_eval.model_adapters.vlmeval_gated\n"
-            "    import vlmeval.config as config\n"
+            f"    import truthprobe_eval.{first}\n"
+            "    import vlmeval.config as config, vlmeval.dataset as datasets\n"
             "print([str(w.message) for w in caught if 'could not register' in str(w.message)], "
-            "'truthprobe_hf' in config.supported_VLM)")
+            "'truthprobe_hf' in config.supported_VLM, hasattr(datasets, 'CHAIRLocal'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[] True"
+    assert out.stdout.strip().splitlines()[-1] == "[] True True"

@@ -44,7 +44,7 @@ def format_table(result: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text
-    from ..chair import CHAIREvaluator, read_captions
+    from ..tasks.chair import CHAIREvaluator, read_captions
 
     records = read_captions(args.captions)  # bad caption files fail before the ground truth is built
     evaluator = CHAIREvaluator.from_coco(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from vlmeval.dataset.image_mcq import ImageMCQDataset
 
-from .vlmeval_common import LocalDatasetError, as_int, check_images, judge_kwargs_for, local_path, sample_frame, setting
+from ..vlmeval_local import LocalDatasetError, as_int, check_images, judge_kwargs_for, local_path, sample_frame, setting
 
 ACCESS = ("Open-access", "Restricted-access")
 
@@ -113,3 +113,8 @@ class OmniMedVQALocal(ImageMCQDataset):
 
     def evaluate(self, eval_file: str, **judge_kwargs):
         return self.evaluate_heuristic(eval_file, **judge_kwargs_for(self.judge, judge_kwargs))
+
+
+from truthprobe_eval.model_adapters.vlmeval_registration import finish_deferred  # noqa: E402
+
+finish_deferred(__name__)  # a registration the start-up hook deferred while this module imported VLMEvalKit

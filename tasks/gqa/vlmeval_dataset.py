@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from vlmeval.dataset.image_vqa import ImageVQADataset
 
-from .vlmeval_common import LocalDatasetError, as_int, check_images, local_path, sample_frame
+from ..vlmeval_local import LocalDatasetError, as_int, check_images, local_path, sample_frame
 
 
 def read_gqa_questions(path: Path) -> pd.DataFrame:
@@ -72,3 +72,8 @@ class GQALocal(ImageVQADataset):
     def evaluate(self, eval_file: str, **judge_kwargs):
         # VLMEvalKit's heuristic VQA scoring ("GQA" in the name selects its ``accuracy`` method); no judge
         return self.evaluate_heuristic(eval_file, **judge_kwargs)
+
+
+from truthprobe_eval.model_adapters.vlmeval_registration import finish_deferred  # noqa: E402
+
+finish_deferred(__name__)  # a registration the start-up hook deferred while this module imported VLMEvalKit

@@ -5,7 +5,7 @@ Images: ``image_list`` (a text file, one COCO image id or file name a line) or a
 describe this image in detail."; our gated models stop after ``MAX_NEW_TOKENS`` (64, the class's declaration, which
 the model's ``dataset_max_new_tokens`` may override). With
 ``drop_unfinished`` (default on) a caption's last sentence is dropped when generation cut it off (no final
-. ! or ?), unless it is the only one. Captions are scored by ``truthprobe_eval.chair`` against
+. ! or ?), unless it is the only one. Captions are scored by ``truthprobe_eval.tasks.chair`` against
 ``instances_val2014.json`` + ``captions_val2014.json`` in ``annotations_dir``.
 
 Returns CHAIRs, CHAIRi and recall in percent and the mean length in words; the full result (fractions,
@@ -23,7 +23,7 @@ import pandas as pd
 from vlmeval.dataset.image_base import ImageBaseDataset
 from vlmeval.smp import get_intermediate_file_path, load
 
-from .vlmeval_common import LocalDatasetError, as_bool, as_int, check_images, local_path, setting
+from ..vlmeval_local import LocalDatasetError, as_bool, as_int, check_images, local_path, setting
 
 PROMPT = "Please describe this image in detail."
 _ID_IN_NAME = re.compile(r"(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
@@ -126,7 +126,8 @@ class CHAIRLocal(ImageBaseDataset):
 
     def evaluate(self, eval_file: str, **judge_kwargs) -> dict:
         from truthprobe_eval._io import atomic_write_text
-        from truthprobe_eval.chair import CHAIREvaluator
+
+        from .evaluator import CHAIREvaluator
 
         data = load(eval_file)
         captions = []
@@ -150,3 +151,8 @@ class CHAIRLocal(ImageBaseDataset):
         if not isinstance(metrics, dict):
             return {}
         return {k: metrics[k] for k in ("CHAIRs", "CHAIRi") if k in metrics}
+
+
+from truthprobe_eval.model_adapters.vlmeval_registration import finish_deferred  # noqa: E402
+
+finish_deferred(__name__)  # a registration the start-up hook deferred while this module imported VLMEvalKit

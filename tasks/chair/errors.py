@@ -1,7 +1,7 @@
 """Errors of the CHAIR metric; each says what was expected and what was found."""
 from __future__ import annotations
 
-from ..errors import TruthProbeError
+from truthprobe_eval.errors import TruthProbeError
 
 
 class CHAIRInputError(TruthProbeError, ValueError):

@@ -13,8 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import TruthProbeError
-from .metrics import precision_recall_f1
+from truthprobe_eval.errors import TruthProbeError
+from truthprobe_eval.metrics import precision_recall_f1
 
 YES, NO, UNKNOWN = "Yes", "No", "Unknown"
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio", "unknown_ratio")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .._io import atomic_write_text
+from truthprobe_eval._io import atomic_write_text
+
 from .errors import COCOAnnotationError
 from .matcher import ObjectMatcher
 from .nltk_text import _import_nltk, build_lemma_table, check_nltk_data

@@ -1,6 +1,9 @@
 """CHAIR: object hallucination in image captions, against COCO ground truth (Rohrbach et al. 2018).
 
-    from truthprobe_eval.chair import CHAIREvaluator
+The metric is this package (imports no VLMEvalKit); ``vlmeval_dataset`` is the offline VLMEvalKit data set (its
+image sample, prompt and caption length) scored by it.
+
+    from truthprobe_eval.tasks.chair import CHAIREvaluator
     evaluator = CHAIREvaluator.from_coco("annotations/")            # cached after the first build
     result = evaluator.score([{"image_id": 42, "caption": "A dog on a couch."}])
     result["CHAIRs"], result["CHAIRi"], result["recall"], result["len"]

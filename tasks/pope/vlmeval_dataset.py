@@ -9,7 +9,7 @@ A question file holds one JSON object a line: ``question_id``, ``image`` (file n
 that equivalent), the way VLMEvalKit's own POPE table lists them (``category`` "adversarial,popular,random").
 
 Scoring: VLMEvalKit's ``ImageYORNDataset.evaluate`` (its ``YOrN_Extraction`` and ``POPE_rating``), exact
-matching by default (no API judge), then ``truthprobe_eval.pope`` adds per-split accuracy, precision, recall,
+matching by default (no API judge), then ``truthprobe_eval.tasks.pope`` adds per-split accuracy, precision, recall,
 F1, yes-ratio and the count of unparseable replies, and the mean over splits.
 """
 from __future__ import annotations
@@ -22,9 +22,7 @@ import pandas as pd
 from vlmeval.dataset.image_yorn import ImageYORNDataset
 from vlmeval.smp import dump, get_intermediate_file_path, load
 
-from truthprobe_eval.pope import POPE_SPLITS, format_table, metrics_table, normalize_labels, pope_metrics
-
-from .vlmeval_common import (
+from ..vlmeval_local import (
     LocalDatasetError,
     as_bool,
     as_int,
@@ -34,6 +32,7 @@ from .vlmeval_common import (
     sample_frame,
     setting,
 )
+from .metrics import POPE_SPLITS, format_table, metrics_table, normalize_labels, pope_metrics
 
 DEFAULT_SUFFIX = "\nAnswer the question using a single word or phrase."
 
@@ -161,3 +160,8 @@ class POPELocal(ImageYORNDataset):
             return {}
         keys = ("split=mean|f1", "split=mean|accuracy")
         return {k: metrics[k] for k in keys if k in metrics}
+
+
+from truthprobe_eval.model_adapters.vlmeval_registration import finish_deferred  # noqa: E402
+
+finish_deferred(__name__)  # a registration the start-up hook deferred while this module imported VLMEvalKit

@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .._io import read_jsonl
 from ..datasets import HALUEVAL_FIELDS, load_halueval
 from ..errors import TruthProbeError
 
@@ -128,24 +129,16 @@ def jsonl_examples(path: "str | os.PathLike", offset: int = 0, n: int | None = N
     _check_range(offset, n)
     examples, groups = [], []
     row_index = 0
-    with _open_text(path) as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            if row_index < offset:
-                row_index += 1
-                continue
-            if n is not None and len(examples) >= n:
-                break
-            where = f"{path}, line {line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ProbeDataError(f"{where}: not valid JSON ({exc})") from None
-            example, group = _generic_example(row, where, line_no)
-            examples.append(example)
-            groups.append(group)
+    for line_no, row in read_jsonl(path, ProbeDataError):  # lazily: reading stops after the n rows wanted
+        if row_index < offset:
             row_index += 1
+            continue
+        if n is not None and len(examples) >= n:
+            break
+        example, group = _generic_example(row, f"{path}, line {line_no}", line_no)
+        examples.append(example)
+        groups.append(group)
+        row_index += 1
     codes: dict[object, int] = {}
     return [ProbeExample(e.context, e.question, e.answer, e.label, codes.setdefault(g, len(codes)), e.image)
             for e, g in zip(examples, groups)]

@@ -58,6 +58,21 @@ def read_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError) -> 
                 raise error(f"{path}, line {number}: not valid JSON ({exc})") from None
 
 
+def read_json_records(path: str | os.PathLike, error: type[Exception] = ValueError) -> list[Any]:
+    """The records of a file that is one JSON list, or JSON lines (one value a line, blank lines allowed); invalid
+    JSON raises ``error`` naming the file (and the line)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        text = fh.read()
+    if text.lstrip().startswith("["):
+        try:
+            return list(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}: expected one JSON list (or JSON lines), found invalid JSON ({exc})") from None
+    return [value for _, value in read_jsonl(path, error)]
+
+
 def read_format_json(path: str | os.PathLike, fmt: str, required: Sequence[str], error: type[Exception],
                      what: str, setting: str) -> dict[str, Any]:
     """A JSON object file of our format ``fmt`` holding the keys ``required``; ``what`` names the file and

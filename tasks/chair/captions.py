@@ -1,12 +1,13 @@
 """Reading and checking caption records ``{"image_id": int, "caption": str}``."""
 from __future__ import annotations
 
-import json
 import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from truthprobe_eval._io import read_json_records
 
 from .errors import CHAIRInputError
 
@@ -16,28 +17,9 @@ def read_captions(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise CHAIRInputError(f"expected a caption file (JSON list or JSONL) at {path}, found no file")
-    text = path.read_text("utf-8")
-    if not text.strip():
+    records = read_json_records(path, CHAIRInputError)
+    if not records and not path.read_text("utf-8").strip():
         raise CHAIRInputError(f"expected caption records in {path}, found an empty file")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = None  # not one JSON document: read it as JSONL
-    if isinstance(data, list):
-        return data
-    if data is not None and not isinstance(data, dict):
-        raise CHAIRInputError(f"expected a JSON list of caption records in {path}, found a JSON {type(data).__name__}")
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise CHAIRInputError(
-                f"expected {path} to be a JSON list or JSONL (one JSON object a line), "
-                f"found invalid JSON on line {number}: {exc.msg}"
-            ) from exc
     return records
 
 

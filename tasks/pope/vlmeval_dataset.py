@@ -22,6 +22,8 @@ import pandas as pd
 from vlmeval.dataset.image_yorn import ImageYORNDataset
 from vlmeval.smp import dump, get_intermediate_file_path, load
 
+from truthprobe_eval._io import read_json_records
+
 from ..vlmeval_local import (
     LocalDatasetError,
     as_bool,
@@ -42,12 +44,7 @@ VARIANTS = {"POPE_local": "coco", "POPE_aokvqa_local": "aokvqa", "POPE_gqa_local
 
 def read_question_file(path: Path) -> list[dict]:
     """Records of a POPE question file (JSON lines, or one JSON list), checked for the needed keys."""
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    try:
-        records = json.loads(text) if stripped.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise LocalDatasetError(f"{path}: expected JSON lines of POPE questions, found invalid JSON ({exc})") from None
+    records = read_json_records(path, LocalDatasetError)
     for i, rec in enumerate(records):
         missing = [k for k in ("image", "text", "label") if not isinstance(rec, dict) or k not in rec]
         if missing:

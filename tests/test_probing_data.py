@@ -7,15 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from truthprobe_eval.probing.data import (
-    ProbeDataError,
-    ProbeExample,
-    check_examples,
-    halueval_examples,
-    jsonl_examples,
-    labels_and_groups,
-    load_examples,
-)
+from truthprobe_eval.probing import ProbeDataError, ProbeExample, load_examples  # the package's public names
+from truthprobe_eval.probing.data import check_examples, halueval_examples, jsonl_examples, labels_and_groups
 from truthprobe_eval.probing.extract import last_token_index
 from truthprobe_eval.probing.prompts import pad_token_ids, published_prompt
 

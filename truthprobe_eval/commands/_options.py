@@ -4,6 +4,16 @@ from __future__ import annotations
 import argparse
 
 
+def add_action(subparsers, group: tuple[str, str, str], action: tuple[str, str, str]) -> argparse.ArgumentParser:
+    """``truthprobe GROUP ACTION``: a command group (name, help, description) with its action (name, help,
+    description); returns the action's parser."""
+    name, help_text, description = group
+    parser = subparsers.add_parser(name, help=help_text, description=description)
+    actions = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+    name, help_text, description = action
+    return actions.add_parser(name, help=help_text, description=description)
+
+
 def add_device_options(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--dtype`` and ``--quiet`` (no progress bars)."""
     parser.add_argument("--device", default="cpu")
@@ -32,4 +42,4 @@ def chosen_questions(args: argparse.Namespace) -> tuple[str, list[int]]:
     return csv, sorted(halves[0] + halves[1]) if args.half == "all" else halves[int(args.half)]
 
 
-__all__ = ["add_device_options", "add_truthfulqa_questions", "chosen_questions"]
+__all__ = ["add_action", "add_device_options", "add_truthfulqa_questions", "chosen_questions"]

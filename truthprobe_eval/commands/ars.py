@@ -3,22 +3,22 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_device_options
+from ._options import add_action, add_device_options
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("ars", help="ARS: how much each head's attention to the evidence changes with the text",
-                              description="Action-relation sensitivity (the RVE paper). `score` writes an (L, H) score "
-                              "file with meta.kind 'ars' for `method=rve,ars=FILE` in VLMEvalKit, lm-eval and the "
-                              "comparison command.")
-    sub = p.add_subparsers(dest="ars_command", metavar="COMMAND", required=True)
-    s = sub.add_parser("score", help="score every head on pairs of texts that share their evidence",
-                       description="For each pair (the same image or context, two texts differing in one phrase), "
-                       "A = the last token's post-softmax attention over the span (the image tokens, or with "
-                       "--span context the text between --span-start and --span-end), for both texts; per head "
-                       "ARS = ||A - A'|| / (0.5 (||A|| + ||A'||)), averaged over the pairs. --pairs reads a JSONL "
-                       "file (image, text, text_swapped, group); --halueval-rows N makes text pairs from HaluEval QA "
-                       "rows 0..N-1 (the right and the hallucinated answer under the same knowledge).")
+    s = add_action(subparsers, (
+        "ars", "ARS: how much each head's attention to the evidence changes with the text",
+        "Action-relation sensitivity (the RVE paper). `score` writes an (L, H) score "
+        "file with meta.kind 'ars' for `method=rve,ars=FILE` in VLMEvalKit, lm-eval and the "
+        "comparison command."), (
+        "score", "score every head on pairs of texts that share their evidence",
+        "For each pair (the same image or context, two texts differing in one phrase), "
+        "A = the last token's post-softmax attention over the span (the image tokens, or with "
+        "--span context the text between --span-start and --span-end), for both texts; per head "
+        "ARS = ||A - A'|| / (0.5 (||A|| + ||A'||)), averaged over the pairs. --pairs reads a JSONL "
+        "file (image, text, text_swapped, group); --halueval-rows N makes text pairs from HaluEval QA "
+        "rows 0..N-1 (the right and the hallucinated answer under the same knowledge)."))
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--pairs", help="JSONL pair file")
     src.add_argument("--halueval-rows", type=int, help="text pairs from the first N HaluEval QA rows")

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_device_options, add_truthfulqa_questions, chosen_questions
+from ._options import add_action, add_device_options, add_truthfulqa_questions, chosen_questions
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("iti", help="ITI: fit truthful directions per head from TruthfulQA",
-                              description="Inference-time intervention (Li et al. 2023). `fit` writes a direction file "
-                              "for `method=iti,directions=FILE` in lm-eval, VLMEvalKit and the other commands.")
-    sub = p.add_subparsers(dest="iti_command", metavar="COMMAND", required=True)
-    f = sub.add_parser("fit", help="fit directions on TruthfulQA questions",
-                       description="Per head, at the o_proj input of the last token of 'Q: {question} A: {answer}': "
-                       "the grouped k-fold probe accuracy, the mass-mean direction (or the probe's weights) and sigma, "
-                       "from the chosen questions only. --half 0/1 takes one half of the published 2-fold split "
-                       "(the other half is then held out); --half all uses every question.")
+    f = add_action(subparsers, (
+        "iti", "ITI: fit truthful directions per head from TruthfulQA",
+        "Inference-time intervention (Li et al. 2023). `fit` writes a direction file "
+        "for `method=iti,directions=FILE` in lm-eval, VLMEvalKit and the other commands."), (
+        "fit", "fit directions on TruthfulQA questions",
+        "Per head, at the o_proj input of the last token of 'Q: {question} A: {answer}': "
+        "the grouped k-fold probe accuracy, the mass-mean direction (or the probe's weights) and sigma, "
+        "from the chosen questions only. --half 0/1 takes one half of the published 2-fold split "
+        "(the other half is then held out); --half all uses every question."))
     add_truthfulqa_questions(f, "fit on", None)
     f.add_argument("--direction", choices=("mass_mean", "probe"), default="mass_mean")
     f.add_argument("--folds", type=int, default=4, help="probe folds for the accuracies (default 4)")

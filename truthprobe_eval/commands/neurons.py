@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_device_options, add_truthfulqa_questions, chosen_questions
+from ._options import add_action, add_device_options, add_truthfulqa_questions, chosen_questions
 
 
 def _count(value: str) -> int | None:
@@ -11,16 +11,16 @@ def _count(value: str) -> int | None:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("neurons", help="truth neurons: attribute MLP neurons on TruthfulQA, select, map",
-                              description="Truth neurons (Li et al. 2025). `find` writes a neuron score file for "
-                              "`method=neurons,neurons=FILE` in lm-eval, VLMEvalKit and the other commands.")
-    sub = p.add_subparsers(dest="neurons_command", metavar="COMMAND", required=True)
-    f = sub.add_parser("find", help="attribute and select truth neurons on TruthfulQA questions",
-                       description="Per question (a two-option lettered TruthfulQA prompt), integrated gradients of "
-                       "p(correct letter) - p(incorrect letter) for every MLP neuron (input of the MLP output "
-                       "projection) at the last prompt position, from a zero baseline, layer by layer; then a "
-                       "one-sided one-sample t-test across questions. --half 0/1 takes one half of the 2-fold "
-                       "question split (the other half stays for evaluation). Writes the score file and a map (.png).")
+    f = add_action(subparsers, (
+        "neurons", "truth neurons: attribute MLP neurons on TruthfulQA, select, map",
+        "Truth neurons (Li et al. 2025). `find` writes a neuron score file for "
+        "`method=neurons,neurons=FILE` in lm-eval, VLMEvalKit and the other commands."), (
+        "find", "attribute and select truth neurons on TruthfulQA questions",
+        "Per question (a two-option lettered TruthfulQA prompt), integrated gradients of "
+        "p(correct letter) - p(incorrect letter) for every MLP neuron (input of the MLP output "
+        "projection) at the last prompt position, from a zero baseline, layer by layer; then a "
+        "one-sided one-sample t-test across questions. --half 0/1 takes one half of the 2-fold "
+        "question split (the other half stays for evaluation). Writes the score file and a map (.png)."))
     add_truthfulqa_questions(f, "attribute", 100)  # --split-seed also seeds the option order
     f.add_argument("--steps", type=int, default=20, help="integrated-gradients steps m (default 20)")
     f.add_argument("--p", type=float, default=0.05, dest="p_threshold", help="significance level (default 0.05)")

@@ -4,6 +4,8 @@ language model has SmolLM2-135M's shape, gated by real SmolLM2 Truth Scores; set
 shape mismatches; registration in VLMEvalKit's lookup tables."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -132,7 +134,7 @@ def _command_config(argv: list[str]) -> dict:
     return build_config(args, _runner_values(extras)[0])
 
 
-def test_settings_from_config_and_command_options(vlmeval_registered, assets, llava):
+def test_settings_from_config_and_command_options(vlmeval_registered, assets, llava, tmp_path):
     import vlmeval.config
     from vlmeval.run import build_model_from_config
 
@@ -165,8 +167,17 @@ def test_settings_from_config_and_command_options(vlmeval_registered, assets, ll
     with pytest.raises(TruthProbeError, match="method: expected one of iti, neurons, none, rve, truthprobe, found 'itti'"):
         vlmeval.config.supported_VLM["truthprobe_hf"](model_path=llava, method="itti")
     # options a method does not take, conflicting keys and unknown data set keys fail before anything runs
-    with pytest.raises(TruthProbeError, match="method 'iti': it takes no scores"):
+    with pytest.raises(TruthProbeError, match="method 'iti' takes no scores"):
         _command_config(["--method", "iti", "--scores", assets["scores"], "--model", "truthprobe_hf", "--data", "POPE_local"])
+    config = tmp_path / "config.json"  # the same for a config entry of another method given an option
+    config.write_text(json.dumps({"model": {"m": {"class": "TruthGatedVLM", "model_path": llava, "method": "iti"}},
+                                  "data": {"POPE_local": {}}}))
+    with pytest.raises(TruthProbeError, match="model m: method 'iti' takes no norm, scores"):
+        _command_config(["--scores", assets["scores"], "--norm", "minmax", "--config", str(config)])
+    with pytest.raises(TruthProbeError, match="the config gives method='iti' and the options give 'rve'"):
+        _command_config(["--method", "rve", "--config", str(config)])
+    with pytest.raises(TruthProbeError, match="--data-args 'GQA_local:n_questions=3': expected a data set among those run"):
+        _command_config(["--data-args", "GQA_local:n_questions=3", "--config", str(config)])
     with pytest.raises(TruthProbeError, match="CHAIRLocal takes no max_new_tokens"):
         _command_config(["--data-args", "CHAIR_local:max_new_tokens=12", "--model", "truthprobe_hf", "--data", "CHAIR_local"])
     data = _command_config(["--pope-dir", "q", "--coco-images", "im", "--pope-limit", "2", "--data-args",

@@ -31,8 +31,6 @@ MODEL_OPTIONS = {
     "--device": ("device", "auto (default), cpu, cuda, cuda:1, ..."),
     "--max-new-tokens": ("max_new_tokens", "generation limit (default 512; CHAIR_local declares its own, 64)"),
 }
-# options that are the intervention's settings: only a method that takes them may be given them
-METHOD_OPTIONS = ("scores", "alpha", "norm", "site", "gate", "seed", "apply")
 # option -> ({data set name: constructor key}, help)
 DATA_OPTIONS = {
     "--pope-dir": ({"POPE_local": "question_dir"}, "folder with coco_pope_{random,popular,adversarial}.json"),
@@ -131,18 +129,25 @@ def _merge(entry: dict, settings: dict, where: str) -> dict:
 
 def model_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The gated models' config keys from this command's options (``--method-args`` spelled out as keys)."""
-    from ..errors import TruthProbeError
-    from ..interventions import method_class
 
     settings = {key: getattr(args, _dest(option)) for option, (key, _) in MODEL_OPTIONS.items()
                 if getattr(args, _dest(option), None) is not None}
     settings.update(_pairs(args.method_args, "--method-args"))
-    cls = method_class(settings.get("method") or "truthprobe")
-    wrong = [k for k in (*METHOD_OPTIONS, *_pairs(args.method_args, "--method-args")) if k in settings
-             and k not in cls.param_names()]
-    if wrong:
-        raise TruthProbeError(f"method {cls.name!r}: it takes no {', '.join(wrong)}; its settings: {', '.join(cls.param_names())}")
     return settings
+
+
+def _check_method_keys(entry: dict, where: str) -> None:
+    """A gated model's entry may hold only its own method's settings: another method's (``scores`` for ITI) would
+    be handed to ``generate`` and fail mid-run."""
+    from ..errors import TruthProbeError
+    from ..interventions import REGISTRY, method_class
+
+    cls = method_class(entry.get("method") or "truthprobe")
+    known = {name for method in REGISTRY.values() for name in method.param_names()}
+    wrong = sorted(k for k in entry if k in known and k not in cls.param_names())
+    if wrong:
+        raise TruthProbeError(f"{where}: method {cls.name!r} takes no {', '.join(wrong)}; its settings: "
+                              f"{', '.join(cls.param_names())}")
 
 
 def data_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -219,11 +224,12 @@ def build_config(args: argparse.Namespace, values: dict) -> dict:
             entry = {"class": MODEL_CLASS_NAME, "model_path": gated.get("model_path") or MODELS[name]}
         if isinstance(entry, dict) and entry.get("class") == MODEL_CLASS_NAME:
             config["model"][name] = _merge(entry, gated, f"model {name}")
+            _check_method_keys(config["model"][name], f"model {name}")
     ours = {name: cls for cls in dataset_classes() for name in cls.supported_datasets()}
     local = data_settings(args)
-    for name in local:
-        if name not in config["data"]:
-            print(f"truthprobe vlmeval: options for {name} given, but it is not among the data sets run", file=sys.stderr)
+    for given in args.data_args:
+        if given.partition(":")[0] not in config["data"]:
+            raise TruthProbeError(f"--data-args {given!r}: expected a data set among those run ({', '.join(config['data'])})")
     for name, entry in list(config["data"].items()):
         if name in ours:
             entry = _merge({"class": ours[name].__name__, "dataset": name, **(entry or {})}, local.get(name, {}), f"data {name}")

@@ -45,6 +45,7 @@ def test_scores_above_chance_with_complete_metadata(probed):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # its fixture probes the real model (34 s)
 def test_cached_activations_feed_the_analysis_and_same_seed_gives_same_scores(probed, smollm2):
     out, cache = probed
     saved = TruthScores.load(out)

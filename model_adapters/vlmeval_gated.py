@@ -18,6 +18,7 @@ model through the same code (the baseline).
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,20 @@ def resolve_intervention(given: dict[str, Any]) -> Intervention:
         raise
 
 
+def check_method_keys(settings: dict[str, Any], where: str = "TruthGatedVLM") -> None:
+    """A gated model may be given only its own method's settings: another method's (``scores`` for ITI) would go
+    to ``generate`` as an unknown keyword and fail mid-run."""
+    from truthprobe_eval.interventions import REGISTRY
+
+    cls = method_class(_given(settings.get("method"), "method"))
+    known = {name for method in REGISTRY.values() for name in method.param_names()}
+    wrong = sorted(k for k in settings if k in known and k not in cls.param_names())
+    if wrong:
+        raise TruthProbeError(f"{where}: method {cls.name!r} takes no {', '.join(wrong)}; its settings: "
+                              f"{', '.join(cls.param_names())}")
+
+
+@functools.lru_cache(maxsize=None)  # asked once per generation; the registered classes do not change
 def dataset_max_new_tokens_default(dataset: str | None) -> int | None:
     """The generation limit a registered local data set declares (``MAX_NEW_TOKENS``, e.g. CHAIR's 64), or None."""
     from .vlmeval_registration import dataset_classes
@@ -176,6 +191,7 @@ class TruthGatedVLM(BaseModel):
         if not path:
             raise TruthProbeError("TruthGatedVLM: expected a model (config key 'model_path', `truthprobe vlmeval --hf-model`), found none")
         self.model_path = str(path)
+        check_method_keys({"method": method, **kwargs})
         names = set(method_class(_given(method, "method")).param_names())
         self.intervention = resolve_intervention({"method": method, **{k: v for k, v in kwargs.items() if k in names}})
         generate_kwargs = {k: v for k, v in kwargs.items() if k not in names}
@@ -307,7 +323,7 @@ class TruthGatedVLM(BaseModel):
                 "intervention": self.intervention.describe()}
 
 
-__all__ = ["TruthGatedVLM", "Family", "FAMILIES", "DEFAULTS", "check_fits_config", "dataset_max_new_tokens_default",
+__all__ = ["TruthGatedVLM", "Family", "FAMILIES", "DEFAULTS", "check_fits_config", "check_method_keys", "dataset_max_new_tokens_default",
            "family_of", "resolve_intervention"]
 
 from .vlmeval_registration import finish_deferred  # noqa: E402

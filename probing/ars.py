@@ -96,9 +96,7 @@ def span_attention(model: nn.Module, inputs: dict[str, Any], find: Callable[[tor
             seen[self.layer] = probs[:, idx.to(probs.device)].double().cpu()
             return scores
 
-    record = Record
-
-    with torch.no_grad(), edit_attention(model, {layer: record(layer) for layer in range(sites.num_layers)}):
+    with torch.no_grad(), edit_attention(model, {layer: Record(layer) for layer in range(sites.num_layers)}):
         model(**inputs)
     return torch.stack([seen[layer] for layer in range(sites.num_layers)]).numpy()
 

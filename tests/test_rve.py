@@ -16,6 +16,7 @@ from truthprobe_eval import TruthScores, load_model, locate_heads
 from truthprobe_eval.attention_edit import SpanTracker, edit_attention
 from truthprobe_eval.errors import InterventionError
 from truthprobe_eval.interventions import build
+from truthprobe_eval.interventions.rve import RowEdit
 from truthprobe_eval.spans import image_span, image_token_id
 
 FAMILIES = ("llava", "qwen2_vl")
@@ -94,7 +95,7 @@ def test_only_the_span_columns_of_the_last_query_row_change(tiny, family, tmp_pa
     tracker = SpanTracker(image_span(model))
     tracker.observe(ids)
     scores = torch.randn(1, 4, 5, ids.shape[1])
-    edit = rve.edit_fn(tracker, sens, non)
+    edit = RowEdit(rve.settings, tracker, sens, non)
     rows = edit.rows(5, ids.shape[1])
     assert list(rows) == [4]  # the prompt's last position
     edited = scores.clone()

@@ -26,8 +26,9 @@ def add_parser(subparsers) -> None:
     s.add_argument("--model", default="smollm2-135m-instruct", help="hub id, local folder or alias (LLM or MLLM)")
     s.add_argument("--span", choices=("image", "context"), default=None,
                    help="image (MLLMs; the default with --pairs) or context (the default with --halueval-rows)")
-    s.add_argument("--span-start", default="#Knowledge:")
-    s.add_argument("--span-end", default="#Question#:")
+    s.add_argument("--span-start", help="span=context: the text right before the span (default: RVE's, HaluEval's "
+                   "'#Knowledge:')")
+    s.add_argument("--span-end", help="span=context: the text right after it (default: RVE's, '#Question#:')")
     add_device_options(s)
     s.add_argument("--out", required=True, help="score file to write (.json); a heatmap goes beside it")
     s.set_defaults(func=run_score)
@@ -64,7 +65,10 @@ def run_score(args: argparse.Namespace) -> int:
 
         def encode(pair, text):
             return tokenizer(text, return_tensors="pt").to(args.device)
-    find = image_span(model) if span == "image" else context_span(tokenizer, args.span_start, args.span_end)
+    from ..interventions.rve import KNOWLEDGE_END, KNOWLEDGE_START
+
+    find = image_span(model) if span == "image" else context_span(tokenizer, args.span_start or KNOWLEDGE_START,
+                                                                   args.span_end or KNOWLEDGE_END)
     scores = ars_scores(model, encode, pairs, find, progress=not args.quiet,
                         meta={"model_source": args.model, "span": span, "pairs": args.pairs or "halueval",
                               "halueval_rows": args.halueval_rows})

@@ -94,8 +94,7 @@ def _runner_values(argv: list[str]) -> tuple[dict, list[str]]:
     parser.add_argument("--work-dir", default="./outputs")
     parser.add_argument("--use-vllm", action="store_true")
     known, rest = parser.parse_known_args(argv)
-    if known.work_dir != "./outputs" or "--work-dir" in argv:
-        rest += ["--work-dir", known.work_dir]
+    rest += ["--work-dir", known.work_dir]
     if known.use_vllm:
         rest.append("--use-vllm")
     return vars(known), rest
@@ -136,18 +135,6 @@ def model_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def _check_method_keys(entry: dict, where: str) -> None:
-    """A gated model's entry may hold only its own method's settings: another method's (``scores`` for ITI) would
-    be handed to ``generate`` and fail mid-run."""
-    from ..errors import TruthProbeError
-    from ..interventions import REGISTRY, method_class
-
-    cls = method_class(entry.get("method") or "truthprobe")
-    known = {name for method in REGISTRY.values() for name in method.param_names()}
-    wrong = sorted(k for k in entry if k in known and k not in cls.param_names())
-    if wrong:
-        raise TruthProbeError(f"{where}: method {cls.name!r} takes no {', '.join(wrong)}; its settings: "
-                              f"{', '.join(cls.param_names())}")
 
 
 def data_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -201,6 +188,7 @@ def build_config(args: argparse.Namespace, values: dict) -> dict:
     """The VLMEvalKit config of this run: the user's ``--config`` or the ``--model`` / ``--data`` names, with the
     options filled into the gated models' and the local data sets' entries."""
     from ..errors import TruthProbeError
+    from ..model_adapters.vlmeval_gated import check_method_keys
     from ..model_adapters.vlmeval_registration import MODEL_CLASS_NAME, MODELS, dataset_classes
 
     if values["config"]:
@@ -224,7 +212,7 @@ def build_config(args: argparse.Namespace, values: dict) -> dict:
             entry = {"class": MODEL_CLASS_NAME, "model_path": gated.get("model_path") or MODELS[name]}
         if isinstance(entry, dict) and entry.get("class") == MODEL_CLASS_NAME:
             config["model"][name] = _merge(entry, gated, f"model {name}")
-            _check_method_keys(config["model"][name], f"model {name}")
+            check_method_keys(config["model"][name], f"model {name}")
     ours = {name: cls for cls in dataset_classes() for name in cls.supported_datasets()}
     local = data_settings(args)
     for given in args.data_args:
@@ -317,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
         print("model class (--config):", "TruthGatedVLM")
         print("data sets (--data):", " ".join(dataset_names()))
         return 0
+    register()
     if args.runner_help:
         runner_args = ["--help"]
         described, work_dir = {}, None
@@ -324,7 +313,6 @@ def run(args: argparse.Namespace) -> int:
         if not runner_args:
             raise TruthProbeError("expected VLMEvalKit runner arguments (e.g. --model llava_v1.5_7b_truthprobe --data POPE_local), found none")
         values, rest = _runner_values(runner_args)
-        register()
         config = build_config(args, values)
         if values["use_vllm"] and _gated_entries(config):
             raise TruthProbeError("--use-vllm: the gated models run in transformers (the gate hooks); drop --use-vllm")
@@ -332,7 +320,6 @@ def run(args: argparse.Namespace) -> int:
         work_dir = values["work_dir"]
         runner_args = ["--config", str(write_config(work_dir, config)), *rest]
 
-    register()
     argv = sys.argv
     sys.argv = ["vlmeval/run.py", *runner_args]
     try:

@@ -131,17 +131,14 @@ class RVE(Intervention):
         if not 0 <= s["alpha"] <= 1 or s["beta"] < 0 or s["k"] < 1:
             raise InterventionError(f"expected 0 <= alpha <= 1, beta >= 0 and k >= 1, found alpha={s['alpha']}, "
                                     f"beta={s['beta']}, k={s['k']}")
-        self.scores = None
-        if s["variant"] == "rve" and s["control"] == "none":
-            if not s["ars"]:
+        self.scores = TruthScores.load(s["ars"]) if s["ars"] else None
+        if s["variant"] == "rve" and s["control"] == "none":  # the ARS heads are needed
+            if self.scores is None:
                 raise InterventionError("ars: method 'rve' needs an ARS score file (truthprobe ars score writes one), "
                                         "found none; pass ars=PATH, or variant=global / control=random_heads")
-            self.scores = TruthScores.load(s["ars"])
             kind = self.scores.meta.get("kind")
             if kind != "ars":
                 raise InterventionError(f"ars: expected a score file with meta.kind 'ars', found {kind!r} in {s['ars']}")
-        elif s["ars"]:
-            self.scores = TruthScores.load(s["ars"])
         if self.scores is not None:
             self._check_layers(self.scores.num_layers, self.scores.num_heads)
         self._tokenizer = None
@@ -178,9 +175,7 @@ class RVE(Intervention):
         from ..architectures import locate_heads, model_name
 
         sites = locate_heads(model)
-        if self.scores is not None:
-            self.scores.check_fits(sites.num_layers, sites.num_heads, model_name(model))
-        self._check_layers(sites.num_layers, sites.num_heads)
+        self.check_shape(sites.num_layers, sites.num_heads, model_name(model))
 
     def check_shape(self, num_layers: int, num_heads: int, name: str) -> None:
         if self.scores is not None:
@@ -197,9 +192,6 @@ class RVE(Intervention):
                                     "the harnesses pass it (bind_tokenizer)")
         return context_span(self._tokenizer, self.settings["span_start"], self.settings["span_end"])
 
-    def edit_fn(self, tracker, sens: list[int], non: list[int]) -> "RowEdit":
-        return RowEdit(self.settings, tracker, sens, non)
-
     @contextmanager
     def edits(self, model: nn.Module) -> Iterator[None]:
         """The score edits of every chosen layer, with the span tracker's hook (attention, not activations)."""
@@ -211,7 +203,7 @@ class RVE(Intervention):
         heads = self.heads(sites.num_layers, sites.num_heads)
         handle = tracker.hook(model)
         try:
-            with edit_attention(model, {layer: self.edit_fn(tracker, *heads.get(layer, ([], [])))
+            with edit_attention(model, {layer: RowEdit(self.settings, tracker, *heads.get(layer, ([], [])))
                                         for layer in self.layer_list}):
                 yield
         finally:

@@ -53,7 +53,7 @@ def main() -> None:
     middle = str(args.layers // 2)
     variants = {"plain": None,
                 "rve": build_method("rve", ars=str(path), layers=middle, k=2),
-                "global": build_method("rve", variant="global", layers=middle, beta=0.5)}
+                "whole_span": build_method("rve", variant="whole_span", layers=middle, beta=0.5)}
     times: dict[str, list[float]] = {k: [] for k in variants}
     outputs = {}
     for rep in range(args.reps + 1):

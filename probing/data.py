@@ -32,6 +32,7 @@ from ..errors import TruthProbeError
 
 GENERIC_FIELDS = ("context", "question", "answer", "label")
 OPTIONAL_FIELDS = ("image", "group")
+ANSWER_SETS = ("both", "drawn")
 
 
 class ProbeDataError(TruthProbeError, ValueError):
@@ -50,14 +51,35 @@ class ProbeExample:
     image: str | None = None
 
 
-def halueval_examples(path: "str | os.PathLike | None" = None, offset: int = 0, n: int | None = None) -> list[ProbeExample]:
-    """Two examples per HaluEval QA row (right answer first), grouped by row index."""
+def halueval_examples(path: "str | os.PathLike | None" = None, offset: int = 0, n: int | None = None, *,
+                      answers: str = "both", answer_seed: int = 0, strip: bool = False) -> list[ProbeExample]:
+    """HaluEval QA rows as probing examples, grouped by row index.
+
+    ``answers="both"`` (ours): two examples per row, right answer first. ``answers="drawn"`` (the published
+    probing set): one per row, the hallucinated answer where ``draw_hallucinated(answer_seed, row)`` says so, else
+    the right one. ``strip``: strip context, question and answer (as the published extraction does)."""
+    from ..datasets import draw_hallucinated
+
+    if answers not in ANSWER_SETS:
+        raise ProbeDataError(f"answers: expected one of {', '.join(ANSWER_SETS)}, found {answers!r}")
+    rows = load_halueval(path, offset=offset, n=n)
+    drawn = draw_hallucinated(answer_seed, np.arange(offset, offset + len(rows)))
+    tidy = (lambda t: t.strip()) if strip else (lambda t: t)
     examples = []
-    for i, row in enumerate(load_halueval(path, offset=offset, n=n)):
+    for i, row in enumerate(rows):
         group = offset + i
-        for answer, label in ((row["right_answer"], 1), (row["hallucinated_answer"], 0)):
-            examples.append(ProbeExample(row["knowledge"], row["question"], answer, label, group))
+        pairs = ((row["right_answer"], 1), (row["hallucinated_answer"], 0))
+        if answers == "drawn":
+            pairs = (pairs[1],) if drawn[i] else (pairs[0],)
+        for answer, label in pairs:
+            examples.append(ProbeExample(tidy(row["knowledge"]), tidy(row["question"]), tidy(answer), label, group))
     return examples
+
+
+def example_record(examples: Sequence[ProbeExample]) -> list[list]:
+    """``[[row, "right" | "hallucinated"], ...]`` in order: which answer of which row each probing example was
+    (for generic JSONL data, the row's group code and its label's name)."""
+    return [[int(e.group), "right" if e.label == 1 else "hallucinated"] for e in examples]
 
 
 def truthfulqa_examples(csv: "str | os.PathLike | None" = None, rows: Sequence[int] | None = None) -> list[ProbeExample]:
@@ -166,19 +188,22 @@ def is_halueval_source(data: "str | os.PathLike") -> bool:
     return str(data) == "halueval" or (Path(data).is_file() and _looks_like_halueval(Path(data)))
 
 
-def load_examples(data: "str | os.PathLike" = "halueval", n: int | None = None, offset: int = 0) -> list[ProbeExample]:
+def load_examples(data: "str | os.PathLike" = "halueval", n: int | None = None, offset: int = 0,
+                  **halueval: object) -> list[ProbeExample]:
     """Probing examples from ``"halueval"`` (embedded), a HaluEval-format file, or a generic JSONL file.
 
+    ``halueval``: ``answers``, ``answer_seed``, ``strip`` for HaluEval sources (see ``halueval_examples``).
     The result is checked with ``check_examples`` (non-empty, both labels present).
     """
     _check_range(offset, n)
     if str(data) == "halueval":
-        examples = halueval_examples(None, offset, n)
+        examples = halueval_examples(None, offset, n, **halueval)
     else:
         path = Path(data)
         if not path.is_file():
             raise ProbeDataError(f"--data: expected 'halueval' or a .jsonl file, found no file at {path}")
-        examples = halueval_examples(path, offset, n) if _looks_like_halueval(path) else jsonl_examples(path, offset, n)
+        examples = (halueval_examples(path, offset, n, **halueval) if _looks_like_halueval(path)
+                    else jsonl_examples(path, offset, n))
     check_examples(examples, source=str(data), offset=offset)
     return examples
 
@@ -210,5 +235,5 @@ def fingerprint(examples: Iterable[ProbeExample]) -> str:
     return h.hexdigest()
 
 
-__all__ = ["ProbeDataError", "ProbeExample", "check_examples", "fingerprint", "halueval_examples", "is_halueval_source", "jsonl_examples",
+__all__ = ["ANSWER_SETS", "ProbeDataError", "ProbeExample", "check_examples", "example_record", "fingerprint", "halueval_examples", "is_halueval_source", "jsonl_examples",
            "labels_and_groups", "load_examples", "truthfulqa_examples"]

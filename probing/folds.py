@@ -99,4 +99,24 @@ def grouped_stratified_folds(labels: np.ndarray, groups: np.ndarray, n_folds: in
     return folds
 
 
-__all__ = ["FoldError", "check_labels", "grouped_stratified_folds"]
+def published_kfold(labels: np.ndarray, n_folds: int = 5, seed: int = 42) -> np.ndarray:
+    """The published TruthProbe folds: scikit-learn ``KFold(n_folds, shuffle=True, random_state=seed)`` over the
+    examples (no groups, no stratification), as a fold index per example."""
+    from sklearn.model_selection import KFold
+
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise FoldError(f"n_folds: expected an integer >= 2, found {n_folds!r}")
+    y = check_labels(labels)
+    if y.size < n_folds:
+        raise FoldError(f"{n_folds}-fold cross-validation needs at least {n_folds} examples, found {y.size}")
+    folds = np.empty(y.size, dtype=np.int64)
+    for k, (_, val) in enumerate(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(y)):
+        folds[val] = k
+    for k in range(n_folds):
+        train = y[folds != k]
+        if train.min() == train.max():
+            raise FoldError(f"fold {k}: its training part has only label {int(train[0])}; add examples or use fewer folds")
+    return folds
+
+
+__all__ = ["FoldError", "check_labels", "grouped_stratified_folds", "published_kfold"]

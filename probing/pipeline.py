@@ -16,11 +16,12 @@ from ..architectures import describe, locate_heads
 from ..errors import TruthProbeError
 from ..scores import TruthScores
 from .cache import DEFAULT_SHARD_SIZE, ActivationCache, cache_settings, cached_extract, default_cache_root
-from .data import ProbeDataError, ProbeExample, check_examples, is_halueval_source, labels_and_groups, load_examples
+from .data import (ProbeDataError, ProbeExample, check_examples, example_record, is_halueval_source, labels_and_groups,
+                   load_examples)
 from .extract import extract_activations
 from .prompts import CONDITIONS, PADDING_SIDES, PROMPT_FORMATS, PromptEncoder, check_images, is_multimodal
 
-TRAINER_NAMES = ("exact", "published")
+TRAINER_NAMES = ("exact", "paper", "published")
 
 
 class ProbeSettingsError(TruthProbeError, ValueError):
@@ -46,12 +47,18 @@ def check_settings(*, n_folds: int, trainer: str, epochs: int, batch_size: int, 
         raise ProbeSettingsError(f"padding side: expected one of {', '.join(PADDING_SIDES)}, found {padding_side!r}")
 
 
-def _check_folds(examples: Sequence[ProbeExample], n_folds: int, seed: int = 0) -> None:
-    """Fail before extraction when the data cannot be split into ``n_folds`` grouped, stratified folds."""
-    from .folds import grouped_stratified_folds
+def _check_folds(examples: Sequence[ProbeExample], n_folds: int, seed: int = 0, fold_rule: str = "grouped") -> None:
+    """Fail before extraction when the data cannot be split into ``n_folds`` folds by ``fold_rule``."""
+    from .folds import grouped_stratified_folds, published_kfold
+    from .trainers import FOLD_RULES
 
+    if fold_rule not in FOLD_RULES:
+        raise ProbeSettingsError(f"fold rule: expected one of {', '.join(FOLD_RULES)}, found {fold_rule!r}")
     y, groups = labels_and_groups(examples)
-    grouped_stratified_folds(y, groups, n_folds=n_folds, seed=seed)
+    if fold_rule == "kfold":
+        published_kfold(y, n_folds=n_folds, seed=seed)
+    else:
+        grouped_stratified_folds(y, groups, n_folds=n_folds, seed=seed)
 
 
 def resolve_prompt_format(helper: Any, prompt_format: str = "auto") -> str:
@@ -104,18 +111,20 @@ def probe_model(model: nn.Module, processor_or_tokenizer: Any, examples: Sequenc
                 trainer: str = "exact", epochs: int = 200, batch_size: int = 8, padding_side: str = "right",
                 drop_eos: bool = True, float16: bool = False, cache_dir: "str | os.PathLike | None" = None,
                 shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True, meta: dict | None = None,
-                on_shard: Callable[[int, int], None] | None = None) -> TruthScores:
+                on_shard: Callable[[int, int], None] | None = None, fold_rule: str = "grouped") -> TruthScores:
     """Truth Scores of a loaded model on ``examples``: one k-fold validated probe per (layer, head).
 
     MLLMs (a processor) take ``condition`` ``image`` (default), ``black`` or ``text`` and ``images_dir``.
-    The scores' metadata records every setting; ``meta`` adds to it (data name, offset, ...).
+    ``fold_rule``: ``grouped`` (ours) or ``kfold`` (published, ``seed`` its random_state). The scores' metadata
+    records every setting and the examples in order (``examples``: [row, "right" | "hallucinated"]); ``meta``
+    adds to it (data name, offset, preset, ...).
     """
     from .trainers import train_probes
 
     check_settings(n_folds=n_folds, trainer=trainer, epochs=epochs, batch_size=batch_size,
                    prompt_format=prompt_format, condition=condition, padding_side=padding_side)
     check_examples(examples)
-    _check_folds(examples, n_folds, seed)
+    _check_folds(examples, n_folds, seed, fold_rule)
     info = describe(model)  # an unknown architecture fails here, before any work
     fmt = resolve_prompt_format(processor_or_tokenizer, prompt_format)
     encoder = PromptEncoder(processor_or_tokenizer, fmt, condition, images_dir, padding_side)
@@ -125,16 +134,18 @@ def probe_model(model: nn.Module, processor_or_tokenizer: Any, examples: Sequenc
                                    float16=float16, cache_dir=cache_dir, shard_size=shard_size,
                                    progress=progress, on_shard=on_shard)
     y, groups = labels_and_groups(examples)
-    result = train_probes(X, y, groups, n_folds=n_folds, seed=seed, trainer=trainer, epochs=epochs, progress=progress)
+    result = train_probes(X, y, groups, n_folds=n_folds, seed=seed, trainer=trainer, epochs=epochs,
+                          fold_rule=fold_rule, progress=progress)
     info.update(
         metric=f"cv{n_folds}_val_accuracy", n_samples=len(examples), n_groups=int(len(np.unique(groups))),
-        folds=n_folds, seed=seed, epochs=epochs, trainer=trainer,
+        folds=n_folds, seed=seed, epochs=epochs, trainer=trainer, fold_rule=fold_rule, batch_size=batch_size,
         condition=encoder.condition, prompt_format=fmt, padding_side=padding_side, drop_eos=drop_eos,
         activation_dtype="float16" if float16 else "float32",
         activation_cache=None if folder is None else str(folder.resolve()),
         images_dir=None if images_dir is None else str(Path(images_dir).resolve()),
     )
     info.update(meta or {})
+    info["examples"] = example_record(examples)
     return result.to_scores(info)
 
 
@@ -162,39 +173,50 @@ def plot_heatmap(scores: TruthScores, path: "str | os.PathLike") -> Path:
 
 
 def run_probing(model: str = "smollm2-135m-instruct", data: "str | os.PathLike" = "halueval", n: int | None = 292,
-                offset: int = 0, *, prompt_format: str = "auto", condition: str | None = None,
-                images_dir: "str | os.PathLike | None" = None, n_folds: int = 5, seed: int = 0,
-                trainer: str = "exact", epochs: int = 200, batch_size: int = 8, padding_side: str = "right",
-                drop_eos: bool = True, float16: bool = False, cache_dir: "str | os.PathLike | None" = "auto",
-                shard_size: int = DEFAULT_SHARD_SIZE, dtype: str = "float32", device: str = "cpu",
-                out: "str | os.PathLike | None" = None, plot: bool = True, progress: bool = True,
-                verbose: bool = True) -> TruthScores:
+                offset: int = 0, *, preset: str = "ours", prompt_format: str = "auto", condition: str | None = None,
+                images_dir: "str | os.PathLike | None" = None, n_folds: int = 5, seed: int | None = None,
+                trainer: str | None = None, epochs: int = 200, batch_size: int | None = None,
+                padding_side: str = "right", drop_eos: bool = True, float16: bool = False,
+                cache_dir: "str | os.PathLike | None" = "auto", shard_size: int = DEFAULT_SHARD_SIZE,
+                dtype: str = "float32", device: str = "cpu", out: "str | os.PathLike | None" = None, plot: bool = True,
+                progress: bool = True, verbose: bool = True) -> TruthScores:
     """Load ``model`` and ``data`` (``halueval`` or a JSONL file), probe, and write ``out`` (+ ``.png`` heatmap).
 
+    ``preset`` (``probing/truthprobe_preset.py``): ``ours`` (default here) or ``paper`` (the published pipeline);
+    it gives the trainer, the fold rule and seed, the extraction batch size and, for HaluEval data, which answers
+    are probed; ``seed``, ``trainer`` and ``batch_size`` override it when given.
     ``cache_dir="auto"`` caches activations under ``~/.cache/truthprobe_eval/activations`` (rerunning an
     interrupted run resumes it); ``None`` keeps them in memory only. Nothing is written to ``out`` unless
     the whole run succeeds.
     """
     from ..models import load_model
+    from .truthprobe_preset import truthprobe_preset
 
+    chosen = truthprobe_preset(preset)
+    trainer = chosen.trainer if trainer is None else trainer
+    seed = chosen.fold_seed if seed is None else seed
+    batch_size = chosen.batch_size if batch_size is None else batch_size
     check_settings(n_folds=n_folds, trainer=trainer, epochs=epochs, batch_size=batch_size,
                    prompt_format=prompt_format, condition=condition, padding_side=padding_side)
-    examples = load_examples(data, n=n, offset=offset)
-    _check_folds(examples, n_folds, seed)
+    halueval = is_halueval_source(data)
+    examples = load_examples(data, n=n, offset=offset, **({"answers": chosen.answers, "answer_seed": chosen.answer_seed,
+                                                            "strip": preset == "paper"} if halueval else {}))
+    _check_folds(examples, n_folds, seed, chosen.fold_rule)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise ProbeDataError(f"--images: expected a folder of images, found none at {images_dir}")
     loaded, helper = load_model(model, dtype=dtype, device=device)
     locate_heads(loaded)  # unknown architecture: fail before extraction
     if condition is not None and not is_multimodal(helper) and condition != "text":
         raise ProbeSettingsError(f"condition {condition!r} needs a multimodal model; {model} is a text-only model")
-    rows = len(examples) // 2 if is_halueval_source(data) else len(examples)  # rows of the data file
+    rows = len({e.group for e in examples}) if halueval else len(examples)  # rows of the data file
     scores = probe_model(
         loaded, helper, examples, prompt_format=prompt_format, condition=condition if is_multimodal(helper) else None,
         images_dir=images_dir, n_folds=n_folds, seed=seed, trainer=trainer, epochs=epochs, batch_size=batch_size,
         padding_side=padding_side, drop_eos=drop_eos, float16=float16,
         cache_dir=default_cache_root() if cache_dir == "auto" else cache_dir, shard_size=shard_size,
-        progress=progress, meta={"model_source": model, "data": str(data), "n_rows": rows, "offset": offset,
-                                 "model_dtype": dtype},
+        progress=progress, fold_rule=chosen.fold_rule,
+        meta={"model_source": model, "data": str(data), "n_rows": rows, "offset": offset, "model_dtype": dtype,
+              "preset": preset, **({"answers": chosen.answers, "answer_seed": chosen.answer_seed} if halueval else {})},
     )
     if out is not None:
         scores.save(out)

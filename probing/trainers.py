@@ -8,9 +8,15 @@ Two trainers fit one logistic-regression probe per (layer, head) on every fold, 
     are solved together by a batched, preconditioned L-BFGS in torch (CPU or GPU), chunk of heads by chunk of
     heads (``probing/lbfgs.py``). The result does not hang on optimizer settings: it is the unique minimum, to a
     gradient tolerance 100x tighter than scikit-learn's default.
+``paper``
+    The published TruthProbe trainer (``vectorized_linear_probe`` in miso-choi/TruthProbe), detail for detail:
+    W (L, H, D) and B (L, H) start at zero; AdamW (lr 1e-2, weight decay 1e-3); 200 epochs; batches of 512 taken
+    in order from each fold's training indices (no shuffle); the loss is BCE-with-logits averaged over the batch,
+    the layers and the heads together; the weights after the last epoch are scored at sigmoid > 0.5. Used with
+    ``fold_rule="kfold"`` (scikit-learn ``KFold(5, shuffle=True, random_state=42)`` over the examples).
 ``published``
-    One batched tensor program over all heads, as the published TruthProbe scores were made: AdamW (lr 1e-2,
-    weight decay 1e-3), binary cross-entropy with logits, 200 epochs of shuffled mini-batches of at most 512.
+    Our earlier approximation of it (kept so that old score files rebuild): AdamW with the same settings, but
+    nn.Linear's random initialization, shuffled mini-batches, and the loss averaged per head.
 
 See ``docs/probe_trainers.md`` for the why and for speed measurements (``benchmarks/probe_training.py``).
 """
@@ -26,10 +32,11 @@ import numpy as np
 import torch
 
 from ..errors import TruthProbeError
-from .folds import FoldError, check_labels, grouped_stratified_folds
+from .folds import FoldError, check_labels, grouped_stratified_folds, published_kfold
 from .lbfgs import EXACT_MAX_ITER, EXACT_TOL, solve_logistic
 
-TRAINERS = ("exact", "published")
+TRAINERS = ("exact", "paper", "published")
+FOLD_RULES = ("grouped", "kfold")
 
 EXACT_CHUNK_BYTES = 16 * 2**20       # float32 bytes of one chunk of heads' activations (CPU; cache-sized)
 PUBLISHED_CHUNK_BYTES = 4 * 2**20
@@ -288,17 +295,77 @@ def _train_published(Xflat: np.ndarray, y: np.ndarray, folds: np.ndarray, n_fold
     return params, metrics, info
 
 
+# ---- paper: the published trainer, detail for detail ---------------------------------------------------------
+def _paper_run(Xc: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, *, epochs: int, lr: float, weight_decay: float,
+               batch_size: int, heads_total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probes of the heads in ``Xc`` (h, N, D) trained on ``rows`` (in that order) from zero; returns (W, b).
+
+    Each epoch walks ``rows`` in order in batches of ``batch_size``; the loss is the mean BCE over the batch and
+    *all* ``heads_total`` heads of the model (the published loss is one mean over (B, L, H)), so each head's
+    gradient is divided by B * heads_total; torch's AdamW updates W and b."""
+    h, _, dim = Xc.shape
+    W = torch.zeros(h, dim, dtype=torch.float32, device=Xc.device, requires_grad=True)
+    b = torch.zeros(h, dtype=torch.float32, device=Xc.device, requires_grad=True)
+    optimizer = torch.optim.AdamW([W, b], lr=lr, weight_decay=weight_decay)
+    batches = [rows[i:i + batch_size] for i in range(0, rows.numel(), batch_size)]
+    inputs = [(Xc.index_select(1, r), y[r].float()) for r in batches]
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for Xb, yb in inputs:
+                optimizer.zero_grad(set_to_none=True)
+                logits = torch.einsum("hbd,hd->hb", Xb, W) + b[:, None]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits, yb.expand_as(logits), reduction="sum") / (yb.numel() * heads_total)
+                loss.backward()
+                optimizer.step()
+    return W.detach(), b.detach()
+
+
+def _train_paper(Xflat: np.ndarray, y: np.ndarray, folds: np.ndarray, n_folds: int, *, epochs: int, lr: float,
+                 weight_decay: float, batch_size: int, device: torch.device,
+                 progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Fold by fold, as published (a fold's training indices in increasing order), then one probe on all."""
+    from tqdm.auto import tqdm
+
+    n, n_heads, dim = Xflat.shape
+    yt = torch.from_numpy(y).to(device)
+    ft = torch.from_numpy(folds).to(device)
+    params = np.empty((n_heads, dim + 1), dtype=np.float64)
+    metrics = np.empty((n_heads, 4), dtype=np.float64)
+    settings = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, heads_total=n_heads)
+    chunks = _head_chunks(n_heads, n, dim, device, PUBLISHED_CHUNK_BYTES)
+    with tqdm(total=len(chunks) * (n_folds + 1), desc=f"paper probes ({n_folds} folds, then all)", unit="fit",
+              disable=not progress) as bar:
+        for sl in chunks:
+            Xc = _chunk_tensor(Xflat, sl, device)
+            margins = torch.empty(Xc.shape[0], n, n_folds, dtype=torch.float32, device=device)
+            for k in range(n_folds):
+                rows = torch.nonzero(ft != k).squeeze(1)
+                W, b = _paper_run(Xc, yt, rows, **settings)
+                margins[..., k] = torch.einsum("hnd,hd->hn", Xc, W) + b[:, None]
+                bar.update(1)
+            metrics[sl] = _fold_metrics(margins, yt, ft, n_folds).cpu().numpy()
+            W, b = _paper_run(Xc, yt, torch.arange(n, device=device), **settings)
+            params[sl] = torch.cat([W, b[:, None]], -1).double().cpu().numpy()
+            bar.update(1)
+    info = {"optimizer": "AdamW", "init": "zeros", "batches": "in order", "loss": "mean over batch, layers and heads",
+            "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size}
+    return params, metrics, info
+
+
 # ---- public entry point --------------------------------------------------------------------------------------
 def train_probes(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, *, n_folds: int = 5, seed: int = 0,
                  trainer: str = "exact", epochs: int = 200, lr: float = 1e-2, weight_decay: float = 1e-3,
                  batch_size: int = 512, C: float = 1.0, device: str | None = None, n_jobs: int | None = None,
-                 folds: np.ndarray | None = None, progress: bool = True) -> ProbeResult:
+                 folds: np.ndarray | None = None, fold_rule: str = "grouped", progress: bool = True) -> ProbeResult:
     """Cross-validated logistic-regression probes, one per (layer, head).
 
     X: (N, L, H, D) float16/float32 activations; y: (N,) 0/1 (1 = truthful); groups: (N,) question ids, all
     examples of a group kept on one side of every split (None: each example its own group). ``folds``
-    overrides the fold assignment. ``trainer`` is ``exact`` (uses ``C``) or ``published`` (uses ``epochs``,
-    ``lr``, ``weight_decay``, ``batch_size``, ``seed``). ``device``: None = cuda if available, else cpu.
+    overrides the fold assignment; else ``fold_rule`` makes it: ``grouped`` (ours: grouped, stratified, from
+    ``seed``) or ``kfold`` (the published ``KFold(n_folds, shuffle=True, random_state=seed)`` over the examples,
+    groups ignored). ``trainer`` is ``exact`` (uses ``C``), ``paper`` or ``published`` (use ``epochs``, ``lr``,
+    ``weight_decay``, ``batch_size``; ``published`` also ``seed``). ``device``: None = cuda if available, else cpu.
     ``n_jobs``: CPU threads (default 1).
     """
     if trainer not in TRAINERS:
@@ -314,7 +381,14 @@ def train_probes(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
             raise ProbeInputError(f"{name}: expected a positive number, found {value!r}")
     if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ProbeInputError(f"weight_decay: expected a number >= 0, found {weight_decay!r}")
-    if folds is None:
+    if fold_rule not in FOLD_RULES:
+        raise ProbeInputError(f"fold_rule: expected one of {', '.join(FOLD_RULES)}, found {fold_rule!r}")
+    if folds is None and fold_rule == "kfold":
+        try:
+            folds = published_kfold(y, n_folds=n_folds, seed=seed)
+        except FoldError as exc:
+            raise ProbeInputError(str(exc)) from None
+    elif folds is None:
         try:
             folds = grouped_stratified_folds(y, groups, n_folds=n_folds, seed=seed)
         except FoldError as exc:
@@ -333,6 +407,10 @@ def train_probes(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
     with _torch_threads(n_jobs, dev):
         if trainer == "exact":
             params, metrics, info = _train_exact(Xflat, y, folds, n_folds, float(C), dev, progress)
+        elif trainer == "paper":
+            params, metrics, info = _train_paper(Xflat, y, folds, n_folds, epochs=int(epochs), lr=float(lr),
+                                                 weight_decay=float(weight_decay), batch_size=int(batch_size),
+                                                 device=dev, progress=progress)
         else:
             params, metrics, info = _train_published(Xflat, y, folds, n_folds, epochs=int(epochs), lr=float(lr),
                                                      weight_decay=float(weight_decay), batch_size=int(batch_size),
@@ -343,8 +421,8 @@ def train_probes(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
         accuracy=metrics[..., 0], precision=metrics[..., 1], recall=metrics[..., 2], f1=metrics[..., 3],
         weights=params[:, :dim].reshape(*shape, dim).astype(np.float32),
         bias=params[:, dim].reshape(shape).astype(np.float32),
-        folds=folds, trainer=trainer, info={"device": dev.type, **info},
+        folds=folds, trainer=trainer, info={"device": dev.type, "fold_rule": fold_rule, **info},
     )
 
 
-__all__ = ["ProbeInputError", "ProbeResult", "TRAINERS", "train_probes"]
+__all__ = ["FOLD_RULES", "ProbeInputError", "ProbeResult", "TRAINERS", "train_probes"]

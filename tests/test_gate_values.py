@@ -61,7 +61,7 @@ def test_random_gates_ignore_scores_and_follow_the_seed(s, seed):
 @settings(max_examples=30, deadline=None)
 def test_alpha_zero_is_identity_for_every_norm_and_kind(s):
     for norm in ("centered", "minmax", "raw"):
-        for kind in ("truthprobe", "inverse", "random", "shuffled", "none"):
+        for kind in ("truthprobe", "inverse", "random", "shuffled", "none"):  # the paper_* gates ignore alpha
             np.testing.assert_array_equal(gate_values(s, 0.0, norm, kind), np.ones_like(s))
 
 
@@ -78,7 +78,7 @@ def test_negative_gates_warn_with_their_count():
         (dict(alpha=math.inf), "alpha: expected a finite number"),
         (dict(alpha="strong"), "found 'strong'"),
         (dict(alpha=1.0, norm="centred"), "norm: expected one of centered, minmax, raw, found 'centred'"),
-        (dict(alpha=1.0, kind="reverse"), "gate: expected one of truthprobe, random, inverse, shuffled, none"),
+        (dict(alpha=1.0, kind="reverse"), "gate: expected one of truthprobe, random, inverse, shuffled, paper_random, paper_inverse, none"),
     ],
 )
 def test_bad_settings(kwargs, message):

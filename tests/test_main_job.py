@@ -76,7 +76,8 @@ def test_cli_rejects_bad_seed_lists(tmp_path, capsys):
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cfg = MainJobConfig(out=str(out), probe_rows=12, val_rows=4, test_rows=6, folds=3, batch_size=3,
-                        grid=(("centered", 2.5), ("minmax", 0.3)), draw_seeds=(0, 1), controls=True, progress=False)
+                        grid=(("centered", 2.5), ("minmax", 0.3)), draw_seeds=(0, 1), preset="ours",
+                        controls=("paper_random", "shuffled"), progress=False)
     lines: list[str] = []
     return run_main_job(cfg, log=lines.append), out, lines
 
@@ -100,11 +101,12 @@ def test_rows_are_disjoint_and_outputs_written(tiny_run):
     for s in result.seeds:
         runs = [s.baseline, s.gated, *s.controls.values()]
         assert all(_rows(e) == set(range(16, 22)) for e in runs)
-        assert set(s.controls) == {"random", "shuffled"}
+        assert set(s.controls) == {"paper_random_s0", "paper_random_s1", "paper_random_s2", "shuffled"}
         task = f"halueval_truthprobe_seed{s.draw_seed}"
         for e in runs:
             assert json.loads(Path(e.result_file).read_text())["results"][task]["f1,none"] == e.metrics["f1"]
-    assert any(line.startswith("probing: HaluEval rows 0-11") for line in lines)
+    assert any(line.startswith("probing (ours preset): HaluEval rows 0-11 (24 answers)") for line in lines)
+    assert scores_meta["preset"] == "ours" and scores_meta["examples"][:2] == [[0, "right"], [0, "hallucinated"]]
 
 
 @pytest.mark.slow
@@ -115,9 +117,14 @@ def test_selected_gate_controls_and_draws(tiny_run):
     for s in result.seeds:
         assert s.gated.intervention["gate"] == "truthprobe" and s.gated.intervention["alpha"] == result.selected["alpha"]
         assert s.baseline.intervention["identity"]
-        for kind, control in s.controls.items():
-            assert control.intervention["gate"] == kind and control.intervention["alpha"] == result.selected["alpha"]
+        for name, control in s.controls.items():
+            assert control.intervention["gate"] == name.split("_s")[0] if name.startswith("paper") else name
+            assert control.intervention["alpha"] == result.selected["alpha"]
             assert control.intervention["norm"] == result.selected["norm"]
+        assert [s.controls[f"paper_random_s{i}"].intervention["seed"] for i in range(3)] == [0, 1, 2]
+        # the paper's random gate redraws at every call: its three seeds give three different runs' margins
+        margins = [per_sample(s.controls[f"paper_random_s{i}"].samples_file)["margin"] for i in range(3)]
+        assert not np.allclose(margins[0], margins[1])
     docs = {s.draw_seed: [json.loads(x)["doc"]["answer"] for x in Path(s.baseline.samples_file).read_text().splitlines()]
             for s in result.seeds}
     assert docs[0] != docs[1]  # two answer draws, not the same rows twice
@@ -149,7 +156,10 @@ def test_statistics_are_the_libraries_on_the_sample_files(tiny_run):
         assert np.isfinite(base["margin"]).all() and np.isfinite(gated["margin"]).all()
         if 0 < base["gold_yes"].sum() < len(base["gold_yes"]):
             assert st["auroc_baseline"] == pytest.approx(roc_auc_score(base["gold_yes"], base["margin"]))
-        assert set(s.stats) == {"gated", "random", "shuffled", "gated_vs_shuffled"}
+        controls = {"paper_random_s0", "paper_random_s1", "paper_random_s2", "shuffled"}
+        assert set(s.stats) == {"gated", *controls, *(f"gated_vs_{c}" for c in controls)}
+        for c in controls:   # TruthProbe against each control: the same paired test, the control as the reference
+            assert s.stats[f"gated_vs_{c}"]["acc_delta"] == pytest.approx(s.gated.metrics["acc"] - s.controls[c].metrics["acc"])
         # the binomial form of the exact McNemar test, as a second opinion
         n = st["only_gated_right"] + st["only_baseline_right"]
         if n:
@@ -157,9 +167,25 @@ def test_statistics_are_the_libraries_on_the_sample_files(tiny_run):
 
 
 @pytest.mark.slow
+def test_paper_preset_probes_and_parses_as_published(tmp_path):
+    cfg = MainJobConfig(out=str(tmp_path), probe_rows=15, val_rows=0, test_rows=2, folds=3, batch_size=2,
+                        grid=(("centered", 4.5),), progress=False)
+    assert cfg.preset == "paper"
+    result = run_main_job(cfg, log=lambda _line: None)
+    meta = json.loads((tmp_path / "scores.json").read_text())["meta"]
+    assert (meta["preset"], meta["trainer"], meta["fold_rule"], meta["n_samples"], meta["batch_size"]) == \
+        ("paper", "paper", "kfold", 15, 1)
+    assert [row for row, _ in meta["examples"]] == list(range(15))
+    assert result.config["parse"] == "paper" and result.config["probing"]["answers"] == "drawn"
+    docs = [json.loads(x)["doc"] for x in Path(result.gated.samples_file).read_text().splitlines()]
+    assert {d["parse"] for d in docs} == {"paper"}
+    assert "preset paper" in format_table(result)
+
+
+@pytest.mark.slow
 def test_halueval_protocol_still_runs(tmp_path):
     cfg = MainJobConfig(out=str(tmp_path), protocol="halueval", probe_rows=12, val_rows=0, test_rows=2, folds=3,
-                        batch_size=2, grid=(("minmax", 0.3),), progress=False)
+                        batch_size=2, grid=(("minmax", 0.3),), preset="ours", progress=False)
     result = run_main_job(cfg, log=lambda _line: None)
     assert result.config["task"] == "halueval_qa_seed0"
     assert result.selected["by"] == "given" and not result.validation

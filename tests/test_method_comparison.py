@@ -116,10 +116,16 @@ def test_the_runs_and_their_controls(tmp_path):
     ars = str(TruthScores(rng.uniform(size=(30, 9)), meta={"model": "m", "kind": "ars"}).save(tmp_path / "ars.json"))
     runs = _interventions(ComparisonConfig(rve={"span": "context", "k": 2, "layers": "13-17"}), np.full((30, 9), 0.6),
                           files, neurons, ars)
-    assert list(runs) == ["baseline", "truthprobe", "truthprobe_random", "truthprobe_shuffled", "iti",
+    assert list(runs) == ["baseline", "truthprobe", "truthprobe_random", "truthprobe_shuffled",
+                          "truthprobe_paper_random", "truthprobe_paper_inverse", "iti",
                           "iti_random_heads", "iti_random_directions", "neurons", "neurons_random", "rve",
-                          "rve_random_heads", "rve_global"]
-    assert runs["rve_global"][0].settings["variant"] == "global" and runs["rve_global"][0].settings["ars"] is None
+                          "rve_random_heads", "rve_sensitive", "rve_no_denoise", "rve_global"]
+    assert runs["rve_global"][0].settings["variant"] == "whole_span" and runs["rve_global"][0].settings["ars"] is None
+    assert runs["rve_sensitive"][0].settings["heads"] == "sensitive" and runs["rve_no_denoise"][0].settings["denoise"] is False
+    assert runs["truthprobe_paper_random"][0].settings["gate"] == "paper_random"
+    from truthprobe_eval.experiments.method_comparison import RUN_LABELS
+
+    assert set(runs) <= set(RUN_LABELS)   # every run, controls included, has a name that says what it is
     assert runs["rve_random_heads"][1].settings["control"] == "random_heads" and runs["rve"][0].settings["layers"] == "13-17"
     assert [m.settings["neurons"] for m in runs["neurons_random"]] == neurons
     assert runs["neurons_random"][0].settings["control"] == "random" and runs["neurons"][0].settings["factor"] == 0

@@ -223,7 +223,7 @@ def test_progress_bars_can_be_switched_off(data, capsys):
     ("one class", "expected both classes, found only label 1"),
     ("few groups", "needs at least 5 groups"),
     ("groups length", "groups: expected one group id per example"),
-    ("trainer", "trainer: expected one of exact, published"),
+    ("trainer", "trainer: expected one of exact, paper, published"),
     ("folds", "n_folds: expected an integer >= 2"),
     ("nan", "expected finite values"),
     ("C", "C: expected a positive number"),

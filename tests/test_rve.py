@@ -16,7 +16,7 @@ from truthprobe_eval import TruthScores, load_model, locate_heads
 from truthprobe_eval.attention_edit import SpanTracker, edit_attention
 from truthprobe_eval.errors import InterventionError
 from truthprobe_eval.interventions import build
-from truthprobe_eval.interventions.rve import RowEdit
+from truthprobe_eval.interventions.rve import WHOLE_SPAN_NAME, RowEdit
 from truthprobe_eval.spans import image_span, image_token_id
 
 FAMILIES = ("llava", "qwen2_vl")
@@ -178,7 +178,7 @@ def test_ars_is_zero_for_identical_pairs_and_the_file_is_a_score_file(tiny, tmp_
     saved = TruthScores.load(differ.save(tmp_path / "ars.json"))
     assert saved.meta["kind"] == "ars" and np.allclose(saved.values, differ.values)
     rve = build("rve", ars=str(tmp_path / "ars.json"), layers="1", k=2)
-    assert rve.describe()["heads"]["1"]["sensitive"] == [int(h) for h in np.argsort(-saved.values[1], kind="stable")[:2]]
+    assert rve.describe()["ars_heads"]["1"]["sensitive"] == [int(h) for h in np.argsort(-saved.values[1], kind="stable")[:2]]
 
 
 def test_pair_file_and_setting_errors(tmp_path):
@@ -213,7 +213,7 @@ def test_pair_file_and_setting_errors(tmp_path):
         build("rve", ars=str(ars), layers="5")
     with pytest.raises(InterventionError, match=r"k: expected at most 2"):
         build("rve", ars=str(ars), layers="1", k=3)
-    assert build("rve", variant="global", layers="0-1").describe()["variant"] == "global"
+    assert build("rve", variant="global", layers="0-1").describe()["variant"] == "whole_span"
     assert build("rve", control="random_heads", layers="1", k=1).heads(2, 4)[1][0] != []
 
 
@@ -230,7 +230,7 @@ def test_global_variant_and_random_heads_control(tiny, tmp_path):
     assert method_from_description(rve.describe(), "tiny")[0] == "RVE"
     assert method_from_description(control.describe(), "tiny")[0] == "RVE, random heads"
     glob = build("rve", variant="global", layers="0-1", beta=1.0)
-    assert method_from_description(glob.describe(), "tiny") == ("global attention boost", "layers=0-1, beta=1")
+    assert method_from_description(glob.describe(), "tiny") == (WHOLE_SPAN_NAME, "layers=0-1, beta=1")
     with torch.no_grad():
         plain = model(**inputs).logits
         outs = {}
@@ -285,7 +285,7 @@ def test_rve_runs_pope_and_chair_through_vlmevalkits_runner(tiny, tmp_path, shar
         chair = json.loads((work / name / f"{name}_CHAIR_local_chair.json").read_text())
         assert chair["n_captions"] + sum(chair["skipped"].values()) == 2
         record = json.loads((work / name / "intervention.json").read_text())["intervention"]
-        assert record["method"] == "rve" and record["layers"] == "0-1" and record["heads"]["0"]["sensitive"]
+        assert record["method"] == "rve" and record["layers"] == "0-1" and record["ars_heads"]["0"]["sensitive"]
     entries, _ = lb.collect([work])
     assert {e.method for e in entries} == {"RVE"}
 

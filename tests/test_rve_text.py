@@ -64,6 +64,6 @@ def test_ars_command_and_rve_through_the_lm_eval_cli(smollm2, tmp_path, capsys):
         metadata={"halueval_offset": 342, "halueval_n": 2})
     described = results["config"]["intervention"]
     assert (described["method"], described["span"], described["layers"], described["k"]) == ("rve", "context", "12-16", 2)
-    assert described["heads"]["14"]["sensitive"] and "halueval_truthprobe_seed0" in results["results"]
+    assert described["ars_heads"]["14"]["sensitive"] and "halueval_truthprobe_seed0" in results["results"]
 
 

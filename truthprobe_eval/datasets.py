@@ -5,7 +5,9 @@ import gzip
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
+
+import numpy as np
 
 from ._io import read_jsonl
 from .errors import TruthProbeError
@@ -46,3 +48,15 @@ def load_halueval(path: "str | os.PathLike | None" = None, offset: int = 0, n: i
             break
         rows.append(row)
     return rows
+
+
+def draw_hallucinated(seed: int, rows: Sequence[int]) -> np.ndarray:
+    """For each row index, whether it shows its hallucinated answer under ``seed``.
+
+    Row i takes the i-th number of the seed's stream (``default_rng(seed).random()``), so a row's draw does not
+    depend on which slice of the data is evaluated.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return np.zeros(0, dtype=bool)
+    return np.random.default_rng(int(seed)).random(int(rows.max()) + 1)[rows] < 0.5

@@ -6,13 +6,17 @@ Format (JSON, written atomically)::
      "meta": {"model", "architecture", "num_layers", "num_heads", "head_dim", "data", "questions",
               "direction": "mass_mean" | "probe", "folds", "seed", ...},
      "directions": [L][H][D],         # unit vectors: mean(true) - mean(false), or the probe's weight vector
-     "sigma": [L][H],                 # std of the training activations projected on the direction
-     "accuracy": [L][H],              # the head's k-fold probe accuracy (a Truth Score: it ranks the heads)
+     "sigma": [L][H],                 # std of the sigma set's activations projected on the direction
+     "accuracy": [L][H],              # the head's probe accuracy (a Truth Score: it ranks the heads)
      "random_directions": [L][H][D],  # seeded random unit vectors (the random-direction control) ...
      "random_sigma": [L][H]}          # ... and the spread of the same activations along them
 
-Everything is computed on the training questions only. ``to_scores()`` gives the accuracies as ``TruthScores``
-(heatmaps, lineage comparisons, and shape checks that name both models, as for score files).
+Directions and accuracies come from the training questions only. The sigma set is the training activations (preset
+``ours``, ddof 0) or, as the published code does, another set of activations (preset ``paper``: the end-q prompts of
+every question, ddof 1); ``meta["preset"]``, ``meta["sigma_source"]`` and ``meta["sigma_ddof"]`` say which.
+``meta["tie_break"]`` says how ``top_heads`` orders equal accuracies (absent: lower index first).
+``to_scores()`` gives the accuracies as ``TruthScores`` (heatmaps, lineage comparisons, and shape checks that name
+both models, as for score files).
 """
 from __future__ import annotations
 
@@ -83,9 +87,14 @@ class ITIDirections:
         return TruthScores(self.accuracy, meta={**self.meta, "metric": "iti_probe_accuracy"})
 
     def top_heads(self, k: int) -> list[tuple[int, int]]:
-        """The k heads of highest probe accuracy (ties: lower layer, then lower head first)."""
+        """The k heads of highest probe accuracy. Ties: lower layer, then lower head first; with
+        ``meta["tie_break"] == "argsort_reversed"`` (preset ``paper``) as the published ``np.argsort(acc)[::-1]``
+        leaves them (numpy's default sort is not stable: its tie order is numpy's)."""
         flat = self.accuracy.reshape(-1)
-        order = sorted(range(flat.size), key=lambda i: (-flat[i], i))[:k]
+        if self.meta.get("tie_break") == "argsort_reversed":
+            order = [int(i) for i in np.argsort(flat)[::-1][:k]]
+        else:
+            order = sorted(range(flat.size), key=lambda i: (-flat[i], i))[:k]
         heads = self.accuracy.shape[1]
         return [(i // heads, i % heads) for i in order]
 
@@ -113,12 +122,26 @@ def unit(v: np.ndarray) -> np.ndarray:
     return v / np.where(norm > 0, norm, 1.0)
 
 
+def projected_std(X: np.ndarray, d: np.ndarray, ddof: int = 0, chunk: int = 256) -> np.ndarray:
+    """(L, H) std (``ddof``) over the N rows of (N, L, H, D) ``X`` projected on the (L, H, D) ``d``, in float64,
+    ``chunk`` rows at a time (no float64 copy of X)."""
+    n = len(X)
+    if n <= ddof:
+        raise DirectionFileError(f"sigma: expected more than {ddof} activation rows, found {n}")
+    proj = np.concatenate([np.einsum("nlhd,lhd->nlh", np.asarray(X[i:i + chunk], dtype=np.float64), d)
+                           for i in range(0, n, chunk)])
+    return proj.std(axis=0, ddof=ddof)
+
+
 def fit_directions(X: np.ndarray, y: np.ndarray, accuracy: np.ndarray, *, probe_weights: np.ndarray | None = None,
-                   direction: str = "mass_mean", seed: int = 0, meta: dict | None = None) -> ITIDirections:
+                   direction: str = "mass_mean", seed: int = 0, meta: dict | None = None,
+                   sigma_X: np.ndarray | None = None, sigma_ddof: int = 0) -> ITIDirections:
     """Directions and spreads from (N, L, H, D) training activations and 0/1 labels (1 = true answer).
 
     ``mass_mean``: mean(true) - mean(false), normalized; ``probe``: the probe's weight vector (``probe_weights``).
-    sigma: the standard deviation of the activations projected on the direction (ddof=0, as np.std).
+    sigma (and random_sigma): the standard deviation of activations projected on the unit direction (on the random
+    one): of ``X`` with ddof 0 (np.std) by default; of ``sigma_X`` (M, L, H, D), any rows, with ``sigma_ddof``
+    when given (the published code: another prompt set, ``torch.std``, ddof 1).
     """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y).astype(bool)
@@ -134,10 +157,19 @@ def fit_directions(X: np.ndarray, y: np.ndarray, accuracy: np.ndarray, *, probe_
     else:
         raise DirectionFileError(f"direction: expected mass_mean or probe, found {direction!r}")
     rand = unit(np.random.default_rng(seed).standard_normal(d.shape))
-    sigma = np.einsum("nlhd,lhd->nlh", X, d).std(axis=0)
-    random_sigma = np.einsum("nlhd,lhd->nlh", X, rand).std(axis=0)
+    if sigma_X is None and sigma_ddof == 0:  # the training activations themselves (bit-identical to earlier files)
+        sigma = np.einsum("nlhd,lhd->nlh", X, d).std(axis=0)
+        random_sigma = np.einsum("nlhd,lhd->nlh", X, rand).std(axis=0)
+    else:
+        S = X if sigma_X is None else sigma_X
+        if np.ndim(S) != 4 or tuple(np.shape(S)[1:]) != X.shape[1:]:
+            raise DirectionFileError(f"sigma activations: expected shape (M, {', '.join(map(str, X.shape[1:]))}), "
+                                     f"found {np.shape(S)}")
+        sigma, random_sigma = projected_std(S, d, sigma_ddof), projected_std(S, rand, sigma_ddof)
+    extra = {} if sigma_X is None else {"n_sigma_examples": int(len(sigma_X))}
     return ITIDirections(d, sigma, np.asarray(accuracy, dtype=np.float64), rand, random_sigma,
-                         meta={"direction": direction, "seed": seed, "n_examples": int(len(y)), **(meta or {})})
+                         meta={"direction": direction, "seed": seed, "n_examples": int(len(y)), **extra,
+                               **(meta or {})})
 
 
-__all__ = ["DirectionFileError", "FORMAT", "ITIDirections", "fit_directions"]
+__all__ = ["DirectionFileError", "FORMAT", "ITIDirections", "fit_directions", "projected_std"]

@@ -6,7 +6,10 @@ import math
 from .errors import GateConfigError
 
 NORMS = ("centered", "minmax", "raw")
-KINDS = ("truthprobe", "random", "inverse", "shuffled", "none")
+KINDS = ("truthprobe", "random", "inverse", "shuffled", "paper_random", "paper_inverse", "none")
+# the TruthProbe paper's ablations (its modified modeling_llama.py): alpha plays no part in them
+PAPER_KINDS = ("paper_random", "paper_inverse")
+REDRAWN_KINDS = ("paper_random",)  # drawn anew at every forward call: no fixed gate array, nothing to bake
 SITES = ("o_proj_output", "o_proj_input")
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from .architectures import HeadSites, locate_heads, model_name
 from .errors import GateConfigError
-from .gate_config import KINDS, NORMS, SITES, check_gate_settings  # noqa: E402,F401
+from .gate_config import KINDS, NORMS, REDRAWN_KINDS, SITES, check_gate_settings  # noqa: E402,F401
 from .scores import TruthScores, load_scores
 
 ScoresLike = Union[TruthScores, np.ndarray, str, os.PathLike]  # a score object, an array or a score file
@@ -52,6 +52,9 @@ def gate_values(
     ``random``: 1 + alpha * u with u uniform in [-1, 1] from ``seed`` (same shape, scores ignored).
     ``shuffled``: the ``truthprobe`` gate values permuted among the heads of each layer (from ``seed``): the same
     amount of boost per layer on other heads, which separates "which heads" from "how much".
+    ``paper_inverse``: the paper's inverse ablation, ``minmax(1 / (s + 1e-6))`` per layer (no "1 +", alpha unused).
+    ``paper_random``: the paper's random ablation, ``1 + u``, u uniform in [-1, 1], alpha unused; it is drawn anew
+    at every forward call (``register_gate_hooks``), so this array is only the first draw of a ``seed`` generator.
     ``none``: all ones.
     """
     alpha = check_gate_settings(alpha, norm, "o_proj_output", kind)
@@ -60,6 +63,11 @@ def gate_values(
         g = np.ones_like(s)
     elif kind == "random":
         g = 1.0 + alpha * np.random.default_rng(seed).uniform(-1.0, 1.0, size=s.shape)
+    elif kind == "paper_inverse":
+        g = normalize(1.0 / (s + 1e-6), "minmax")
+    elif kind == "paper_random":
+        generator = torch.Generator().manual_seed(int(seed))
+        g = np.stack([1.0 + paper_random_draw(s.shape[1], generator).numpy() for _ in range(s.shape[0])])
     else:
         sign = -1.0 if kind == "inverse" else 1.0
         g = 1.0 + sign * alpha * normalize(s, norm)
@@ -85,14 +93,46 @@ def resolve_gates(model: nn.Module, scores: ScoresLike, alpha: float, norm: str,
     return sites, gate_values(s, alpha, norm, kind, seed)
 
 
+def paper_random_draw(num_heads: int, generator: torch.Generator) -> torch.Tensor:
+    """One layer call's ``u``: ``torch.rand(H) * 2 - 1`` from ``generator`` (float64 on the CPU)."""
+    return torch.rand(num_heads, generator=generator, dtype=torch.float64) * 2 - 1
+
+
 def _feature_scale(gates_row: np.ndarray, width: int, like: torch.Tensor) -> torch.Tensor:
     """Per-feature multipliers: each head's gate repeated over its chunk of ``width / H`` features."""
     chunk = width // len(gates_row)
     return torch.as_tensor(np.repeat(gates_row, chunk), dtype=like.dtype, device=like.device)
 
 
-def register_gate_hooks(sites: HeadSites, gates: np.ndarray, site: str) -> list:
-    """One hook per output projection scaling each head's chunk by its gate; returns the handles (remove to restore)."""
+def _redrawn_hook(site: str, width: int, num_heads: int, generator: torch.Generator):
+    """A hook that scales head chunks by ``1 + u``, u drawn anew from ``generator`` at every call."""
+    def scale(like: torch.Tensor) -> torch.Tensor:
+        row = 1.0 + paper_random_draw(num_heads, generator)
+        return torch.repeat_interleave(row, width // num_heads).to(dtype=like.dtype, device=like.device)
+
+    if site == "o_proj_output":
+        return lambda _m, _a, out: out * scale(out)
+    return lambda _m, args: (args[0] * scale(args[0]), *args[1:])
+
+
+def redrawn_generator(kind: str, seed: int) -> "torch.Generator | None":
+    """A fresh generator seeded with ``seed`` for a gate redrawn at every call (``paper_random``), else None."""
+    return torch.Generator().manual_seed(int(seed)) if kind in REDRAWN_KINDS else None
+
+
+def register_gate_hooks(sites: HeadSites, gates: "np.ndarray | torch.Generator", site: str) -> list:
+    """One hook per output projection scaling each head's chunk by its gate; returns the handles (remove to restore).
+
+    ``gates``: a (layers, heads) array, or a seeded ``torch.Generator`` for the paper's random gate, redrawn at every
+    call of every layer in call order (one generator for the model, so a run is reproducible for a seed)."""
+    if isinstance(gates, torch.Generator):
+        width = sites.hidden_size if site == "o_proj_output" else sites.in_features
+        handles = []
+        for proj in sites.out_projs:
+            hook = _redrawn_hook(site, width, sites.num_heads, gates)
+            handles.append(proj.register_forward_hook(hook) if site == "o_proj_output"
+                           else proj.register_forward_pre_hook(hook))
+        return handles
     handles = []
     try:
         for layer, proj in enumerate(sites.out_projs):
@@ -114,7 +154,7 @@ def gate(model: nn.Module, scores: ScoresLike, alpha: float = 4.5, norm: str = "
          kind: str = "truthprobe", seed: int = 0) -> Iterator[np.ndarray]:
     """Gate every head of ``model`` while the block runs; yields the gate array. Hooks are removed on exit."""
     sites, gates = resolve_gates(model, scores, alpha, norm, site, kind, seed)
-    handles = register_gate_hooks(sites, gates, site)
+    handles = register_gate_hooks(sites, redrawn_generator(kind, seed) or gates, site)
     try:
         yield gates
     finally:
@@ -131,6 +171,9 @@ def bake(model: nn.Module, scores: ScoresLike, alpha: float = 4.5, norm: str = "
     ``describe()`` plus the gate values), so that a saved checkpoint says how it was made; ``intervention``: the
     ``TruthProbeGate`` doing the bake, whose description is recorded (default: one built from these arguments).
     """
+    if kind in REDRAWN_KINDS:
+        raise GateConfigError(f"gate={kind!r} is drawn anew at every forward call: it has no fixed values to fold into "
+                              "the weights; run it with hooks (apply=hooks)")
     sites, gates = resolve_gates(model, scores, alpha, norm, site, kind, seed)
     in_dim, out_dim = (0, 1) if sites.layout.conv1d else (1, 0)
     for layer, proj in enumerate(sites.out_projs):

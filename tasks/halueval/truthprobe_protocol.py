@@ -4,8 +4,10 @@
   typo "huallucination", the missing space after ``#Knowledge:`` and the space before ``ASSISTANT:`` are the
   published text's own).
 - Generation: greedy, at most 7 new tokens, stop at a blank line.
-- Parsing: the reply, lower-cased and stripped, must start with ``yes`` or ``no`` as a word (optionally followed
-  by ``.`` or ``,``); anything else counts as "no" and is also counted as ``unparseable``.
+- Parsing, two rules (the doc's ``parse``, from the data option ``halueval_parse``): ``paper``, the published
+  ``halueval_process_results``: ``^(yes|no)\b[.,]?`` on the lower-cased, stripped reply ("Yes!" and "No;" are
+  answers); ``ours`` (default): ``yes`` or ``no`` followed by ``.``, ``,``, white space or the end ("Yes!" is not).
+  Under both, anything else counts as "no" (as published) and is also counted as ``unparseable``.
 - Metrics, "Yes" (hallucinated) the positive class: accuracy, precision, recall, F1 (scikit-learn),
   ``gold_yes_share`` (what the published code calls ``yes_ratio``: the share of gold "Yes" labels) and
   ``pred_yes_share`` (the share of "Yes" replies); ``correct`` is the per-sample 0/1 that paired tests use.
@@ -29,7 +31,7 @@ INSTRUCTION = (
 MAX_NEW_TOKENS = 7
 STOP = "\n\n"
 
-_REPLY = re.compile(r"(yes|no)(?:[.,]|\s|$)")
+PARSE_RULES = {"ours": re.compile(r"(yes|no)(?:[.,]|\s|$)"), "paper": re.compile(r"^(yes|no)\b[.,]?")}
 
 SINGLE_METRICS = ("acc", "precision", "recall", "f1", "pred_yes_share", "gold_yes_share", "unparseable")
 STD_METRICS = ("acc_std", "precision_std", "recall_std", "f1_std", "pred_yes_share_std")
@@ -50,15 +52,17 @@ def doc_to_text(doc: dict) -> str:
     return prompt(doc["question"], doc["answer"], doc["knowledge"] if doc["show_knowledge"] else None)
 
 
-def parse_reply(reply: str | None) -> str | None:
+def parse_reply(reply: str | None, rule: str = "ours") -> str | None:
     """``"yes"``, ``"no"``, or None when the reply starts with neither as a word (then scored as "no")."""
-    match = _REPLY.match((reply or "").lower().strip())
+    if rule not in PARSE_RULES:
+        raise ValueError(f"parse rule: expected one of {', '.join(PARSE_RULES)}, found {rule!r}")
+    match = PARSE_RULES[rule].match((reply or "").lower().strip())
     return match.group(1) if match else None
 
 
 def record(doc: dict, reply: str) -> tuple[int, bool, bool, bool]:
     """(seed, gold is "Yes", predicted "Yes", reply unparseable): what every metric of one doc aggregates."""
-    parsed = parse_reply(reply)
+    parsed = parse_reply(reply, doc.get("parse", "ours"))
     return int(doc["seed"]), bool(doc["hallucinated"]), parsed == "yes", parsed is None
 
 

@@ -8,7 +8,8 @@ is unparseable (counted, and wrong for accuracy; not a "Yes" for precision, reca
 Data options reach ``load_halueval_docs`` from the task's ``dataset_kwargs`` or from lm-eval's ``--metadata``:
 ``halueval_path`` (default ``$TRUTHPROBE_HALUEVAL_PATH``, else the embedded copy), ``halueval_offset`` (first row,
 default 292: rows 0-291 are the probing rows), ``halueval_n`` (rows, default all after the offset) and
-``halueval_knowledge`` (default true: the row's knowledge goes into the prompt; false gives HaluEval's own prompt).
+``halueval_knowledge`` (default true: the row's knowledge goes into the prompt; false gives HaluEval's own prompt)
+and ``halueval_parse`` (``ours`` or ``paper``: the TruthProbe protocol's reply rule, ``truthprobe_protocol.py``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 from lm_eval.api.task import ConfigurableTask
+
+from truthprobe_eval.datasets import draw_hallucinated  # noqa: F401  (one rule for every draw)
 
 PATH_ENV = "TRUTHPROBE_HALUEVAL_PATH"
 DEFAULT_OFFSET = 292  # rows 0..291 are what `truthprobe probe` trains on by default
@@ -100,18 +103,6 @@ class HaluEvalJudgeTask(ConfigurableTask):
 
 # ---- data --------------------------------------------------------------------------------------------
 
-def draw_hallucinated(seed: int, rows: Sequence[int]) -> np.ndarray:
-    """For each row index, whether it shows its hallucinated answer under ``seed``.
-
-    Row i takes the i-th number of the seed's stream (``default_rng(seed).random()``), so a row's draw does not
-    depend on which slice of the data is evaluated.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.size == 0:
-        return np.zeros(0, dtype=bool)
-    return np.random.default_rng(int(seed)).random(int(rows.max()) + 1)[rows] < 0.5
-
-
 def judge_prompt(question: str, answer: str, knowledge: str | None = None) -> str:
     """The user turn: HaluEval's instruction, then (optionally) the knowledge, the question and the answer."""
     knowledge_line = f"\n#Knowledge#: {knowledge}" if knowledge else ""
@@ -142,8 +133,10 @@ def _as_int(value: Any, what: str, minimum: int) -> int:
     return number
 
 
-def build_docs(rows: Sequence[dict], seeds: Iterable[int], offset: int = 0, knowledge: bool = True) -> list[dict]:
-    """One doc per (row, seed), row-major, so that ``--limit 3k`` covers k rows under every seed."""
+def build_docs(rows: Sequence[dict], seeds: Iterable[int], offset: int = 0, knowledge: bool = True,
+               parse: str = "ours") -> list[dict]:
+    """One doc per (row, seed), row-major, so that ``--limit 3k`` covers k rows under every seed. ``parse``: the
+    TruthProbe protocol's reply rule (``ours`` or ``paper``; HaluEval's own judge has one rule)."""
     seeds = [int(s) for s in seeds]
     index = np.arange(offset, offset + len(rows))
     draws = {seed: draw_hallucinated(seed, index) for seed in seeds}
@@ -161,6 +154,7 @@ def build_docs(rows: Sequence[dict], seeds: Iterable[int], offset: int = 0, know
                 "hallucinated": hallucinated,
                 "label": "Yes" if hallucinated else "No",
                 "show_knowledge": bool(knowledge),
+                "parse": parse,
             })
     return docs
 
@@ -171,6 +165,7 @@ def load_halueval_docs(
     halueval_offset: Any = DEFAULT_OFFSET,
     halueval_n: Any = None,
     halueval_knowledge: Any = True,
+    halueval_parse: str = "ours",
     **_lm_eval_metadata: Any,
 ):
     """lm-eval ``custom_dataset``: a ``DatasetDict`` with a ``test`` split of judge docs.
@@ -193,7 +188,9 @@ def load_halueval_docs(
     if not rows:
         raise HaluEvalTaskError(f"HaluEval rows from {offset} on: expected at least one row after halueval_offset={offset}, "
                                 f"found none in {path or 'the embedded HaluEval QA set'}")
-    docs = build_docs(rows, seeds, offset, _as_bool(halueval_knowledge, "halueval_knowledge"))
+    if halueval_parse not in ("ours", "paper"):
+        raise HaluEvalTaskError(f"halueval_parse: expected ours or paper, found {halueval_parse!r}")
+    docs = build_docs(rows, seeds, offset, _as_bool(halueval_knowledge, "halueval_knowledge"), halueval_parse)
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 

@@ -27,8 +27,10 @@ def add_parser(subparsers) -> None:
         help="baseline, TruthProbe, ITI, truth neurons and their random controls side by side, with significance",
         description="On one loaded model: TruthProbe (scores probed on HaluEval rows 0..291, or --scores), ITI "
         "(directions fit on TruthfulQA, 2-fold over questions) and truth-neuron suppression (neurons found by "
-        "integrated gradients on the other TruthfulQA half), with random and shuffled gates, ITI on random "
-        "heads / random directions and random neurons (--no-controls drops them), on the HaluEval TruthProbe-paper protocol, "
+        "integrated gradients on the other TruthfulQA half) and RVE, with their controls, each named for what it "
+        "is: the papers' own ablations (TruthProbe's random and inverse gates, RVE's sensitive-heads-only and "
+        "no-denoising) beside ours (strength-matched random and shuffled gates, ITI on random heads / random "
+        "directions, random neurons, RVE on random heads, a whole-span boost); --no-controls drops them; on the HaluEval TruthProbe-paper protocol, "
         "TruthfulQA MC1/MC2 and the cross-entropy / KL divergence on neutral text. Each is tested against the "
         "baseline (exact McNemar, Wilcoxon, paired bootstrap intervals). Writes comparison.md, comparison.json, "
         "comparison.png, leaderboard/ (for `truthprobe leaderboard`), the direction and score files and every "
@@ -43,6 +45,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--halueval-rows", type=int, default=200, help="HaluEval rows evaluated (default 200)")
     p.add_argument("--neutral-texts", type=int, default=50, help="HaluEval knowledge paragraphs for CE/KL (default 50)")
     p.add_argument("--scores", default=None, help="a TruthProbe score file (default: probe HaluEval rows 0..291)")
+    p.add_argument("--preset", choices=("ours", "paper"), default="ours",
+                   help="ours (default): both answers per HaluEval row, grouped folds and the exact solver, ITI on "
+                   "seeded question halves; paper: the published pipelines (TruthProbe's probing and reply parse; ITI's "
+                   "contiguous halves, 80/20 head ranking and sigma from the end-of-question prompts)")
     p.add_argument("--truthprobe-settings", type=_settings, default={"alpha": "4.5", "norm": "centered"},
                    help="TruthProbe's settings (default alpha=4.5,norm=centered)")
     p.add_argument("--iti-settings", type=_settings, default={"k": "48", "alpha": "15"},
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ComparisonConfig(model=args.model, out=args.out, truthfulqa_csv=args.truthfulqa_csv, questions=args.questions,
                            split_seed=args.split_seed, halueval_offset=args.halueval_offset,
                            halueval_rows=args.halueval_rows, neutral_texts=args.neutral_texts, scores=args.scores,
+                           preset=args.preset,
                            truthprobe=args.truthprobe_settings, iti=args.iti_settings, iti_folds=args.iti_folds,
                            methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                            neurons=args.neuron_settings, rve=args.rve_settings, ars_rows=args.ars_rows, ars=args.ars,

@@ -23,17 +23,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n", type=int, default=292, help="use the first N rows after --offset (default 292; a HaluEval row gives 2 examples)")
     p.add_argument("--offset", type=int, default=0, help="skip this many rows first (keep probing rows out of evaluation)")
     p.add_argument("--out", default=None, help="score file to write (default: scores/<model>[-<condition>].json); the heatmap goes to the same name with .png")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds, grouped by question (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the fold split and the trainer (default 0)")
-    p.add_argument("--trainer", choices=("exact", "published"), default="exact",
-                   help="exact: L2 logistic regression solved to convergence (default); published: batched AdamW as the published scores")
+    p.add_argument("--preset", choices=("ours", "paper"), default="ours",
+                   help="ours (default): both answers of a HaluEval row, grouped folds, the exact solver; paper: the "
+                   "published pipeline (one drawn answer per row, KFold(5, shuffle, 42), the published AdamW trainer, "
+                   "one prompt at a time). --seed, --trainer and --batch-size override it")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the fold split (default: the preset's, 0 or 42)")
+    p.add_argument("--trainer", choices=("exact", "paper", "published"), default=None,
+                   help="exact: L2 logistic regression solved to convergence (ours); paper: the published AdamW trainer; "
+                   "published: our earlier approximation of it (default: the preset's)")
     p.add_argument("--epochs", type=int, default=200, help="epochs of the published trainer (default 200)")
     p.add_argument("--prompt-format", choices=("auto", "text", "chat"), default="auto",
                    help="text: 'Context:/Question:/Answer:' (published); chat: the chat template; auto: text for LLMs, chat for MLLMs")
     p.add_argument("--condition", choices=("image", "black", "text"), default=None,
                    help="MLLMs: the row's image (default), a black image of its size, or no image")
     p.add_argument("--images", default=None, metavar="DIR", help="MLLMs: folder the rows' 'image' paths are relative to")
-    p.add_argument("--batch-size", type=int, default=8, help="examples per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: the preset's, 8 or 1)")
     p.add_argument("--padding-side", choices=("right", "left"), default="right", help="padding of batched prompts (default right)")
     p.add_argument("--keep-eos", action="store_true", help="read a trailing EOS token instead of the token before it")
     p.add_argument("--float16", action="store_true", help="store activations as float16 (half the cache size)")
@@ -65,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
         hf_logging.disable_progress_bar()
     run_probing(
-        model=args.model, data=args.data, n=args.n, offset=args.offset, prompt_format=args.prompt_format,
+        model=args.model, data=args.data, n=args.n, offset=args.offset, preset=args.preset,
+        prompt_format=args.prompt_format,
         condition=args.condition, images_dir=args.images, n_folds=args.folds, seed=args.seed,
         trainer=args.trainer, epochs=args.epochs, batch_size=args.batch_size, padding_side=args.padding_side,
         drop_eos=not args.keep_eos, float16=args.float16,

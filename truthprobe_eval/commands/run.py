@@ -26,6 +26,16 @@ def _seeds(value: str) -> tuple[int, ...]:
     return seeds
 
 
+def _controls(value: str) -> tuple[str, ...]:
+    from ..experiments.main_job import CONTROL_KINDS
+
+    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+    bad = [k for k in kinds if k not in CONTROL_KINDS]
+    if not kinds or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(CONTROL_KINDS)}, found {value!r}")
+    return kinds
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "run",
@@ -38,8 +48,11 @@ def add_parser(subparsers) -> None:
         "(lm-eval task halueval_truthprobe_seed<N>); --protocol halueval is HaluEval's own few-shot judge "
         "(halueval_qa_seed<N>). The three row ranges never overlap. Prints one table and writes it "
         "(results.md, results.json, results.png) with the score file, its heatmap and every lm-eval result and "
-        "per-sample file to --out. The defaults take about 7 minutes on a 2-core CPU (measured: "
-        "benchmarks/RESULTS.md); --controls adds random and shuffled gates on the test rows.",
+        "per-sample file to --out. --preset paper (default) probes as the published code does (one drawn answer per "
+        "row, its trainer and folds, its reply parse); --preset ours uses both answers, grouped folds and the exact "
+        "solver. --controls adds, on the test rows, the paper's random gate (three seeds) beside our strength-matched "
+        "random gate and the shuffled gate, each tested against the baseline and against TruthProbe. Time: "
+        "benchmarks/RESULTS.md.",
     )
     p.add_argument("--model", default="smollm2-135m-instruct", help="hub id, local folder or alias (default: smollm2-135m-instruct)")
     p.add_argument("--data", default=None, help="a HaluEval QA .jsonl/.jsonl.gz (default: the embedded copy)")
@@ -57,16 +70,23 @@ def add_parser(subparsers) -> None:
                    help="seeded answer draw: task <protocol task>_seed<N> (default 0)")
     p.add_argument("--seeds", type=_seeds, default=None, metavar="S[,S...]",
                    help="several answer draws on one loaded model, e.g. 0,1,2: mean and spread (the first chooses the gate)")
-    p.add_argument("--controls", action="store_true",
-                   help="also evaluate random gates and shuffled gates (the chosen gate permuted per layer) on the test rows")
-    p.add_argument("--control-seed", type=int, default=0, help="seed of the random and shuffled gates (default 0)")
+    p.add_argument("--preset", choices=("paper", "ours"), default="paper",
+                   help="paper (default): the published probing pipeline and reply parse; ours: both answers per row, "
+                   "grouped folds, the exact solver, the stricter parse")
+    p.add_argument("--controls", nargs="?", type=_controls, const="paper_random,random,shuffled", default=(),
+                   metavar="KIND[,KIND...]",
+                   help="controls on the test rows (alone: paper_random,random,shuffled): paper_random (the paper's "
+                   "1 + U[-1,1] redrawn every call, three seeds), paper_inverse (the paper's minmax 1/s), random (ours: "
+                   "1 + alpha U[-1,1], strength-matched, fixed), shuffled (ours: the chosen gates permuted per layer)")
+    p.add_argument("--control-seed", type=int, default=0, help="first seed of the controls (default 0)")
     p.add_argument("--no-prefix-cache", action="store_true",
                    help="run every prompt in full (the shared prompt prefix is otherwise computed once per batch)")
     p.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size (default 8)")
     p.add_argument("--chat", action="store_true", help="apply the chat template (lm-eval's --apply_chat_template)")
     p.add_argument("--no-knowledge", action="store_true", help="leave the row's knowledge out of the judge prompt (HaluEval's own prompt)")
     p.add_argument("--folds", type=int, default=5, help="probe cross-validation folds (default 5)")
-    p.add_argument("--trainer", choices=("exact", "published"), default="exact", help="probe trainer (default exact)")
+    p.add_argument("--trainer", choices=("exact", "paper", "published"), default=None,
+                   help="probe trainer (default: the preset's, paper or exact)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     p.add_argument("--dtype", default="float32", help="model dtype (default float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -84,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     grid = PUBLISHED_GRID if args.norm is None else ((args.norm, args.alpha),)
     cfg = MainJobConfig(model=args.model, data=args.data, out=args.out, probe_rows=args.probe_rows,
                         val_rows=args.val_rows if args.norm is None else 0, test_rows=args.test_rows, grid=grid,
-                        protocol=args.protocol, draw_seeds=seeds, controls=args.controls,
+                        protocol=args.protocol, draw_seeds=seeds, preset=args.preset,
+                        controls=_controls(args.controls) if isinstance(args.controls, str) else args.controls,
                         control_seed=args.control_seed, prefix_cache=not args.no_prefix_cache,
                         batch_size=args.batch_size, chat=args.chat,
                         knowledge=not args.no_knowledge, scores=args.scores, folds=args.folds, trainer=args.trainer,

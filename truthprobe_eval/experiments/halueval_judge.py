@@ -54,6 +54,7 @@ class JudgeSettings:
     batch_size: int = 8
     device: str = "cpu"
     prefix_cache: bool = True
+    parse: str = "ours"  # the TruthProbe protocol's reply rule: ours, or paper (the published regex)
 
     def task(self, draw_seed: int | None = None) -> str:
         if self.protocol not in PROTOCOLS:
@@ -61,12 +62,12 @@ class JudgeSettings:
         return PROTOCOLS[self.protocol].format(seed=self.draw_seed if draw_seed is None else draw_seed)
 
 
-def predicted_yes(protocol: str, reply: str) -> bool:
+def predicted_yes(protocol: str, reply: str, parse: str = "ours") -> bool:
     """The protocol's own parse of a reply: did the judge say the answer is hallucinated?"""
     if protocol == "truthprobe":
         from ..tasks.halueval.truthprobe_protocol import parse_reply
 
-        return parse_reply(reply) == "yes"
+        return parse_reply(reply, parse) == "yes"
     from ..tasks.halueval.utils import parse_judgement
 
     return parse_judgement(reply) == "Yes"
@@ -133,7 +134,8 @@ class HaluEvalJudge:
         else:
             self.lm.set_intervention(intervention)
         self.lm.yes_no_margins.clear()
-        metadata = {"halueval_offset": offset, "halueval_n": n, "halueval_knowledge": s.knowledge}
+        metadata = {"halueval_offset": offset, "halueval_n": n, "halueval_knowledge": s.knowledge,
+                    "halueval_parse": s.parse}
         if s.data is not None:
             metadata["halueval_path"] = str(s.data)
         manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
@@ -146,7 +148,7 @@ class HaluEvalJudge:
         samples = results["samples"][task]
         for sample in samples:
             context = sample["arguments"][0][0]
-            sample["truthprobe"] = {"pred_yes": predicted_yes(s.protocol, sample["resps"][0][0]),
+            sample["truthprobe"] = {"pred_yes": predicted_yes(s.protocol, sample["resps"][0][0], s.parse),
                                     "yes_no_margin": self.lm.yes_no_margins.get(context)}
         from ..paired_stats import margin_auroc
 

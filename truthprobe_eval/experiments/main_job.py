@@ -42,7 +42,10 @@ PUBLISHED_GRID: tuple[tuple[str, float], ...] = (
     ("minmax", 0.1), ("minmax", 0.2), ("minmax", 0.3),
 )
 HALUEVAL_ROWS = 10_000
-CONTROLS = ("random", "shuffled")
+# the controls on the test rows, each named for what it is (gating.gate_values): the paper's own ablation and ours
+CONTROLS = ("paper_random", "random", "shuffled")
+CONTROL_KINDS = ("paper_random", "paper_inverse", "random", "shuffled")
+PAPER_RANDOM_SEEDS = 3  # the paper reports its random gate over three seeds (mean and sd)
 PROTOCOL_NAMES = {"truthprobe": "TruthProbe paper's protocol (published prompt, greedy, 7 new tokens)",
                   "halueval": "HaluEval's own judge protocol (few-shot judge instruction)"}
 TABLE_METRICS = ("acc", "f1", "precision", "recall", "pred_yes_share", "unparseable", "margin_auroc")
@@ -65,7 +68,8 @@ class MainJobConfig:
     test_rows: int | None = 300
     grid: tuple[tuple[str, float], ...] = PUBLISHED_GRID
     draw_seeds: tuple[int, ...] = (0,)  # answer draws; the first one chooses the gate on validation
-    controls: bool = False
+    preset: str = "paper"  # probing/truthprobe_preset.py: paper (the published pipeline) or ours
+    controls: tuple[str, ...] = ()  # among CONTROL_KINDS; paper_random runs PAPER_RANDOM_SEEDS seeds
     control_seed: int = 0
     batch_size: int = 8
     prefix_cache: bool = True
@@ -73,8 +77,8 @@ class MainJobConfig:
     knowledge: bool = True
     scores: str | None = None  # reuse a score file instead of probing
     folds: int = 5
-    trainer: str = "exact"
-    probe_batch_size: int = 8
+    trainer: str | None = None  # None: the preset's
+    probe_batch_size: int | None = None  # None: the preset's (1 for paper: one prompt at a time)
     device: str = "cpu"
     dtype: str = "float32"
     progress: bool = True
@@ -87,7 +91,12 @@ class MainJobConfig:
     def check(self) -> None:
         """Fail before any model work: protocol, draws, row ranges, grid."""
         from ..gate_config import check_gate_settings
+        from ..presets import check_preset
 
+        check_preset(self.preset)
+        unknown = [c for c in self.controls if c not in CONTROL_KINDS]
+        if unknown:
+            raise MainJobError(f"controls: expected some of {', '.join(CONTROL_KINDS)}, found {', '.join(unknown)}")
         if self.protocol not in PROTOCOLS:
             raise MainJobError(f"protocol: expected one of {', '.join(PROTOCOLS)}, found {self.protocol!r}")
         seeds = tuple(self.draw_seeds)
@@ -95,7 +104,7 @@ class MainJobConfig:
             raise MainJobError(f"draw seeds: expected distinct seeds among 0, 1, 2 (the tasks "
                                f"{PROTOCOLS[self.protocol].format(seed='0/1/2')}), found {list(seeds)}")
         for name in ("probe_rows", "val_rows", "batch_size", "probe_batch_size"):
-            if getattr(self, name) < (0 if name == "val_rows" else 1):
+            if getattr(self, name) is not None and getattr(self, name) < (0 if name == "val_rows" else 1):
                 raise MainJobError(f"{name.replace('_', ' ')}: expected a positive integer, found {getattr(self, name)}")
         if self.test_rows is not None and self.test_rows < 2:
             raise MainJobError(f"test rows: expected an integer >= 2 (paired tests need two rows) or 'all', found "
@@ -114,6 +123,22 @@ class MainJobConfig:
                                f"{used}, but the data has {total} rows")
 
     @property
+    def probing(self):
+        """The preset's probing settings (``TruthProbePreset``)."""
+        from ..probing.truthprobe_preset import truthprobe_preset
+
+        return truthprobe_preset(self.preset)
+
+    def control_runs(self) -> list[tuple[str, str, int]]:
+        """(run name, gate kind, seed) of every control on the test rows, in order."""
+        runs = []
+        for kind in self.controls:
+            seeds = range(PAPER_RANDOM_SEEDS) if kind == "paper_random" else range(1)
+            runs += [(f"{kind}_s{self.control_seed + i}" if kind == "paper_random" else kind, kind, self.control_seed + i)
+                     for i in seeds]
+        return runs
+
+    @property
     def val_offset(self) -> int:
         return self.probe_rows
 
@@ -130,7 +155,7 @@ class SeedResult:
     baseline: Evaluation
     gated: Evaluation
     controls: dict[str, Evaluation] = field(default_factory=dict)
-    # run name -> compare_paired(baseline, run); "gated_vs_shuffled": compare_paired(shuffled control, gated)
+    # run name -> compare_paired(baseline, run); "gated_vs_<control>": compare_paired(control, gated)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,12 +223,33 @@ def _tie_note(result: MainJobResult) -> str:
             "tie-break (accuracy, then grid order).")
 
 
-def _run_label(result: MainJobResult, name: str) -> str:
+def _run_label(result: MainJobResult, name: str, evaluation: Evaluation | None = None) -> str:
+    """The table's name of a run: baseline, TruthProbe with its setting, or the control's own label (what it is)."""
     sel = result.selected
-    seed = result.config.get("control_seed", 0)
-    return {"baseline": "baseline", "gated": f"TruthProbe ({sel['norm']}, alpha {sel['alpha']:g})",
-            "random": f"control: random gates (seed {seed})",
-            "shuffled": f"control: shuffled gates (seed {seed})"}[name]
+    if name == "baseline":
+        return "baseline"
+    if name == "gated":
+        return f"TruthProbe ({sel['norm']}, alpha {sel['alpha']:g})"
+    label = (evaluation.intervention.get("label") if evaluation is not None else None) or name
+    return f"control: {label}"
+
+
+def _short(name: str) -> str:
+    return {"gated": "TruthProbe", "random": "strength-matched random gate", "shuffled": "shuffled gate",
+            "paper_inverse": "paper's inverse gate"}.get(
+        name, f"paper's random gate (seed {name.rsplit('_s', 1)[-1]})" if name.startswith("paper_random") else name)
+
+
+def _paper_random_summary(s: "SeedResult") -> list[str]:
+    """Mean and sd (ddof=1, as three seeds are reported) of the paper's random gate over its seeds."""
+    runs = [e for n, e in s.controls.items() if n.startswith("paper_random")]
+    if len(runs) < 2:
+        return []
+    acc = np.array([e.metrics["acc"] for e in runs])
+    f1 = np.array([e.metrics["f1"] for e in runs])
+    return [f"- paper's random gate over {len(runs)} seeds: accuracy {100 * acc.mean():.1f} +- "
+            f"{100 * acc.std(ddof=1):.1f}, F1 {100 * f1.mean():.1f} +- {100 * f1.std(ddof=1):.1f} (mean +- sd); "
+            f"TruthProbe: accuracy {100 * s.gated.metrics['acc']:.1f}, F1 {100 * s.gated.metrics['f1']:.1f}."]
 
 
 def _significance_line(first: str, second: str, st: dict[str, Any], level: float = 0.05) -> str:
@@ -228,15 +274,18 @@ def format_seed(result: MainJobResult, s: SeedResult) -> list[str]:
              "|" + "---|" * (len(TABLE_METRICS) + 1)]
     runs = {"baseline": s.baseline, "gated": s.gated, **s.controls}
     for name, e in runs.items():
-        lines.append(f"| {_run_label(result, name)} | " + " | ".join(_pct(m, e.metrics[m]) for m in TABLE_METRICS) + " |")
+        lines.append(f"| {_run_label(result, name, e)} | " + " | ".join(_pct(m, e.metrics[m]) for m in TABLE_METRICS)
+                     + " |")
     lines.append("| TruthProbe - baseline | " + " | ".join(
         _signed(m, s.gated.metrics[m] - s.baseline.metrics[m]) for m in TABLE_METRICS) + " |")
     lines.append("")
     for name, st in s.stats.items():
-        short = {"gated": "TruthProbe", "random": "random gates", "shuffled": "shuffled gates"}
-        first, second = ("TruthProbe", "shuffled gates") if name == "gated_vs_shuffled" else (short[name], "baseline")
+        if name.startswith("gated_vs_"):
+            first, second = "TruthProbe", _short(name[len("gated_vs_"):])
+        else:
+            first, second = _short(name), "baseline"
         lines.append("- " + _significance_line(first, second, st))
-    return lines
+    return lines + _paper_random_summary(s)
 
 
 def format_table(result: MainJobResult) -> str:
@@ -247,7 +296,11 @@ def format_table(result: MainJobResult) -> str:
     how = ("given (no validation)" if sel.get("by") == "given" else
            f"chosen on validation rows {cfg['val_offset']}-{cfg['test_offset'] - 1} by F1 (answer draw "
            f"{cfg['draw_seeds'][0]})")
-    lines = [f"HaluEval QA, {protocol}; model {cfg['model']}; Truth Scores from rows 0-{cfg['probe_rows'] - 1}.",
+    preset = cfg.get("preset", "ours")
+    probed = ("one drawn answer per row, the published trainer and folds" if preset == "paper" else
+              "both answers per row, grouped folds, the exact solver")
+    lines = [f"HaluEval QA, {protocol}; model {cfg['model']}; preset {preset}: Truth Scores from rows "
+             f"0-{cfg['probe_rows'] - 1} ({probed}), replies parsed by the {cfg.get('parse', 'ours')} rule.",
              f"Gate {how}: {sel['norm']}, alpha {sel['alpha']:g}." + _tie_note(result), ""]
     for s in result.seeds:
         lines += format_seed(result, s) + [""]
@@ -307,7 +360,9 @@ def plot_result(result: MainJobResult, path: "str | Path") -> Path:
     for i, name in enumerate(runs):
         if name in s.stats:
             right.annotate(f"p={s.stats[name]['mcnemar_p']:.2g}", (i, 2), ha="center", fontsize=8)
-    right.set_xticks(x, ["baseline", "TruthProbe", *[f"{n} ctrl" for n in s.controls]], fontsize=8)
+    ticks = {"random": "matched\nrandom", "shuffled": "shuffled", "paper_inverse": "paper\ninverse"}
+    right.set_xticks(x, ["baseline", "TruthProbe", *[ticks.get(n, n.replace("paper_random_s", "paper\nrandom s"))
+                                                   for n in s.controls]], fontsize=7)
     right.set_ylabel("held-out (%)")
     right.set_title(f"test rows {s.baseline.rows[0]}-{s.baseline.rows[1] - 1}, draw {s.draw_seed} (McNemar p vs "
                     "baseline)", fontsize=9)
@@ -330,12 +385,18 @@ def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, P
         scores.save(scores_file)
         log(f"scores: {cfg.scores} (given, not probed)")
     else:
-        log(f"probing: HaluEval rows 0-{cfg.probe_rows - 1} ({2 * cfg.probe_rows} answers), {cfg.folds}-fold")
-        examples = halueval_examples(cfg.data, offset=0, n=cfg.probe_rows)
-        scores = probe_model(model, tokenizer, examples, n_folds=cfg.folds, trainer=cfg.trainer,
-                             batch_size=cfg.probe_batch_size, cache_dir=default_cache_root(), progress=cfg.progress,
+        p = cfg.probing
+        examples = halueval_examples(cfg.data, offset=0, n=cfg.probe_rows, answers=p.answers,
+                                     answer_seed=p.answer_seed, strip=cfg.preset == "paper")
+        log(f"probing ({cfg.preset} preset): HaluEval rows 0-{cfg.probe_rows - 1} ({len(examples)} answers), "
+            f"{cfg.folds}-fold {p.fold_rule}")
+        scores = probe_model(model, tokenizer, examples, n_folds=cfg.folds, seed=p.fold_seed,
+                             trainer=cfg.trainer or p.trainer, fold_rule=p.fold_rule,
+                             batch_size=cfg.probe_batch_size or p.batch_size, cache_dir=default_cache_root(),
+                             progress=cfg.progress,
                              meta={"model_source": cfg.model, "data": cfg.data or "halueval", "offset": 0,
-                                   "n_rows": cfg.probe_rows})
+                                   "n_rows": cfg.probe_rows, "preset": cfg.preset, "answers": p.answers,
+                                   "answer_seed": p.answer_seed})
         scores.save(scores_file)
         log(format_summary(scores))
     heatmap = plot_heatmap(scores, out / "scores.png")
@@ -358,10 +419,12 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
     scores, scores_file, heatmap = _probe(cfg, model, tokenizer, out, log)
     lap("probe")
     settings = JudgeSettings(data=cfg.data, protocol=cfg.protocol, draw_seed=cfg.draw_seeds[0], knowledge=cfg.knowledge,
-                             chat=cfg.chat, batch_size=cfg.batch_size, device=cfg.device, prefix_cache=cfg.prefix_cache)
+                             chat=cfg.chat, batch_size=cfg.batch_size, device=cfg.device, prefix_cache=cfg.prefix_cache,
+                             parse=cfg.probing.parse)
     evaluate = HaluEvalJudge(model, tokenizer, settings, out, log)
     config = {**asdict(cfg), "grid": [list(p) for p in cfg.grid], "draw_seeds": list(cfg.draw_seeds),
-              "val_offset": cfg.val_offset, "test_offset": cfg.test_offset, "task": settings.task()}
+              "controls": list(cfg.controls), "val_offset": cfg.val_offset, "test_offset": cfg.test_offset,
+              "task": settings.task(), "parse": settings.parse, "probing": cfg.probing.to_dict()}
     result = MainJobResult(config=config, scores_file=str(scores_file), heatmap_file=str(heatmap) if heatmap else None,
                            stage_seconds=stages)
 
@@ -387,16 +450,16 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
         gated = evaluate(f"test_gated{suffix}", "test", cfg.test_offset, cfg.test_rows, chosen, seed)
         lap("test" + suffix)
         controls = {}
-        if cfg.controls:
-            for kind in CONTROLS:
-                controls[kind] = evaluate(f"test_{kind}{suffix}", "test", cfg.test_offset, cfg.test_rows,
-                                          chosen.control(kind, cfg.control_seed), seed)
+        for name, kind, control_seed in cfg.control_runs():
+            controls[name] = evaluate(f"test_{name}{suffix}", "test", cfg.test_offset, cfg.test_rows,
+                                      chosen.control(kind, control_seed), seed)
+        if controls:
             lap("controls" + suffix)
         seed_result = SeedResult(seed, baseline, gated, controls)
         for name, run in {"gated": gated, **controls}.items():
             seed_result.stats[name] = paired_comparison(baseline, run, seed=seed)
-        if "shuffled" in controls:
-            seed_result.stats["gated_vs_shuffled"] = paired_comparison(controls["shuffled"], gated, seed=seed)
+        for name, run in controls.items():  # the decisive comparisons: TruthProbe against each control
+            seed_result.stats[f"gated_vs_{name}"] = paired_comparison(run, gated, seed=seed)
         result.seeds.append(seed_result)
     lap("statistics")
     stages["total"] = clock.total()
@@ -407,5 +470,5 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
     return result
 
 
-__all__ = ["CONTROLS", "Evaluation", "MainJobConfig", "MainJobError", "MainJobResult", "PUBLISHED_GRID", "SeedResult",
+__all__ = ["CONTROLS", "CONTROL_KINDS", "Evaluation", "MainJobConfig", "MainJobError", "MainJobResult", "PUBLISHED_GRID", "SeedResult",
            "format_table", "plot_result", "run_main_job", "select_best"]

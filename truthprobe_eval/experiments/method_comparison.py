@@ -41,11 +41,18 @@ ITI_DEFAULTS = {"k": 48, "alpha": 15.0}
 NEURON_DEFAULTS = {"factor": 0.0}
 RVE_DEFAULTS = {"span": "context", "k": 2, "beta": 1.0, "alpha": 0.05}  # layers: the middle five
 NEURON_FIND_DEFAULTS = {"steps": 20, "p_threshold": 0.05, "top_n": None}
-RUN_LABELS = {"baseline": "baseline", "truthprobe": "TruthProbe", "truthprobe_random": "random gates",
-              "truthprobe_shuffled": "shuffled gates", "iti": "ITI", "iti_random_heads": "ITI, random heads",
+# every control named for what it is: the paper's own ablations, and ours
+RUN_LABELS = {"baseline": "baseline", "truthprobe": "TruthProbe",
+              "truthprobe_random": "strength-matched random gate (ours)",
+              "truthprobe_shuffled": "shuffled gate (ours)",
+              "truthprobe_paper_random": "paper's random gate (1 + U[-1,1], redrawn per call)",
+              "truthprobe_paper_inverse": "paper's inverse gate (minmax 1/s)",
+              "iti": "ITI", "iti_random_heads": "ITI, random heads",
               "iti_random_directions": "ITI, random directions", "neurons": "truth neurons",
               "neurons_random": "random neurons", "rve": "RVE (context)", "rve_random_heads": "RVE, random heads",
-              "rve_global": "global context boost"}
+              "rve_sensitive": "RVE, sensitive heads only (paper's ablation)",
+              "rve_no_denoise": "RVE, no denoising (paper's ablation)",
+              "rve_global": "whole-span context boost (PAI-style baseline, ours)"}
 
 
 class ComparisonError(TruthProbeError, ValueError):
@@ -65,6 +72,7 @@ class ComparisonConfig:
     neutral_texts: int = 50
     scores: str | None = None  # a TruthProbe score file; None: probe HaluEval rows [0, probe_rows)
     probe_rows: int = 292
+    preset: str = "ours"  # paper: the published probing, ITI pipeline and reply parse; ours: ours (presets.py)
     truthprobe: dict[str, Any] = field(default_factory=lambda: dict(TRUTHPROBE_DEFAULTS))
     iti: dict[str, Any] = field(default_factory=lambda: dict(ITI_DEFAULTS))
     iti_folds: int = 4
@@ -83,6 +91,9 @@ class ComparisonConfig:
     progress: bool = True
 
     def check(self) -> None:
+        from ..presets import check_preset
+
+        check_preset(self.preset)
         odd = [m for m in self.methods if m not in METHODS]
         if odd:
             raise ComparisonError(f"methods: expected some of {', '.join(METHODS)}, found {list(self.methods)}")
@@ -165,9 +176,12 @@ def _interventions(cfg: ComparisonConfig, scores: Any, directions: list[str], ne
         if cfg.controls:
             for kind in made[0].controls:
                 runs[f"{name}_{kind}"] = [m.control(kind, cfg.control_seed) for m in made]
-            if name == "rve":  # the PAI-style baseline: the whole span boosted in every head
-                glob = made[0].with_settings(variant="global", ars="")
-                runs["rve_global"] = [glob, glob]
+            if name == "rve":  # the paper's two ablations, and our PAI-style baseline (not the paper's "Global")
+                for run, changes in (("rve_sensitive", {"heads": "sensitive"}), ("rve_no_denoise", {"denoise": False}),
+                                     ("rve_global", {"variant": "whole_span", "ars": "", "heads": "all",
+                                                     "denoise": True})):
+                    made_run = made[0].with_settings(**changes)
+                    runs[run] = [made_run, made_run]
     return runs
 
 
@@ -182,7 +196,8 @@ def _fit_directions(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: l
         train = halves[1 - i]
         log(f"ITI: fitting directions on TruthfulQA half {1 - i} ({len(train)} questions), for evaluating half {i}")
         made = fit_iti(model, tokenizer, train, csv=cfg.truthfulqa_csv, folds=cfg.iti_folds, seed=cfg.split_seed,
-                       cache_dir=default_cache_root(), progress=cfg.progress, batch_size=16,
+                       cache_dir=default_cache_root(), progress=cfg.progress, batch_size=16, preset=cfg.preset,
+                       sigma_questions=sorted(halves[0] + halves[1]),  # paper: sigma over the compared questions
                        meta={"model_source": cfg.model, "evaluated_half": i, "split_seed": cfg.split_seed})
         path = made.save(out / f"iti_half{i}.json")
         files.append(str(path))
@@ -252,17 +267,22 @@ def _probe_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, 
     from ..probing.cache import default_cache_root
     from ..probing.data import halueval_examples
     from ..probing.pipeline import probe_model
+    from ..probing.truthprobe_preset import truthprobe_preset
     from ..scores import TruthScores
 
     if cfg.scores is not None:
         scores = TruthScores.load(cfg.scores)
         log(f"TruthProbe: scores from {cfg.scores}")
     else:
-        log(f"TruthProbe: probing HaluEval rows 0-{cfg.probe_rows - 1}")
-        scores = probe_model(model, tokenizer, halueval_examples(None, offset=0, n=cfg.probe_rows),
-                             cache_dir=default_cache_root(), progress=cfg.progress,
+        p = truthprobe_preset(cfg.preset)
+        log(f"TruthProbe: probing HaluEval rows 0-{cfg.probe_rows - 1} ({cfg.preset} preset)")
+        examples = halueval_examples(None, offset=0, n=cfg.probe_rows, answers=p.answers, answer_seed=p.answer_seed,
+                                     strip=cfg.preset == "paper")
+        scores = probe_model(model, tokenizer, examples, cache_dir=default_cache_root(), progress=cfg.progress,
+                             seed=p.fold_seed, trainer=p.trainer, fold_rule=p.fold_rule, batch_size=p.batch_size,
                              meta={"model_source": cfg.model, "data": "halueval", "offset": 0,
-                                   "n_rows": cfg.probe_rows})
+                                   "n_rows": cfg.probe_rows, "preset": cfg.preset, "answers": p.answers,
+                                   "answer_seed": p.answer_seed})
     scores.save(out / "scores.json")
     return scores
 
@@ -285,7 +305,7 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
     out.mkdir(parents=True, exist_ok=True)
     clock = StageClock()
     stages, lap = clock.seconds, clock.lap
-    halves = [list(h) for h in question_halves(len(read_rows(csv)), cfg.split_seed, cfg.questions)]
+    halves = [list(h) for h in question_halves(len(read_rows(csv)), cfg.split_seed, cfg.questions, preset=cfg.preset)]
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     lap("load")
     scores = _probe_scores(cfg, model, tokenizer, out, log) if "truthprobe" in cfg.methods or cfg.scores else None
@@ -299,7 +319,10 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
     lap("ars")
     lm = TruthGatedLM(pretrained=model, tokenizer=tokenizer, method="none", batch_size=cfg.batch_size,
                       device=cfg.device)
-    judge = HaluEvalJudge(model, tokenizer, JudgeSettings(batch_size=cfg.batch_size, device=cfg.device), out, log, lm=lm)
+    from ..probing.truthprobe_preset import truthprobe_preset
+
+    judge = HaluEvalJudge(model, tokenizer, JudgeSettings(batch_size=cfg.batch_size, device=cfg.device,
+                                                          parse=truthprobe_preset(cfg.preset).parse), out, log, lm=lm)
     tqa = TruthfulQAEvaluator(lm, csv, out)
     texts = halueval_paragraphs(cfg.neutral_offset, cfg.neutral_texts) if "neutral" in cfg.benchmarks else []
     config = {**asdict(cfg), "benchmarks": list(cfg.benchmarks), "methods": list(cfg.methods),

@@ -142,6 +142,7 @@ class ITI(Intervention):
 
     def provenance(self) -> dict[str, Any]:
         return {"directions_model": self.data.model, "direction": self.data.meta.get("direction"),
+                "directions_preset": self.data.meta.get("preset", "ours"),
                 "heads": [list(h) for h in self.heads()]}
 
     @classmethod

@@ -15,27 +15,34 @@ import numpy as np
 from torch import nn
 
 from ..errors import GateConfigError, ScoreFileError
-from ..gate_config import KINDS, NORMS, SITES
+from ..gate_config import KINDS, NORMS, PAPER_KINDS, SITES
 from ..scores import TruthScores
 from .base import Intervention, Param, register
 
-NEEDS_SCORES = ("truthprobe", "inverse", "shuffled")
-GATE_NAMES = {"truthprobe": "TruthProbe", "inverse": "inverse gate", "random": "random gate", "shuffled": "shuffled gate"}
+NEEDS_SCORES = ("truthprobe", "inverse", "shuffled", "paper_inverse")
+GATE_NAMES = {"truthprobe": "TruthProbe", "inverse": "inverse gate (ours: 1 - alpha norm(s))",
+              "random": "strength-matched random gate (ours: 1 + alpha U[-1,1], fixed)",
+              "shuffled": "shuffled gate (ours: TruthProbe's gates permuted within each layer)",
+              "paper_random": "paper's random gate (1 + U[-1,1], redrawn every call, alpha unused)",
+              "paper_inverse": "paper's inverse gate (minmax 1/s per layer, alpha unused)"}
+SEEDED = ("random", "shuffled", "paper_random")
 
 
 @register
 class TruthProbeGate(Intervention):
     name = "truthprobe"
     error = GateConfigError
-    controls = {"random": {"gate": "random"}, "shuffled": {"gate": "shuffled"}}
+    controls = {"random": {"gate": "random"}, "shuffled": {"gate": "shuffled"},
+                "paper_random": {"gate": "paper_random"}, "paper_inverse": {"gate": "paper_inverse"}}
     params = (
         Param("scores", "path", None, help="Truth Score file (.json, published .npy or cv5_head_metrics.csv)",
               objects=(TruthScores, np.ndarray)),
         Param("alpha", float, 4.5, help="gate strength"),
         Param("norm", str, "centered", NORMS, help="per-layer normalization of the scores"),
         Param("site", str, "o_proj_output", SITES, help="where the gate multiplies"),
-        Param("gate", str, "truthprobe", KINDS, help="truthprobe, or a control: inverse, random, shuffled, none"),
-        Param("seed", int, 0, help="seed of the random and shuffled gates"),
+        Param("gate", str, "truthprobe", KINDS, help="truthprobe, or a control: ours (random: strength-matched, "
+              "shuffled, inverse) or the paper's ablations (paper_random, paper_inverse), or none"),
+        Param("seed", int, 0, help="seed of the random, shuffled and paper_random gates"),
     )
 
     @classmethod
@@ -98,11 +105,11 @@ class TruthProbeGate(Intervention):
             return gate_values(self.scores_for(model), s["alpha"], s["norm"], s["gate"], s["seed"])
 
     def hooks(self, model: nn.Module) -> list:
-        from ..gating import register_gate_hooks, resolve_gates
+        from ..gating import redrawn_generator, register_gate_hooks, resolve_gates
 
         s = self.settings
         sites, gates = resolve_gates(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"])
-        return register_gate_hooks(sites, gates, s["site"])
+        return register_gate_hooks(sites, redrawn_generator(s["gate"], s["seed"]) or gates, s["site"])
 
     def bake(self, model: nn.Module) -> nn.Module:
         from ..gating import bake
@@ -118,10 +125,10 @@ class TruthProbeGate(Intervention):
     @classmethod
     def row(cls, described: dict[str, Any]) -> tuple[str, str]:
         gate = described.get("gate", "truthprobe")
-        parts = [f"alpha={described['alpha']:g}", f"norm={described['norm']}"]
+        parts = [] if gate in PAPER_KINDS else [f"alpha={described['alpha']:g}", f"norm={described['norm']}"]
         if described.get("site", "o_proj_output") != "o_proj_output":
             parts.append(f"site={described['site']}")
-        if gate in ("random", "shuffled"):
+        if gate in SEEDED:
             parts.append(f"seed={described['seed']}")
         return GATE_NAMES[gate], ", ".join(parts)
 
@@ -130,8 +137,10 @@ class TruthProbeGate(Intervention):
         if self.identity:
             return "baseline"
         what = GATE_NAMES[s["gate"]]
-        seed = f", seed {s['seed']}" if s["gate"] in ("random", "shuffled") else ""
-        return f"{what} ({s['norm']}, alpha {s['alpha']:g}{seed})"
+        seed = f"seed {s['seed']}" if s["gate"] in SEEDED else ""
+        if s["gate"] in PAPER_KINDS:
+            return f"{what}" + (f", {seed}" if seed else "")
+        return f"{what} ({s['norm']}, alpha {s['alpha']:g}" + (f", {seed})" if seed else ")")
 
 
 __all__ = ["NEEDS_SCORES", "TruthProbeGate"]

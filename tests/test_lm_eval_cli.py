@@ -99,9 +99,9 @@ def test_cli_reports_missing_scores_before_loading(tmp_path):
 PUBLISHED_TASK = "halueval_truthprobe_seed0"
 
 
-def _published_run(out: Path, model: str, model_args: str) -> tuple[dict, list[dict]]:
+def _published_run(out: Path, model: str, model_args: str, extra: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
     cmd = [str(BIN / "lm_eval"), "--model", model, "--model_args", model_args, "--tasks", PUBLISHED_TASK,
-           "--limit", "6", "--device", "cpu", "--batch_size", "3", "--log_samples", "--output_path", str(out)]
+           "--limit", "6", "--device", "cpu", "--batch_size", "3", "--log_samples", "--output_path", str(out), *extra]
     res = _run(cmd)
     assert res.returncode == 0, res.stderr[-4000:]
     results = json.loads(next(out.rglob("results_*.json")).read_text())
@@ -132,3 +132,17 @@ def test_shuffled_gate_from_the_cli(scores_file, tmp_path):
     gate = results["config"]["intervention"]
     assert (gate["gate"], gate["seed"], gate["alpha"], gate["norm"]) == ("shuffled", 4, 0.3, "minmax")
     assert 0.0 <= results["results"][PUBLISHED_TASK]["acc,none"] <= 1.0
+
+
+@pytest.mark.slow
+def test_paper_random_gate_and_paper_parse_from_the_cli(tmp_path):
+    """The paper's random gate (redrawn at every call, alpha unused) is reproducible for a seed, and the published
+    reply regex is chosen through lm-eval's own --metadata."""
+    args = "pretrained=smollm2-135m-instruct,gate=paper_random,seed=7,alpha=4.5"
+    meta = ("--metadata", json.dumps({"halueval_parse": "paper"}))
+    first, a = _published_run(tmp_path / "a", "truthgated", args, meta)
+    _, b = _published_run(tmp_path / "b", "truthgated", args, meta)
+    assert [s["resps"] for s in a] == [s["resps"] for s in b]
+    gate = first["config"]["intervention"]
+    assert (gate["gate"], gate["seed"]) == ("paper_random", 7) and "paper's random gate" in gate["label"]
+    assert {s["doc"]["parse"] for s in a} == {"paper"}

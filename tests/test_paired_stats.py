@@ -62,3 +62,19 @@ def test_margin_auroc():
 def test_mismatched_lengths_are_a_clear_error():
     with pytest.raises(TruthProbeError, match="expected three equal-length 1-D arrays"):
         compare_paired(np.array([True, False]), np.array([True]), np.array([True, False]))
+
+
+def test_mcnemar_power_matches_simulated_statsmodels_tests():
+    """The exact power equals the rejection rate of statsmodels' exact McNemar test on simulated paired rows."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    from truthprobe_eval.paired_stats import mcnemar_power
+
+    n, p_b, p_a = 60, 0.2, 0.06
+    rng = np.random.default_rng(0)
+    cells = rng.multinomial(n, [p_b, p_a, 1 - p_b - p_a], size=4000)
+    rejected = np.mean([mcnemar([[0, c[1]], [c[0], 0]], exact=True).pvalue <= 0.05 for c in cells])
+    power = mcnemar_power(n, p_b, p_a)
+    assert abs(power - rejected) < 0.025 and 0.3 < power < 0.95
+    assert mcnemar_power(n, 0.1, 0.1) <= 0.05            # no difference: the level at most (exact tests are conservative)
+    assert mcnemar_power(1500, 0.09, 0.06) > mcnemar_power(300, 0.09, 0.06)

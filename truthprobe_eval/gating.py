@@ -90,7 +90,7 @@ def resolve_gates(model: nn.Module, scores: ScoresLike, alpha: float, norm: str,
     sites = locate_heads(model)
     s = load_scores(scores)
     s.check_fits(sites.num_layers, sites.num_heads, model_name(model))
-    return sites, gate_values(s, alpha, norm, kind, seed)
+    return sites, gate_values(s, alpha, norm, kind, seed, warn_negative=False)  # reports count them instead
 
 
 def paper_random_draw(num_heads: int, generator: torch.Generator) -> torch.Tensor:

@@ -55,6 +55,27 @@ def margin_auroc(gold_yes: np.ndarray, margin: np.ndarray) -> float | None:
     return float(roc_auc_score(gold, margin))
 
 
+def mcnemar_power(n: int, p_only_b: float, p_only_a: float, level: float = 0.05) -> float:
+    """Power of the two-sided exact McNemar test (statsmodels' rule: p = 2 P(X <= min count), X ~ Bin(D, 1/2) on
+    the D discordant rows) with ``n`` paired rows, when a row is right only under B with probability ``p_only_b``
+    and only under A with ``p_only_a`` (their difference is the accuracy difference B - A). Exact: summed over the
+    binomial number of discordant rows."""
+    from scipy import stats
+
+    if n < 1 or min(p_only_b, p_only_a) < 0 or p_only_b + p_only_a > 1:
+        raise TruthProbeError(f"power: expected n >= 1 and discordant shares in [0, 1] summing to at most 1, found "
+                              f"n={n}, {p_only_b}, {p_only_a}")
+    d = p_only_b + p_only_a
+    if d == 0:
+        return 0.0
+    D = np.arange(n + 1)
+    k = stats.binom.ppf(level / 2, D, 0.5)
+    k = np.where(2 * stats.binom.cdf(k, D, 0.5) <= level, k, k - 1)   # largest count still rejected, -1: none
+    q = p_only_b / d
+    reject = np.where(k >= 0, stats.binom.cdf(k, D, q) + stats.binom.sf(D - k - 1, D, q), 0.0)
+    return float(np.sum(stats.binom.pmf(D, n, d) * np.minimum(reject, 1.0)))
+
+
 def compare_paired(gold_yes: np.ndarray, base_yes: np.ndarray, gated_yes: np.ndarray,
                    base_margin: np.ndarray | None = None, gated_margin: np.ndarray | None = None, *,
                    seed: int = 0, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE) -> dict[str, Any]:

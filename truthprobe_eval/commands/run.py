@@ -90,6 +90,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     p.add_argument("--dtype", default="float32", help="model dtype (default float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true",
+                   help="show what lm-eval, transformers and the warnings say, live (always in <out>/run.log)")
     p.set_defaults(func=run)
 
 
@@ -110,9 +112,18 @@ def run(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, chat=args.chat,
                         knowledge=not args.no_knowledge, scores=args.scores, folds=args.folds, trainer=args.trainer,
                         device=args.device, dtype=args.dtype, progress=not args.quiet)
-    result = run_main_job(cfg)
-    print()
-    print(format_table(result), end="")
-    print(f"\nwrote {args.out}/results.md, results.json, results.png, scores.json, scores.png and lm_eval/ "
-          f"({result.config['seconds']:.0f} s)")
+    from pathlib import Path
+
+    from ..run_log import run_log
+
+    log_file = Path(args.out) / "run.log"
+    with run_log(log_file, verbose=args.verbose, progress=not args.quiet) as log:
+        log.say(f"truthprobe run: {args.model} on HaluEval QA ({args.protocol} protocol), preset {args.preset}; "
+                f"library output: {log_file}")
+        result = run_main_job(cfg, log=log)
+        log.say("")
+        log.say(format_table(result).rstrip("\n"))
+        log.say(f"\nwrote {args.out}/results.md, results.json, results.png, scores.json, scores.png, run.log and "
+                f"lm_eval/ ({result.config['seconds']:.0f} s). Next: truthprobe significance, truthprobe leaderboard, "
+                "or --controls for the controls.")
     return 0

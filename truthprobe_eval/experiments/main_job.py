@@ -297,11 +297,14 @@ def format_table(result: MainJobResult) -> str:
            f"chosen on validation rows {cfg['val_offset']}-{cfg['test_offset'] - 1} by F1 (answer draw "
            f"{cfg['draw_seeds'][0]})")
     preset = cfg.get("preset", "ours")
+    chosen_negative = (sel.get("intervention") or {}).get("negative_gates")
     probed = ("one drawn answer per row, the published trainer and folds" if preset == "paper" else
               "both answers per row, grouped folds, the exact solver")
     lines = [f"HaluEval QA, {protocol}; model {cfg['model']}; preset {preset}: Truth Scores from rows "
              f"0-{cfg['probe_rows'] - 1} ({probed}), replies parsed by the {cfg.get('parse', 'ours')} rule.",
-             f"Gate {how}: {sel['norm']}, alpha {sel['alpha']:g}." + _tie_note(result), ""]
+             f"Gate {how}: {sel['norm']}, alpha {sel['alpha']:g}." + _tie_note(result)
+             + (f" {chosen_negative} of its gates are negative (those heads' outputs are sign-flipped, not damped)."
+                if chosen_negative else ""), ""]
     for s in result.seeds:
         lines += format_seed(result, s) + [""]
     if len(result.seeds) > 1:
@@ -320,14 +323,16 @@ def format_table(result: MainJobResult) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     if result.validation:
-        lines += ["Validation grid (F1 %, accuracy %, predicted yes %, margin AUROC):", "",
-                  "| gate | F1 | accuracy | predicted yes | margin AUROC |", "|---|---|---|---|---|"]
+        lines += ["Validation grid (F1 %, accuracy %, predicted yes %, margin AUROC; negative gates: heads whose "
+                  "output the gate sign-flips):", "",
+                  "| gate | F1 | accuracy | predicted yes | margin AUROC | negative gates |", "|---|---|---|---|---|---|"]
         for e in result.validation:
             label = ("baseline" if e.intervention["identity"] else
                      f"{e.intervention['norm']}, alpha {e.intervention['alpha']:g}")
             lines.append(f"| {label} | {_pct('f1', e.metrics['f1'])} | {_pct('acc', e.metrics['acc'])} | "
                          f"{_pct('pred_yes_share', e.metrics['pred_yes_share'])} | "
-                         f"{_pct('margin_auroc', e.metrics['margin_auroc'])} |")
+                         f"{_pct('margin_auroc', e.metrics['margin_auroc'])} | "
+                         f"{e.intervention.get('negative_gates') or 0} |")
         lines.append("")
     if result.stage_seconds:
         lines.append("Time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items()) + ".")
@@ -374,7 +379,7 @@ def plot_result(result: MainJobResult, path: "str | Path") -> Path:
 # ---- the job ------------------------------------------------------------------------------------------------
 
 def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, Path, Path | None]:
-    from ..probing.cache import default_cache_root
+    from ..probing.cache import DEFAULT_SHARD_SIZE, default_cache_root
     from ..probing.data import halueval_examples
     from ..probing.pipeline import format_summary, plot_heatmap, probe_model
     from ..scores import TruthScores
@@ -390,25 +395,55 @@ def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, P
                                      answer_seed=p.answer_seed, strip=cfg.preset == "paper")
         log(f"probing ({cfg.preset} preset): HaluEval rows 0-{cfg.probe_rows - 1} ({len(examples)} answers), "
             f"{cfg.folds}-fold {p.fold_rule}")
-        scores = probe_model(model, tokenizer, examples, n_folds=cfg.folds, seed=p.fold_seed,
-                             trainer=cfg.trainer or p.trainer, fold_rule=p.fold_rule,
-                             batch_size=cfg.probe_batch_size or p.batch_size, cache_dir=default_cache_root(),
-                             progress=cfg.progress,
-                             meta={"model_source": cfg.model, "data": cfg.data or "halueval", "offset": 0,
-                                   "n_rows": cfg.probe_rows, "preset": cfg.preset, "answers": p.answers,
-                                   "answer_seed": p.answer_seed})
+        shards = -(-len(examples) // DEFAULT_SHARD_SIZE)
+        with _bar(log, shards, "probe: extracting") as bar:
+            scores = probe_model(model, tokenizer, examples, n_folds=cfg.folds, seed=p.fold_seed,
+                                 trainer=cfg.trainer or p.trainer, fold_rule=p.fold_rule,
+                                 batch_size=cfg.probe_batch_size or p.batch_size, cache_dir=default_cache_root(),
+                                 progress=cfg.progress and bar is None and not hasattr(log, "bar"),
+                                 on_shard=None if bar is None else lambda _i, _n: bar.update(1),
+                                 meta={"model_source": cfg.model, "data": cfg.data or "halueval", "offset": 0,
+                                       "n_rows": cfg.probe_rows, "preset": cfg.preset, "answers": p.answers,
+                                       "answer_seed": p.answer_seed})
         scores.save(scores_file)
         log(format_summary(scores))
     heatmap = plot_heatmap(scores, out / "scores.png")
     return scores, scores_file, heatmap
 
 
+class _StageJudge:
+    """The judge, advancing the current stage's progress bar by the rows each evaluation covered."""
+
+    def __init__(self, judge: HaluEvalJudge) -> None:
+        self.judge, self.bar = judge, None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Evaluation:
+        made = self.judge(*args, **kwargs)
+        if self.bar is not None:
+            self.bar.update(made.rows[1] - made.rows[0])
+        return made
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.judge, name)
+
+
+def _bar(log: Any, total: int, desc: str):
+    """The stage's one progress bar when ``log`` is a ``RunLog``; else nothing."""
+    from contextlib import nullcontext
+
+    return log.bar(total, desc) if hasattr(log, "bar") else nullcontext(None)
+
+
 def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> MainJobResult:
-    """Probe, select the gate on validation rows, evaluate baseline, gate and controls on test rows; write everything."""
+    """Probe, select the gate on validation rows, evaluate baseline, gate and controls on test rows; write everything.
+
+    ``log`` takes the detail lines; a ``RunLog`` (``truthprobe_eval.run_log``) also gets one line per stage
+    (``say``) and one progress bar per stage."""
     from ..interventions import Baseline, build
     from ..models import load_model
     from .ablations import grid_search, truthprobe_grid
 
+    say = getattr(log, "say", log)
     cfg.check()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -416,12 +451,17 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
     stages, lap = clock.seconds, clock.lap
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     lap("load")
+    say(f"[load]     {cfg.model} ({stages['load']:.0f} s)")
     scores, scores_file, heatmap = _probe(cfg, model, tokenizer, out, log)
     lap("probe")
+    best_head = np.unravel_index(int(np.argmax(scores.values)), scores.values.shape)
+    say(f"[probe]    {'given: ' + str(cfg.scores) if cfg.scores else cfg.preset + ' preset, rows 0-' + str(cfg.probe_rows - 1)}"
+        f": mean Truth Score {scores.values.mean():.3f}, best head {best_head[0]}.{best_head[1]} "
+        f"{scores.values.max():.3f} ({stages['probe']:.0f} s)")
     settings = JudgeSettings(data=cfg.data, protocol=cfg.protocol, draw_seed=cfg.draw_seeds[0], knowledge=cfg.knowledge,
                              chat=cfg.chat, batch_size=cfg.batch_size, device=cfg.device, prefix_cache=cfg.prefix_cache,
                              parse=cfg.probing.parse)
-    evaluate = HaluEvalJudge(model, tokenizer, settings, out, log)
+    evaluate = _StageJudge(HaluEvalJudge(model, tokenizer, settings, out, log))
     config = {**asdict(cfg), "grid": [list(p) for p in cfg.grid], "draw_seeds": list(cfg.draw_seeds),
               "controls": list(cfg.controls), "val_offset": cfg.val_offset, "test_offset": cfg.test_offset,
               "task": settings.task(), "parse": settings.parse, "probing": cfg.probing.to_dict()}
@@ -431,36 +471,50 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
     if len(cfg.grid) == 1 and cfg.val_rows == 0:
         norm, alpha = cfg.grid[0]
         result.selected = {"norm": norm, "alpha": float(alpha), "by": "given"}
+        say(f"[select]   given: {norm}, alpha {alpha:g} (no validation rows)")
     else:
         log(f"selecting alpha and norm on rows {cfg.val_offset}-{cfg.test_offset - 1} ({len(cfg.grid)} settings)")
-        grid = grid_search(evaluate, build("truthprobe", scores=scores), grid=truthprobe_grid(cfg.grid),
-                           offset=cfg.val_offset, n=cfg.val_rows)
+        with _bar(log, cfg.val_rows * (len(cfg.grid) + 1), "select") as evaluate.bar:
+            grid = grid_search(evaluate, build("truthprobe", scores=scores), grid=truthprobe_grid(cfg.grid),
+                               offset=cfg.val_offset, n=cfg.val_rows)
+        evaluate.bar = None
         result.validation = [grid.baseline, *grid.runs]
         best = grid.best
         result.selected = {"norm": best.intervention["norm"], "alpha": best.intervention["alpha"], "by": "validation F1",
                            "validation_f1": best.metrics["f1"]}
         lap("validation")
+        say(f"[select]   {len(cfg.grid)} settings on rows {cfg.val_offset}-{cfg.test_offset - 1}: {best.intervention['norm']}, "
+            f"alpha {best.intervention['alpha']:g} (validation F1 {100 * best.metrics['f1']:.1f}, baseline "
+            f"{100 * grid.baseline.metrics['f1']:.1f}) ({stages['validation']:.0f} s)")
     chosen = build("truthprobe", scores=scores, alpha=result.selected["alpha"], norm=result.selected["norm"])
     result.selected["intervention"] = chosen.describe()
     last = f"{cfg.test_offset + cfg.test_rows - 1}" if cfg.test_rows else "end"
+    n_test = cfg.test_rows or (cfg.rows_total() - cfg.test_offset)
     for seed in cfg.draw_seeds:
         suffix = "" if len(cfg.draw_seeds) == 1 else f"_seed{seed}"
         log(f"testing on rows {cfg.test_offset}-{last}, answer draw {seed}")
-        baseline = evaluate(f"test_baseline{suffix}", "test", cfg.test_offset, cfg.test_rows, Baseline(), seed)
-        gated = evaluate(f"test_gated{suffix}", "test", cfg.test_offset, cfg.test_rows, chosen, seed)
-        lap("test" + suffix)
-        controls = {}
-        for name, kind, control_seed in cfg.control_runs():
-            controls[name] = evaluate(f"test_{name}{suffix}", "test", cfg.test_offset, cfg.test_rows,
-                                      chosen.control(kind, control_seed), seed)
-        if controls:
-            lap("controls" + suffix)
+        with _bar(log, n_test * (2 + len(cfg.control_runs())), f"test{suffix}") as evaluate.bar:
+            baseline = evaluate(f"test_baseline{suffix}", "test", cfg.test_offset, cfg.test_rows, Baseline(), seed)
+            gated = evaluate(f"test_gated{suffix}", "test", cfg.test_offset, cfg.test_rows, chosen, seed)
+            lap("test" + suffix)
+            controls = {}
+            for name, kind, control_seed in cfg.control_runs():
+                controls[name] = evaluate(f"test_{name}{suffix}", "test", cfg.test_offset, cfg.test_rows,
+                                          chosen.control(kind, control_seed), seed)
+            if controls:
+                lap("controls" + suffix)
+        evaluate.bar = None
         seed_result = SeedResult(seed, baseline, gated, controls)
         for name, run in {"gated": gated, **controls}.items():
             seed_result.stats[name] = paired_comparison(baseline, run, seed=seed)
         for name, run in controls.items():  # the decisive comparisons: TruthProbe against each control
             seed_result.stats[f"gated_vs_{name}"] = paired_comparison(run, gated, seed=seed)
         result.seeds.append(seed_result)
+        st = seed_result.stats["gated"]
+        say(f"[test]     rows {cfg.test_offset}-{last}, draw {seed}: accuracy {100 * baseline.metrics['acc']:.1f} -> "
+            f"{100 * gated.metrics['acc']:.1f} (McNemar p = {st['mcnemar_p']:.3g})"
+            + (f", {len(controls)} controls" if controls else "")
+            + f" ({stages['test' + suffix] + stages.get('controls' + suffix, 0):.0f} s)")
     lap("statistics")
     stages["total"] = clock.total()
     result.config["seconds"] = stages["total"]
@@ -470,5 +524,6 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
     return result
 
 
-__all__ = ["CONTROLS", "CONTROL_KINDS", "Evaluation", "MainJobConfig", "MainJobError", "MainJobResult", "PUBLISHED_GRID", "SeedResult",
+__all__ = ["CONTROLS", "CONTROL_KINDS", "Evaluation", "MainJobConfig", "MainJobError", "MainJobResult", "PUBLISHED_GRID",
+           "SeedResult",
            "format_table", "plot_result", "run_main_job", "select_best"]

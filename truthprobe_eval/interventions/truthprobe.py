@@ -120,7 +120,17 @@ class TruthProbeGate(Intervention):
         return bake(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"], intervention=self)
 
     def provenance(self) -> dict[str, Any]:
-        return {"scores": self.source, "scores_model": None if self.scores is None else self.scores.model}
+        return {"scores": self.source, "scores_model": None if self.scores is None else self.scores.model,
+                "negative_gates": self.negative_gates()}
+
+    def negative_gates(self) -> int | None:
+        """How many gates are negative (those heads' outputs sign-flipped, not damped): reported, not warned."""
+        from ..gating import gate_values
+
+        if self.scores is None or self.identity or self.kind == "paper_random":
+            return None
+        s = self.settings
+        return int((gate_values(self.scores, s["alpha"], s["norm"], s["gate"], s["seed"], warn_negative=False) < 0).sum())
 
     @classmethod
     def row(cls, described: dict[str, Any]) -> tuple[str, str]:

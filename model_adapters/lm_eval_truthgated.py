@@ -17,12 +17,18 @@ model loads. The intervention's ``describe()`` goes into lm-eval's results as ``
 Position-aware methods (ITI with ``positions=answer``) learn which positions to edit from the requests: in
 log-likelihood scoring, the continuation's tokens; in generation, the prompt's last position and each new token.
 
-Generation (``generate_until``) adds two things to HFLM's, neither of which changes a reply:
+Generation (``generate_until``) adds three things to HFLM's, none of which changes a parsed reply:
 - ``prefix_cache`` (default true): the prompt prefix every row of a batch shares runs once and generation
   continues from its KV cache (``truthprobe_eval.generation``); ``prefix_cache=false`` is HFLM's plain path.
   Log-likelihood batches (multiple choice: a few-shot prompt shared by every choice) use the same idea.
 - the first step's Yes-minus-No log-odds of every generated request, kept in ``yes_no_margins`` (context string
   -> float) for threshold-free detection metrics (AUROC) without another forward pass.
+- ``early_stop`` (default true): requests of the TruthProbe-protocol HaluEval tasks (``TRUTHPROBE_TASKS``, greedy)
+  stop generating, row by row, as soon as the parsed yes / no can no longer change
+  (``truthprobe_protocol.reply_decided``); the batch stops when every row has. Parsed replies, metrics and margins
+  are those of the full generation, but the logged reply (``resps``) is the decided prefix ("Yes," rather than
+  "Yes, the answer is"); ``early_stop=false`` generates the full replies. Other tasks are never cut short.
+  Recorded in the results as ``config.early_stop``.
 """
 from __future__ import annotations
 
@@ -32,13 +38,16 @@ from typing import Any
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from ..errors import InterventionError
-from ..generation import FirstStepLogits, SharedPrefixGenerator, SharedPrefixScorer, answer_token_ids, yes_no_margin
+from ..generation import (DecidedReplyStop, FirstStepLogits, SharedPrefixGenerator, SharedPrefixScorer,
+                          answer_token_ids, yes_no_margin)
 from ..interventions import DEFAULT_METHOD, Intervention, build, split_kwargs
 from ..interventions.base import Param
 from ..models import resolve_model_path
+from ..tasks import TRUTHPROBE_TASKS
+from ..tasks.halueval.truthprobe_protocol import PARSE_RULES, reply_decided
 
 ALIASES = ("truthgated", "intervened")
 
@@ -69,6 +78,18 @@ def _answer_start(context_enc: list[int], continuation_enc: list[int], max_lengt
     return tuple(inp), len(inp) - len(continuation_enc) + 1
 
 
+def early_stop_applies(request: Any) -> bool:
+    """Whether a ``generate_until`` request may stop once its reply is decided: a greedy request of a
+    TruthProbe-protocol HaluEval task (``TRUTHPROBE_TASKS``, by lm-eval's task name; its doc names a
+    ``truthprobe_protocol`` parse rule), whose reply that module parses from its first characters."""
+    doc = getattr(request, "doc", None)
+    args = request.args
+    gen_kwargs = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+    return (getattr(request, "task_name", None) in TRUTHPROBE_TASKS and isinstance(doc, dict)
+            and doc.get("parse", "ours") in PARSE_RULES and not gen_kwargs.get("do_sample")
+            and (gen_kwargs.get("num_beams") or 1) == 1)
+
+
 @register_model(*ALIASES)
 class TruthGatedLM(HFLM):
     """HFLM with an intervention (default: TruthProbe head gating) attached around every model call."""
@@ -80,11 +101,13 @@ class TruthGatedLM(HFLM):
         intervention: Intervention | None = None,
         device: str | None = None,
         prefix_cache: Any = True,
+        early_stop: Any = True,
         **kwargs: Any,
     ) -> None:
         ours, hf_kwargs = split_kwargs({"method": method, **kwargs})
         made = intervention if intervention is not None else build(**ours)  # before anything loads
         use_prefix_cache = Param("prefix_cache", bool, True).parse(prefix_cache, InterventionError)
+        self._early_stop = Param("early_stop", bool, True).parse(early_stop, InterventionError)
         self._display_name = pretrained if isinstance(pretrained, str) else None
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
@@ -107,6 +130,8 @@ class TruthGatedLM(HFLM):
         self._margin_ids = (yes_ids, no_ids)
         self.yes_no_margins: dict[str, float] = {}
         self._batch_contexts: list[str] | None = None
+        self._early_stop_contexts: dict[str, bool] = {}  # context -> may stop early (this generate_until call)
+        self.generation_counts = self._new_counts()
         self._intervention = made
         made.bind_tokenizer(self.tokenizer)
         self._intervention.check_fits(self.model)
@@ -197,30 +222,92 @@ class TruthGatedLM(HFLM):
             self._attached(stack, positions=starts)
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
+    # ---- generation ---------------------------------------------------------------------------------
+    @staticmethod
+    def _new_counts() -> dict[str, int]:
+        """Counts of the last ``generate_until`` call: batches, generation steps (one forward pass of the batch
+        each, after the prompt's), generated tokens (each row's, before its trailing padding), and how many
+        requests and batches early stopping applied to."""
+        return {"batches": 0, "steps": 0, "tokens": 0, "early_stop_requests": 0, "early_stop_batches": 0}
+
+    def early_stop_off_reason(self) -> str | None:
+        """Why early stopping cannot be exact with this model (then it stays off), or None."""
+        if getattr(self, "think_end_token", None) is not None:
+            return "think_end_token is set: the reply is the text after the thinking, not the decoded prefix"
+        if getattr(self.tokenizer, "clean_up_tokenization_spaces", False):
+            return ("the tokenizer cleans up tokenization spaces: a decoded prefix need not be a prefix of the "
+                    "decoded reply")
+        return None
+
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        self.generation_counts = self._new_counts()
+        eligible: dict[str, bool] = {}
+        if self._early_stop and self.early_stop_off_reason() is None:
+            for request in requests:  # a context shared with a request of another task runs in full
+                context = request.args[0]
+                eligible[context] = eligible.get(context, True) and early_stop_applies(request)
+        self._early_stop_contexts = eligible
+        self.generation_counts["early_stop_requests"] = sum(eligible.get(r.args[0], False) for r in requests)
+        try:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._early_stop_contexts = {}
+
     def tok_batch_encode(self, strings: list[str], *args: Any, **kwargs: Any):
         self._batch_contexts = list(strings)  # generate_until encodes a batch, then generates it
         return super().tok_batch_encode(strings, *args, **kwargs)
 
+    def _early_stop_rows(self, contexts: list[str] | None, batch_size: int, kwargs: dict) -> list[bool] | None:
+        """Per row of this batch, whether it may stop once decided; None when no row may (or not greedy search)."""
+        if not self._early_stop_contexts or contexts is None or len(contexts) != batch_size:
+            return None
+        if kwargs.get("do_sample") or (kwargs.get("num_beams") or 1) > 1:
+            return None
+        rows = [self._early_stop_contexts.get(c, False) for c in contexts]
+        return rows if any(rows) else None
+
     def _model_generate(self, *args: Any, **kwargs: Any):
+        context = kwargs["context"] if "context" in kwargs else args[0]
+        stop = kwargs["stop"] if "stop" in kwargs else args[2]
+        early_rows = self._early_stop_rows(self._batch_contexts, context.shape[0], kwargs)
         with ExitStack() as stack:
             self._attached(stack, positions="last")
-            first_step = stack.enter_context(self._generation_path())
+            first_step = stack.enter_context(self._generation_path(early_rows, stop))
             out = super()._model_generate(*args, **kwargs)
         contexts, self._batch_contexts = self._batch_contexts, None
         if first_step.logits is not None and contexts is not None and len(contexts) == first_step.logits.shape[0]:
             margins = yes_no_margin(first_step.logits, len(self._margin_ids[0])).tolist()
             self.yes_no_margins.update(zip(contexts, margins))
+        self._count(out[:, context.shape[1]:], early_rows is not None)
         return out
 
+    def _count(self, continuation: torch.Tensor, early: bool) -> None:
+        counts = self.generation_counts
+        counts["batches"] += 1
+        counts["early_stop_batches"] += int(early)
+        counts["steps"] += int(continuation.shape[1])
+        pad = self.tokenizer.pad_token_id
+        for row in continuation.tolist():
+            n = len(row)
+            while n > 0 and row[n - 1] == pad:
+                n -= 1
+            counts["tokens"] += n
+
     @contextmanager
-    def _generation_path(self):
-        """Route HFLM's ``self.model.generate(...)`` call through the prefix cache and the first-step logits."""
+    def _generation_path(self, early_rows: list[bool] | None = None, stop: list[str] | None = None):
+        """Route HFLM's ``self.model.generate(...)`` call through the prefix cache, the first-step logits and, for
+        the rows in ``early_rows``, the early stop once a reply is decided."""
         first_step = FirstStepLogits([*self._margin_ids[0], *self._margin_ids[1]])
         model = self.model
         generator = self._prefix_generator if self._intervention.uses_prefix_cache else None
 
         def generate(input_ids, attention_mask=None, logits_processor=None, **kwargs):
             processors = LogitsProcessorList([*(logits_processor or []), first_step])
+            if early_rows is not None:  # the continuation starts at the prompt's width on both paths
+                decided = DecidedReplyStop(self.tok_decode, reply_decided, start=input_ids.shape[1],
+                                           stops=stop or (), rows=early_rows)
+                kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []),
+                                                                    decided])
             if generator is None or attention_mask is None:
                 return type(model).generate(model, input_ids=input_ids, attention_mask=attention_mask,
                                             logits_processor=processors, **kwargs)
@@ -254,7 +341,16 @@ class TruthGatedLM(HFLM):
     def get_model_info(self) -> dict:
         info = super().get_model_info()
         info["intervention"] = self._intervention.describe()
+        reason = self.early_stop_off_reason() if self._early_stop else None
+        counts = self.generation_counts
+        info["early_stop"] = {
+            "enabled": self._early_stop and reason is None,
+            "tasks": list(TRUTHPROBE_TASKS),
+            "requests": counts["early_stop_requests"],  # of the last generate_until call
+            "logged_reply": "the decided prefix" if self._early_stop and reason is None else "the full reply",
+            **({"off_because": reason} if reason else {}),
+        }
         return info
 
 
-__all__ = ["ALIASES", "TruthGatedLM", "parse_gate_args"]
+__all__ = ["ALIASES", "TruthGatedLM", "early_stop_applies", "parse_gate_args"]

@@ -112,7 +112,8 @@ def _published_run(out: Path, model: str, model_args: str, extra: tuple[str, ...
 def test_published_protocol_task_from_the_cli_equals_stock_hf(tmp_path):
     """The TruthProbe-protocol task through the stock CLI: truthgated (gate none, prefix KV cache on) gives the
     stock ``hf`` model's replies and metrics on the same rows."""
-    ours, our_samples = _published_run(tmp_path / "ours", "truthgated", "pretrained=smollm2-135m-instruct,gate=none")
+    ours, our_samples = _published_run(tmp_path / "ours", "truthgated",
+                                       "pretrained=smollm2-135m-instruct,gate=none,early_stop=false")
     from truthprobe_eval.models import resolve_model_path
 
     hf_path = resolve_model_path("smollm2-135m-instruct")

@@ -11,6 +11,11 @@ column, so callers that strip ``context.shape[1]`` columns (lm-eval's HFLM) are 
 
 Hooks on the model (gates, interventions) act during the prefix pass exactly as during the plain pass; the
 cache key therefore includes a caller-given ``state`` (the active gate), and ``clear()`` drops everything.
+
+``DecidedReplyStop`` is a per-row stopping criterion for judges whose parsed answer is fixed by the reply's first
+characters (the TruthProbe protocol's yes / no): a row stops as soon as ``stable_text`` of its continuation, the
+text every longer generation's reply starts with, is decided; the batch stops when every row has. It passes through
+``model.generate`` unchanged on both paths (plain and shared prefix).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Hashable, Sequence
 
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, StoppingCriteria
 
 MIN_PREFIX_TOKENS = 16  # below this a separate prefix pass does not pay
 
@@ -163,6 +168,67 @@ class FirstStepLogits(LogitsProcessor):
         return scores
 
 
+def stable_text(text: str, stops: Sequence[str] = ()) -> str:
+    """The part of a partly generated, decoded reply that the reply of every longer generation starts with.
+
+    ``text`` is the decoded continuation so far; the reply is what lm-eval keeps of it (cut at the first stop
+    sequence). Dropped from the end: replacement characters (an incomplete multi-byte character decodes to U+FFFD
+    and becomes another character once its other bytes come) and the longest tail that begins a stop sequence
+    (the next tokens may complete it, and the reply is then cut there). Once ``text`` holds a whole stop sequence
+    the reply is final: the text before it. Assumes a decoder whose output on a token prefix is a prefix of its
+    output on the whole (byte-level BPE, SentencePiece with byte fallback; not ``clean_up_tokenization_spaces``).
+    """
+    cut = len(text)
+    for stop in stops:
+        if stop and stop in text:
+            cut = min(cut, text.index(stop))
+    if cut < len(text):
+        return text[:cut]
+    text = text.rstrip("\ufffd")
+    tail = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), tail, -1):
+            if text.endswith(stop[:k]):
+                tail = k
+                break
+    return text[:len(text) - tail]
+
+
+class DecidedReplyStop(StoppingCriteria):
+    """Stops each row of a batch once ``decided(stable_text(decode(its new tokens), stops))`` holds, or once its text
+    holds a stop sequence (its reply is then final; lm-eval's own stop-sequence criterion stops a batch only when
+    every row has one).
+
+    ``start`` is the column where the continuation begins (the prompt's padded width); ``rows`` (one bool per row,
+    default all) says which rows may stop early, the others run to the other criteria. ``steps`` counts the calls
+    (one per generated column) and ``stopped_at[i]`` is how many tokens row ``i`` had when it was decided (None:
+    not by this criterion).
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], decided: Callable[[str], bool], start: int,
+                 stops: Sequence[str] = (), rows: Sequence[bool] | None = None) -> None:
+        self.decode = decode
+        self.decided = decided
+        self.start = start
+        self.stops = tuple(stops)
+        self.rows = None if rows is None else [bool(r) for r in rows]
+        self.steps = 0
+        self.stopped_at: list[int | None] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.BoolTensor:
+        self.steps += 1
+        if not self.stopped_at:
+            self.stopped_at = [None] * input_ids.shape[0]
+        done = []
+        for i, row in enumerate(input_ids):
+            if self.stopped_at[i] is None and (self.rows is None or self.rows[i]):
+                text = self.decode(row[self.start:].tolist())
+                if any(stop and stop in text for stop in self.stops) or self.decided(stable_text(text, self.stops)):
+                    self.stopped_at[i] = input_ids.shape[1] - self.start
+            done.append(self.stopped_at[i] is not None)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 def answer_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     """The distinct first tokens of each word with and without a leading space (" Yes", "Yes", ...)."""
     ids: list[int] = []
@@ -179,5 +245,5 @@ def yes_no_margin(logits: torch.Tensor, n_yes: int) -> torch.Tensor:
     return torch.logsumexp(logits[:, :n_yes], dim=1) - torch.logsumexp(logits[:, n_yes:], dim=1)
 
 
-__all__ = ["FirstStepLogits", "SharedPrefixGenerator", "answer_token_ids", "common_prefix_length",
-           "move_prefix_left", "yes_no_margin"]
+__all__ = ["DecidedReplyStop", "FirstStepLogits", "SharedPrefixGenerator", "answer_token_ids",
+           "common_prefix_length", "move_prefix_left", "stable_text", "yes_no_margin"]

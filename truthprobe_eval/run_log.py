@@ -73,9 +73,24 @@ def _stream_handlers() -> list[logging.StreamHandler]:
             and not isinstance(getattr(type(h), "stream", None), property)]  # those follow sys.stderr by themselves
 
 
+def _library_bars(enable: bool) -> bool:
+    """Turn transformers' own progress bars (weight loading) on or off; returns whether they were on."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return enable
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enable else hf_logging.disable_progress_bar)()
+    return was
+
+
 @contextmanager
-def run_log(path: "str | os.PathLike", verbose: bool = False, progress: bool = True) -> Iterator[RunLog]:
-    """Send the libraries' output to ``path`` (appended) for the block; yields the job's ``RunLog``."""
+def run_log(path: "str | os.PathLike", verbose: bool = False, progress: bool = True,
+            bars_on_screen: bool = False) -> Iterator[RunLog]:
+    """Send the libraries' output to ``path`` (appended) for the block; yields the job's ``RunLog``.
+
+    ``bars_on_screen``: leave ``sys.stderr`` alone, so the job's own progress bars (extraction, probes) stay on the
+    screen; logging, warnings, printed output and transformers' weight-loading bar still go to the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     screen, screen_err = sys.stdout, sys.stderr
@@ -88,7 +103,10 @@ def run_log(path: "str | os.PathLike", verbose: bool = False, progress: bool = T
         for h in handlers:
             h.setStream(err)
         last_resort, logging.lastResort = logging.lastResort, logging.StreamHandler(err)
-        sys.stdout, sys.stderr = out, err
+        sys.stdout = out
+        if not bars_on_screen:
+            sys.stderr = err
+        hf_bars = _library_bars(enable=False) if bars_on_screen and not verbose else None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default")
@@ -97,6 +115,8 @@ def run_log(path: "str | os.PathLike", verbose: bool = False, progress: bool = T
                 yield RunLog(file, screen, screen_err, verbose, progress)
         finally:
             sys.stdout, sys.stderr = screen, screen_err
+            if hf_bars is not None:
+                _library_bars(enable=hf_bars)
             logging.lastResort = last_resort
             for h, s in zip(handlers, streams):
                 h.setStream(s)

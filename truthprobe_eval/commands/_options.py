@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_action(subparsers, group: tuple[str, str, str], action: tuple[str, str, str]) -> argparse.ArgumentParser:
@@ -15,10 +16,30 @@ def add_action(subparsers, group: tuple[str, str, str], action: tuple[str, str, 
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:
-    """``--device``, ``--dtype`` and ``--quiet`` (no progress bars)."""
+    """``--device``, ``--dtype``, ``--quiet`` (no progress bars) and ``--verbose``."""
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbose(parser)
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show what lm-eval, transformers and the warnings say, live (always in the job's .log file)")
+
+
+def job_log(args: argparse.Namespace, path: "str | Path", bars_on_screen: bool = False):
+    """The command's ``RunLog``: library output to ``path``, the command's own lines to the screen too."""
+    from ..run_log import run_log
+
+    return run_log(path, verbose=getattr(args, "verbose", False), progress=not getattr(args, "quiet", False),
+                   bars_on_screen=bars_on_screen)
+
+
+def log_beside(out: "str | Path") -> Path:
+    """Where a command that writes the file ``out`` keeps its log: ``out`` with ``.log``."""
+    out = Path(out)
+    return out.with_suffix(".log") if out.suffix else out.with_name(out.name + ".log")
 
 
 def add_truthfulqa_questions(parser: argparse.ArgumentParser, what: str, questions: int | None) -> None:

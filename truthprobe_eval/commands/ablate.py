@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from pathlib import Path
 from typing import Any
+
+from ._options import add_verbose, job_log
 
 RANDOM_SEEDS = "0,1,2,3,4"
 
@@ -82,6 +85,7 @@ def _common(p: argparse.ArgumentParser, offset: int, n: int, out: str) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbose(p)
 
 
 def add_parser(subparsers) -> None:
@@ -128,8 +132,7 @@ def add_parser(subparsers) -> None:
     q.set_defaults(func=run_regime)
 
 
-def _setup(args: argparse.Namespace):
-    from pathlib import Path
+def _setup(args: argparse.Namespace, log=print):
 
     from ..experiments.halueval_judge import HaluEvalJudge, JudgeSettings
     from ..gate_config import check_gate_settings
@@ -146,7 +149,7 @@ def _setup(args: argparse.Namespace):
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     settings = JudgeSettings(data=args.data, protocol=args.protocol, draw_seed=args.draw_seed, chat=args.chat, batch_size=args.batch_size,
                              device=args.device)
-    return out, model, tokenizer, HaluEvalJudge(model, tokenizer, settings, out)
+    return out, model, tokenizer, HaluEvalJudge(model, tokenizer, settings, out, log)
 
 
 def _describe(args: argparse.Namespace, judge) -> dict:
@@ -155,7 +158,7 @@ def _describe(args: argparse.Namespace, judge) -> dict:
             "draw_seed": judge.settings.draw_seed, "offset": args.offset, "n": args.n}
 
 
-def _write(out, headers, rows, payload: dict, plot, title: str) -> None:
+def _write(out, headers, rows, payload: dict, plot, title: str, log: Any = None) -> None:
     import json
 
     from .._io import atomic_write_text
@@ -166,7 +169,8 @@ def _write(out, headers, rows, payload: dict, plot, title: str) -> None:
     reports.write_csv(out / "ablation.csv", headers, rows)
     atomic_write_text(out / "ablation.json", json.dumps(payload, indent=2, default=str) + "\n")
     png = plot(out / "ablation.png")
-    print(f"\n{title}\n\n{table}\n\nwrote {out}/ablation.md, ablation.csv, ablation.json, {png.name} and lm_eval/")
+    say = getattr(log, "say", print)
+    say(f"\n{title}\n\n{table}\n\nwrote {out}/ablation.md, ablation.csv, ablation.json, {png.name} and lm_eval/")
 
 
 def run_random(args: argparse.Namespace) -> int:
@@ -180,12 +184,13 @@ def run_random(args: argparse.Namespace) -> int:
         raise InterventionError(f"method {made.name!r} has no random control")
     made.control(control, 0)  # a bad control fails before the model loads
     ab._check_clear(made, args.offset, args.n)
-    out, _, _, judge = _setup(args)
-    result = ab.random_control_ablation(judge, made, control=control, seeds=args.seeds, offset=args.offset, n=args.n)
-    headers, rows = ab.random_ablation_table(result)
-    _write(out, headers, rows, {**_describe(args, judge), **result.to_dict()}, lambda p: ab.plot_random_ablation(result, p),
-           f"Random-control ablation: rows {args.offset}-{args.offset + args.n - 1}, {made.label()} vs {control}, "
-           f"{len(args.seeds)} seeds")
+    with job_log(args, Path(args.out) / "run.log", bars_on_screen=False) as log:
+        out, _, _, judge = _setup(args, log.say)
+        result = ab.random_control_ablation(judge, made, control=control, seeds=args.seeds, offset=args.offset, n=args.n)
+        headers, rows = ab.random_ablation_table(result)
+        _write(out, headers, rows, {**_describe(args, judge), **result.to_dict()}, lambda p: ab.plot_random_ablation(result, p),
+               f"Random-control ablation: rows {args.offset}-{args.offset + args.n - 1}, {made.label()} vs {control}, "
+               f"{len(args.seeds)} seeds", log=log)
     return 0
 
 
@@ -210,13 +215,14 @@ def run_grid(args: argparse.Namespace) -> int:
     for point in points:
         made.with_settings(**point)  # every point is checked before the model loads
     ab._check_clear(made, args.offset, args.n)
-    out, _, _, judge = _setup(args)
-    result = ab.grid_search(judge, made, grid=points, offset=args.offset, n=args.n)
-    headers, rows = ab.grid_table(result)
-    best = result.best
-    chosen = ", ".join(f"{k} {best.intervention.get(k)}" for k in result.keys)
-    _write(out, headers, rows, {**_describe(args, judge), **result.to_dict()}, lambda p: ab.plot_grid(result, p),
-           f"{made.name} grid on rows {args.offset}-{args.offset + args.n - 1}: chosen {chosen}")
+    with job_log(args, Path(args.out) / "run.log", bars_on_screen=False) as log:
+        out, _, _, judge = _setup(args, log.say)
+        result = ab.grid_search(judge, made, grid=points, offset=args.offset, n=args.n)
+        headers, rows = ab.grid_table(result)
+        best = result.best
+        chosen = ", ".join(f"{k} {best.intervention.get(k)}" for k in result.keys)
+        _write(out, headers, rows, {**_describe(args, judge), **result.to_dict()}, lambda p: ab.plot_grid(result, p),
+               f"{made.name} grid on rows {args.offset}-{args.offset + args.n - 1}: chosen {chosen}", log=log)
     return 0
 
 
@@ -224,12 +230,13 @@ def run_regime(args: argparse.Namespace) -> int:
     from ..experiments import ablations as ab
 
     ab.check_regime_settings(args.sizes, args.epochs, args.offset, args.folds)  # before the model loads
-    out, model, tokenizer, judge = _setup(args)
-    rows = ab.probing_regime(model, tokenizer, None if args.no_eval else judge, sizes=args.sizes, epochs=args.epochs,
-                             alpha=args.alpha, norm=args.norm, offset=args.offset, n=args.n, data=args.data,
-                             folds=args.folds, batch_size=args.probe_batch_size, out=out, progress=not args.quiet)
-    headers, table = ab.regime_table(rows)
-    _write(out, headers, table, {**_describe(args, judge), "rows": [r.flat() for r in rows]}, lambda p: ab.plot_regime(rows, p),
-           f"Probing regime: rows {args.sizes} x epochs {args.epochs}"
-           + ("" if args.no_eval else f"; gate {args.norm} alpha {args.alpha:g} on rows {args.offset}-{args.offset + args.n - 1}"))
+    with job_log(args, Path(args.out) / "run.log", bars_on_screen=False) as log:
+        out, model, tokenizer, judge = _setup(args, log.say)
+        rows = ab.probing_regime(model, tokenizer, None if args.no_eval else judge, sizes=args.sizes, epochs=args.epochs,
+                                 alpha=args.alpha, norm=args.norm, offset=args.offset, n=args.n, data=args.data,
+                                 folds=args.folds, batch_size=args.probe_batch_size, out=out, progress=not args.quiet)
+        headers, table = ab.regime_table(rows)
+        _write(out, headers, table, {**_describe(args, judge), "rows": [r.flat() for r in rows]}, lambda p: ab.plot_regime(rows, p),
+               f"Probing regime: rows {args.sizes} x epochs {args.epochs}"
+               + ("" if args.no_eval else f"; gate {args.norm} alpha {args.alpha:g} on rows {args.offset}-{args.offset + args.n - 1}"), log=log)
     return 0

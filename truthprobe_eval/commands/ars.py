@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_device_options
+from ._options import add_device_options, job_log, log_beside
 
 
 def add_parser(subparsers) -> None:
@@ -73,35 +73,36 @@ def run_score(args: argparse.Namespace) -> int:
         from ..errors import TruthProbeError
 
         raise TruthProbeError("--span image: expected pairs with images, found text pairs only; use --span context")
-    if multimodal:
-        from ..model_adapters.vlmeval_gated import TruthGatedVLM
+    with job_log(args, log_beside(args.out), bars_on_screen=True) as log:
+        if multimodal:
+            from ..model_adapters.vlmeval_gated import TruthGatedVLM
 
-        vlm = TruthGatedVLM(model_path=args.model, method="none", device=args.device, dtype=args.dtype)
-        model, tokenizer = vlm.model, getattr(vlm.processor, "tokenizer", vlm.processor)
+            vlm = TruthGatedVLM(model_path=args.model, method="none", device=args.device, dtype=args.dtype)
+            model, tokenizer = vlm.model, getattr(vlm.processor, "tokenizer", vlm.processor)
 
-        def encode(pair, text):
-            message = ([{"type": "image", "value": pair.image}] if pair.image else []) + [{"type": "text", "value": text}]
-            return vlm.encode(message)
-    else:
-        from ..models import load_model
+            def encode(pair, text):
+                message = ([{"type": "image", "value": pair.image}] if pair.image else []) + [{"type": "text", "value": text}]
+                return vlm.encode(message)
+        else:
+            from ..models import load_model
 
-        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+            model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
 
-        def encode(pair, text):
-            return tokenizer(text, return_tensors="pt").to(args.device)
-    from ..interventions.rve import KNOWLEDGE_END, KNOWLEDGE_START
+            def encode(pair, text):
+                return tokenizer(text, return_tensors="pt").to(args.device)
+        from ..interventions.rve import KNOWLEDGE_END, KNOWLEDGE_START
 
-    find = image_span(model) if span == "image" else context_span(tokenizer, args.span_start or KNOWLEDGE_START,
-                                                                   args.span_end or KNOWLEDGE_END)
-    scores = ars_scores(model, encode, pairs, find, progress=not args.quiet,
-                        meta={"model_source": args.model, "span": span, "pairs": args.pairs or "halueval",
-                              "halueval_rows": args.halueval_rows})
-    path = scores.save(args.out)
-    png = plot_heatmap(scores, Path(path).with_suffix(".png"), title=f"ARS of {args.model} ({len(pairs)} pairs, "
-                       f"span {span})")
-    top = ", ".join(f"{l}.{h} {v:.3f}" for l, h, v in scores.top_k(5))
-    print(f"ARS of {args.model}: {len(pairs)} pairs, span {span}; most sensitive heads (layer.head ARS): {top}")
-    print(f"wrote {path} and {png}")
+        find = image_span(model) if span == "image" else context_span(tokenizer, args.span_start or KNOWLEDGE_START,
+                                                                       args.span_end or KNOWLEDGE_END)
+        scores = ars_scores(model, encode, pairs, find, progress=not args.quiet,
+                            meta={"model_source": args.model, "span": span, "pairs": args.pairs or "halueval",
+                                  "halueval_rows": args.halueval_rows})
+        path = scores.save(args.out)
+        png = plot_heatmap(scores, Path(path).with_suffix(".png"), title=f"ARS of {args.model} ({len(pairs)} pairs, "
+                           f"span {span})")
+        top = ", ".join(f"{l}.{h} {v:.3f}" for l, h, v in scores.top_k(5))
+        log.say(f"ARS of {args.model}: {len(pairs)} pairs, span {span}; most sensitive heads (layer.head ARS): {top}")
+        log.say(f"wrote {path} and {png}")
     return 0
 
 
@@ -118,6 +119,7 @@ def _check_rows_clear_of_ars(meta: dict, offset: int, n: int) -> None:
 
 def run_knockout(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     from .._io import atomic_write_text
     from ..analysis import reports
@@ -139,18 +141,19 @@ def run_knockout(args: argparse.Namespace) -> int:
     head_pool(scores.shape, layers)
     top_heads(scores.values, args.k, layers)
     _check_rows_clear_of_ars(scores.meta, args.offset, args.n)
-    out, model, _, judge = _setup(args)
+    with job_log(args, Path(args.out) / "run.log", bars_on_screen=False) as log:
+        out, model, _, judge = _setup(args)
 
-    def evaluate(name, intervention):
-        return judge(name, "knockout", args.offset, args.n, intervention).metrics
+        def evaluate(name, intervention):
+            return judge(name, "knockout", args.offset, args.n, intervention).metrics
 
-    result = head_knockout(model, scores, evaluate, k=args.k, draws=args.draws, seed=args.seed, layers=layers,
-                           metric=args.metric, log=None if args.quiet else print)
-    title = (f"Head knockout on HaluEval rows {args.offset}-{args.offset + args.n - 1}: top-{args.k} ARS heads vs "
-             f"{args.k} random heads ({result.pool}), {args.draws} draws")
-    text = result.markdown(title)
-    reports.write_text(out / "knockout.md", text)
-    payload = {**_describe(args, judge), "ars": str(args.ars), **result.to_dict()}
-    atomic_write_text(out / "knockout.json", json.dumps(payload, indent=2, default=str) + "\n")
-    print(f"\n{text}\nwrote {out}/knockout.md, knockout.json and lm_eval/")
+        result = head_knockout(model, scores, evaluate, k=args.k, draws=args.draws, seed=args.seed, layers=layers,
+                               metric=args.metric, log=log.say)
+        title = (f"Head knockout on HaluEval rows {args.offset}-{args.offset + args.n - 1}: top-{args.k} ARS heads vs "
+                 f"{args.k} random heads ({result.pool}), {args.draws} draws")
+        text = result.markdown(title)
+        reports.write_text(out / "knockout.md", text)
+        payload = {**_describe(args, judge), "ars": str(args.ars), **result.to_dict()}
+        atomic_write_text(out / "knockout.json", json.dumps(payload, indent=2, default=str) + "\n")
+        log.say(f"\n{text}\nwrote {out}/knockout.md, knockout.json and lm_eval/")
     return 0

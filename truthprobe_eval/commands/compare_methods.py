@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ._options import add_verbose, job_log
+
 
 def _settings(value: str) -> dict[str, Any]:
     """``alpha=4.5,norm=centered`` -> dict (values parsed by the method's own parser later)."""
@@ -73,6 +75,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbose(p)
     p.set_defaults(func=run)
 
 
@@ -91,8 +94,13 @@ def run(args: argparse.Namespace) -> int:
                            benchmarks=tuple(b.strip() for b in args.benchmarks.split(",") if b.strip()),
                            controls=not args.no_controls, control_seed=args.control_seed, batch_size=args.batch_size,
                            device=args.device, dtype=args.dtype, progress=not args.quiet)
-    result = run_comparison(cfg)
-    print()
-    print(format_comparison(result), end="")
-    print(f"\nwrote {args.out}/comparison.md, comparison.json, comparison.png, leaderboard/ and lm_eval/")
+    from pathlib import Path
+
+    with job_log(args, Path(args.out) / "run.log") as log:
+        log.say(f"truthprobe compare-methods: {args.model}, methods {args.methods}, preset {args.preset}; library "
+                f"output: {Path(args.out) / 'run.log'}")
+        result = run_comparison(cfg, log=log)
+        log.say("")
+        log.say(format_comparison(result).rstrip("\n"))
+        log.say(f"\nwrote {args.out}/comparison.md, comparison.json, comparison.png, leaderboard/, run.log and lm_eval/")
     return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..presets import PRESET_NAMES
-from ._options import add_action, add_device_options, add_truthfulqa_questions, chosen_questions
+from ._options import (add_action, add_device_options, add_truthfulqa_questions, chosen_questions, job_log,
+                       log_beside)
 
 
 def add_parser(subparsers) -> None:
@@ -52,15 +53,16 @@ def run_fit(args: argparse.Namespace) -> int:
     sigma_questions = None
     if args.preset == "paper":
         questions, sigma_questions = paper_questions(csv, args.half, args.questions)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    made = fit_iti(model, tokenizer, questions, csv=csv, direction=args.direction, folds=args.folds,
-                   seed=args.split_seed, batch_size=args.batch_size, cache_dir=default_cache_root(),
-                   progress=not args.quiet, preset=args.preset, sigma_questions=sigma_questions,
-                   meta={"model_source": args.model, "half": args.half, "split_seed": args.split_seed})
-    made.save(args.out)
-    top = made.top_heads(5)
-    print(f"ITI directions of {args.model} (preset {args.preset}): {len(questions)} questions, "
-          f"{made.meta['n_examples']} answers; best heads (layer.head accuracy): "
-          + ", ".join(f"{l}.{h} {made.accuracy[l, h]:.3f}" for l, h in top))
-    print(f"wrote {args.out}")
+    with job_log(args, log_beside(args.out), bars_on_screen=True) as log:
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+        made = fit_iti(model, tokenizer, questions, csv=csv, direction=args.direction, folds=args.folds,
+                       seed=args.split_seed, batch_size=args.batch_size, cache_dir=default_cache_root(),
+                       progress=not args.quiet, preset=args.preset, sigma_questions=sigma_questions,
+                       meta={"model_source": args.model, "half": args.half, "split_seed": args.split_seed})
+        made.save(args.out)
+        top = made.top_heads(5)
+        log.say(f"ITI directions of {args.model} (preset {args.preset}): {len(questions)} questions, "
+                f"{made.meta['n_examples']} answers; best heads (layer.head accuracy): "
+                + ", ".join(f"{l}.{h} {made.accuracy[l, h]:.3f}" for l, h in top))
+        log.say(f"wrote {args.out} (log: {log_beside(args.out)})")
     return 0

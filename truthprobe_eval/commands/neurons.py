@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_action, add_device_options, add_truthfulqa_questions, chosen_questions
+from ._options import (add_action, add_device_options, add_truthfulqa_questions, chosen_questions, job_log,
+                       log_beside)
 
 
 def _count(value: str) -> int | None:
@@ -45,17 +46,18 @@ def run_find(args: argparse.Namespace) -> int:
         raise NeuronFileError(f"expected --p in (0, 1] and --steps >= 1, found {args.p_threshold} and {args.steps}")
     csv, questions = chosen_questions(args)  # before the model loads
     head_scores = TruthScores.load(args.scores) if args.scores else None
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    made = find_neurons(model, tokenizer, questions, csv=csv, steps=args.steps, p_threshold=args.p_threshold,
-                        top_n=args.top_n, seed=args.split_seed, rows_per_pass=args.rows_per_pass,
-                        progress=not args.quiet, meta={"model_source": args.model, "half": args.half,
-                                                       "split_seed": args.split_seed})
-    path = made.save(args.out)
-    png = plot_neuron_map(made, Path(path).with_suffix(".png"), head_scores=head_scores)
-    counts = made.layer_counts()
-    print(f"truth neurons of {args.model}: {made.count} of {made.mean.size} selected from {len(questions)} questions "
-          f"(p < {args.p_threshold}{'' if args.top_n is None else f', top {args.top_n}'}; chance alone passes "
-          f"{made.meta['expected_by_chance']:.0f}, Benjamini-Hochberg keeps {made.meta['n_bh']}); per layer "
-          f"{layer_bar(counts)} (most in layers {', '.join(map(str, counts.argsort()[::-1][:3]))})")
-    print(f"wrote {path} and {png}")
+    with job_log(args, log_beside(args.out), bars_on_screen=True) as log:
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+        made = find_neurons(model, tokenizer, questions, csv=csv, steps=args.steps, p_threshold=args.p_threshold,
+                            top_n=args.top_n, seed=args.split_seed, rows_per_pass=args.rows_per_pass,
+                            progress=not args.quiet, meta={"model_source": args.model, "half": args.half,
+                                                           "split_seed": args.split_seed})
+        path = made.save(args.out)
+        png = plot_neuron_map(made, Path(path).with_suffix(".png"), head_scores=head_scores)
+        counts = made.layer_counts()
+        log.say(f"truth neurons of {args.model}: {made.count} of {made.mean.size} selected from {len(questions)} "
+                f"questions (p < {args.p_threshold}{'' if args.top_n is None else f', top {args.top_n}'}; chance alone "
+                f"passes {made.meta['expected_by_chance']:.0f}, Benjamini-Hochberg keeps {made.meta['n_bh']}); per "
+                f"layer {layer_bar(counts)} (most in layers {', '.join(map(str, counts.argsort()[::-1][:3]))})")
+        log.say(f"wrote {path} and {png} (log: {log_beside(args.out)})")
     return 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -332,12 +333,16 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
     result = ComparisonResult(config, halves, files, stage_seconds=stages,
                               layer_overlap=_layer_overlap(scores, neuron_files, neuron_scores, out))
     base: RunResult | None = None
-    for name, made in _interventions(cfg, scores, directions, neuron_files, ars).items():
+    say = getattr(log, "say", log)
+    all_runs = _interventions(cfg, scores, directions, neuron_files, ars)
+    for number, (name, made) in enumerate(all_runs.items(), 1):
         run = RunResult(name, RUN_LABELS.get(name, name), [m.describe() for m in made])
         log(f"-- {run.label}: {made[0].label()}")
+        started, parts_said = time.perf_counter(), []
         if "halueval" in cfg.benchmarks:
             e = judge(f"halueval_{name}", "test", cfg.halueval_offset, cfg.halueval_rows, made[0])
             run.halueval = asdict(e)
+            parts_said.append(f"HaluEval acc {100 * e.metrics['acc']:.1f}")
             lap("halueval")
         if "truthfulqa" in cfg.benchmarks:
             parts = [tqa(f"truthfulqa_{name}_half{i}", halves[i], made[i]) for i in (0, 1)]
@@ -345,11 +350,13 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
             run.truthfulqa = joined.to_dict()
             log(f"      TruthfulQA {len(joined.rows)} questions: MC1 {100 * joined.mc1.mean():.1f}, MC2 "
                 f"{100 * joined.mc2.mean():.1f} ({joined.seconds:.0f} s)")
+            parts_said.append(f"MC1 {100 * joined.mc1.mean():.1f}, MC2 {100 * joined.mc2.mean():.1f}")
             lap("truthfulqa")
         if texts:
             cost = neutral_text_cost(model, tokenizer, texts, made[0], batch_size=cfg.batch_size)
             run.neutral = cost.to_dict()
             log(f"      neutral text: CE {cost.ce:.3f} (plain {cost.ce_plain:.3f}), KL {cost.kl:.4f} nats/token")
+            parts_said.append(f"KL {cost.kl:.3f}")
             lap("neutral")
         if base is None:
             base = run
@@ -364,6 +371,9 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
                                                   seed=cfg.control_seed)
         result.runs.append(run)
         _write_leaderboard_files(cfg, run, out / "leaderboard")
+        if say is not log:   # a RunLog: one line per run on the screen
+            say(f"[run {number}/{len(all_runs)}] {run.label}: {'; '.join(parts_said)} "
+                f"({time.perf_counter() - started:.0f} s)")
     stages["total"] = clock.total()
     atomic_write_text(out / "comparison.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     atomic_write_text(out / "comparison.md", format_comparison(result))

@@ -19,3 +19,21 @@ def parse(ap: argparse.ArgumentParser, *, threads: int = 2, csv: bool = False) -
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
     return args
+
+
+def matmul_gflops(m: int = 2048, k: int = 576, n: int = 1536, reps: int = 20) -> float:
+    """The machine's float32 matmul rate (GFLOPS, best of ``reps``) on the current torch threads: an
+    (m x k) @ (k x n) product, SmolLM2's MLP shape at a batch of prompts; report it beside every timing so that a
+    reader on another machine can scale."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best / 1e9

@@ -134,6 +134,11 @@ def test_selected_gate_controls_and_draws(tiny_run):
     assert over["mean"] == pytest.approx(np.mean(deltas)) and over["std"] == pytest.approx(np.std(deltas))
     assert set(saved["stage_seconds"]) >= {"load", "probe", "validation", "test_seed0", "controls_seed1", "total"}
     assert (out / "results.md").read_text() == format_table(result)
+    from truthprobe_eval.interventions import from_description
+
+    rebuilt = from_description(saved["selected"]["intervention"])   # the result names its score file: it rebuilds
+    assert rebuilt.describe() == saved["selected"]["intervention"]
+    assert saved["selected"]["intervention"]["scores"] == str(out / "scores.json")
 
 
 @pytest.mark.slow

@@ -475,7 +475,7 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
     else:
         log(f"selecting alpha and norm on rows {cfg.val_offset}-{cfg.test_offset - 1} ({len(cfg.grid)} settings)")
         with _bar(log, cfg.val_rows * (len(cfg.grid) + 1), "select") as evaluate.bar:
-            grid = grid_search(evaluate, build("truthprobe", scores=scores), grid=truthprobe_grid(cfg.grid),
+            grid = grid_search(evaluate, build("truthprobe", scores=str(scores_file)), grid=truthprobe_grid(cfg.grid),
                                offset=cfg.val_offset, n=cfg.val_rows)
         evaluate.bar = None
         result.validation = [grid.baseline, *grid.runs]
@@ -486,7 +486,8 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
         say(f"[select]   {len(cfg.grid)} settings on rows {cfg.val_offset}-{cfg.test_offset - 1}: {best.intervention['norm']}, "
             f"alpha {best.intervention['alpha']:g} (validation F1 {100 * best.metrics['f1']:.1f}, baseline "
             f"{100 * grid.baseline.metrics['f1']:.1f}) ({stages['validation']:.0f} s)")
-    chosen = build("truthprobe", scores=scores, alpha=result.selected["alpha"], norm=result.selected["norm"])
+    chosen = build("truthprobe", scores=str(scores_file), alpha=result.selected["alpha"],  # recorded by its path
+                   norm=result.selected["norm"])
     result.selected["intervention"] = chosen.describe()
     last = f"{cfg.test_offset + cfg.test_rows - 1}" if cfg.test_rows else "end"
     n_test = cfg.test_rows or (cfg.rows_total() - cfg.test_offset)

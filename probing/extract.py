@@ -5,9 +5,20 @@ What a probe reads is the per-head output of attention: the INPUT of the attenti
 pre-hook on every layer's projection gathers the one row per sequence at the last non-padding token (so no
 full-sequence copy is made) into a preallocated (B, L, H*D) buffer; the forward stops right after the last
 layer's projection has been read, so the final MLP and the LM head never run.
+
+Shared prefix (``shared_prefix=True``; LLM prompts in the ``text`` and ``qa`` formats). The answers to one question
+share everything before the answer (HaluEval: context and question, about 90% of the tokens). The prefix, the
+prompt up to ``Answer:``, is tokenized as the plain path tokenizes a prompt (BOS included); an example whose own
+token ids start with the prefix's ids (BPE did not merge across the boundary) and whose read token lies after it
+joins its group: the group's prefix runs once into a KV cache (stopped after the last layer's projection, which
+is after the last layer's keys and values are cached), the cache is copied for each answer, and only the answers'
+tokens run on top of it, with the same absolute positions and the same token read as the plain path. Examples
+whose ids do not start with the prefix's, and groups of one answer (nothing to share), take the plain path. The
+activations equal the plain path's up to float rounding (the summation order of a shorter attention differs).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -60,6 +71,7 @@ class HeadCapture:
         self._rows: torch.Tensor | None = None
         self._last: torch.Tensor | None = None
         self._buffer: torch.Tensor | None = None
+        self._prefilling = False
 
     def __enter__(self) -> "HeadCapture":
         last_layer = self.sites.num_layers - 1
@@ -74,7 +86,9 @@ class HeadCapture:
 
     def _hook(self, layer: int, is_last: bool) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
-            if self._buffer is None:  # a forward outside ``run``: leave it alone
+            if self._buffer is None:  # a forward outside ``run``: leave it alone (``prefill`` stops after the last)
+                if self._prefilling and is_last and self.stop_early:
+                    raise _StopForward
                 return
             x = args[0]
             if x.ndim != 3 or x.shape[0] != self._buffer.shape[0]:
@@ -89,12 +103,34 @@ class HeadCapture:
         return hook
 
     @torch.no_grad()
-    def run(self, batch: dict[str, torch.Tensor], last: torch.Tensor) -> torch.Tensor:
-        """Forward ``batch``; return the (B, L, H, D) projection inputs at positions ``last`` (B,)."""
+    def prefill(self, batch: dict[str, torch.Tensor]) -> Any:
+        """Forward ``batch`` into a new KV cache (returned) without capturing anything; the forward stops after the
+        last layer's projection input, when every layer's keys and values are in the cache."""
+        if not self._handles:
+            raise TruthProbeError("HeadCapture.prefill: use it inside `with HeadCapture(model) as capture:`")
+        from transformers import DynamicCache
+
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        cache = DynamicCache(config=self.model.config)
+        self._prefilling = True
+        try:
+            self.model(**batch, **{_cache_kwarg(self.model): cache}, use_cache=True)
+        except _StopForward:
+            pass
+        finally:
+            self._prefilling = False
+        return cache
+
+    @torch.no_grad()
+    def run(self, batch: dict[str, torch.Tensor], last: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        """Forward ``batch`` (on top of the KV ``cache`` of its prefix when given; ``batch["attention_mask"]`` then
+        spans prefix and batch); return the (B, L, H, D) projection inputs at positions ``last`` (B,) of the batch."""
         if not self._handles:
             raise TruthProbeError("HeadCapture.run: use it inside `with HeadCapture(model) as capture:`")
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        cache_args = {"use_cache": False} if cache is None else {_cache_kwarg(self.model): cache, "use_cache": True}
         size = int(last.shape[0])
         s = self.sites
         dtype = next(p for p in s.out_projs[0].parameters()).dtype
@@ -102,7 +138,7 @@ class HeadCapture:
         self._rows = torch.arange(size, device=device)
         self._last = last.to(device)
         try:
-            self.model(**batch, use_cache=False)
+            self.model(**batch, **cache_args)
         except _StopForward:
             pass
         else:
@@ -122,14 +158,183 @@ def _accepts(model: nn.Module, name: str) -> bool:
         return False
 
 
+def _cache_kwarg(model: nn.Module) -> str | None:
+    """The forward's KV-cache argument: ``cache`` (transformers >= 5.x) or ``past_key_values``; None if neither."""
+    for name in ("cache", "past_key_values"):
+        if _accepts(model, name):
+            return name
+    return None
+
+
+SHARED_PREFIX_FORMATS = ("text", "qa")
+SHARED_PREFIX_VERSION = "shared_prefix/1"  # recorded in the activation cache's settings: a new version never reuses
+
+
+def shared_prefix_support(model: nn.Module, encoder: Any) -> str | None:
+    """None when the shared-prefix path can extract ``encoder``'s prompts from ``model``; else the reason it cannot."""
+    if getattr(encoder, "multimodal", False):
+        return "a multimodal model (the image's tokens enter the prompt)"
+    if encoder.prompt_format not in SHARED_PREFIX_FORMATS:
+        return f"prompt format {encoder.prompt_format!r} (only {', '.join(SHARED_PREFIX_FORMATS)})"
+    if not _accepts(model, "position_ids"):
+        return "a model whose forward takes no position_ids"
+    if _cache_kwarg(model) is None:
+        return "a model whose forward takes no KV cache"
+    return None
+
+
+def prefix_text(encoder: Any, example: Any) -> str | None:
+    """The prompt before the answer (``...Answer:``; trailing whitespace is left to the answer, as BPE tokenizers
+    attach a space to the word after it); None when the prompt does not start with it."""
+    try:
+        empty = encoder.prompt(dataclasses.replace(example, answer=""))
+    except TypeError:  # not a dataclass with an answer field
+        return None
+    if not encoder.prompt(example).startswith(empty) or not empty.strip():
+        return None
+    return empty.rstrip()
+
+
+def prefix_token_ids(encoder: Any, example: Any) -> list[int] | None:
+    """Token ids of ``prefix_text``, tokenized as the plain path tokenizes a whole prompt (BOS included)."""
+    text = prefix_text(encoder, example)
+    return None if text is None else list(encoder.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def _eos_set(eos_token_id: "int | Sequence[int] | None") -> set[int]:
+    if eos_token_id is None:
+        return set()
+    return {int(t) for t in eos_token_id} if isinstance(eos_token_id, (list, tuple, set)) else {int(eos_token_id)}
+
+
+def read_position(ids: Sequence[int], eos_token_id: "int | Sequence[int] | None" = None, drop_eos: bool = False) -> int:
+    """The index ``last_token_index`` reads in an unpadded prompt of token ids ``ids``."""
+    last = len(ids) - 1
+    if drop_eos and last > 0 and int(ids[last]) in _eos_set(eos_token_id):
+        last -= 1
+    return last
+
+
+@dataclasses.dataclass
+class PrefixGroup:
+    """Examples (``members``, indices) whose token ids all start with ``prefix`` and are read after it."""
+
+    prefix: list[int]
+    members: list[int]
+
+
+def plan_shared_prefix(encoder: Any, examples: Sequence, ids: Sequence[Sequence[int]], *, batch_size: int = 8,
+                       drop_eos: bool = True, min_group: int = 2) -> tuple[list[list[PrefixGroup]], list[int]]:
+    """(batches of prefix groups, indices for the plain path).
+
+    Examples are grouped by their prefix's token ids; an example joins its group only when its own ids ``ids[i]``
+    (the plain path's) start with the prefix's and the token read lies after the prefix, else it takes the plain
+    path. A group larger than ``batch_size`` is cut into parts of at most ``batch_size``; a part of fewer than
+    ``min_group`` examples (nothing to share) takes the plain path. Batches hold at most ``batch_size`` examples,
+    parts in order of prefix length, longest first; every choice depends on these examples only (so a shard
+    extracts the same way whenever it is extracted).
+    """
+    eos = getattr(encoder.tokenizer, "eos_token_id", None)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    plain: list[int] = []
+    tokenized: dict[str, tuple[int, ...]] = {}
+    for i, example in enumerate(examples):
+        text = prefix_text(encoder, example)
+        if text is not None and text not in tokenized:
+            tokenized[text] = tuple(encoder.tokenizer(text, add_special_tokens=True)["input_ids"])
+        prefix = None if text is None else tokenized[text]
+        own = ids[i]
+        if (prefix is None or len(own) <= len(prefix) or tuple(own[:len(prefix)]) != prefix
+                or read_position(own, eos, drop_eos) < len(prefix)):
+            plain.append(i)
+            continue
+        groups.setdefault(prefix, []).append(i)
+    parts = []
+    for prefix, members in groups.items():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            if len(chunk) < min_group:
+                plain.extend(chunk)
+            else:
+                parts.append(PrefixGroup(list(prefix), chunk))
+    parts.sort(key=lambda g: -len(g.prefix))  # stable: ties keep the examples' order
+    batches: list[list[PrefixGroup]] = []
+    size = 0
+    for part in parts:
+        if batches and size + len(part.members) <= batch_size:
+            batches[-1].append(part)
+            size += len(part.members)
+        else:
+            batches.append([part])
+            size = len(part.members)
+    return batches, sorted(plain)
+
+
+def _count(stats: dict | None, **counts: int) -> None:
+    if stats is not None:
+        for key, value in counts.items():
+            stats[key] = stats.get(key, 0) + int(value)
+
+
+def _run_plain(capture: HeadCapture, encoder: Any, examples: Sequence, batches: list, out: np.ndarray, *,
+               eos: Any, drop_eos: bool, keep_positions: bool, dtype: torch.dtype, float16: bool, bar: Any,
+               stats: dict | None) -> None:
+    for idx in batches:
+        batch = encoder.encode([examples[i] for i in idx])
+        if not keep_positions:
+            batch.pop("position_ids", None)
+        batch = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+        last = last_token_index(batch["attention_mask"], batch["input_ids"], eos, drop_eos)
+        acts = capture.run(batch, last)
+        out[idx] = acts.to(torch.float16 if float16 else torch.float32).numpy()
+        _count(stats, forward_passes=1, tokens=batch["attention_mask"].sum(), padded_tokens=batch["input_ids"].numel(),
+               plain_examples=len(idx))
+        bar.update(len(idx))
+
+
+def _run_shared(capture: HeadCapture, encoder: Any, ids: Sequence[Sequence[int]], batches: list[list[PrefixGroup]],
+                out: np.ndarray, *, eos: Any, drop_eos: bool, float16: bool, bar: Any, stats: dict | None) -> None:
+    from .prompts import pad_token_ids
+
+    side, pad = encoder.padding_side, encoder._pad_id()
+    for parts in batches:
+        prefix = pad_token_ids([g.prefix for g in parts], side, pad)
+        cache = capture.prefill(prefix)
+        owner = torch.tensor([k for k, g in enumerate(parts) for _ in g.members])
+        members = [i for g in parts for i in g.members]
+        cache.batch_select_indices(owner.to(next(capture.model.parameters()).device))  # one copy per answer
+        lengths = [len(g.prefix) for g in parts]
+        rest = [list(ids[i][lengths[k]:]) for k, i in zip(owner.tolist(), members)]
+        batch = pad_token_ids(rest, side, pad)
+        width = batch["input_ids"].shape[1]
+        batch["position_ids"] = batch["position_ids"] + torch.tensor(lengths)[owner][:, None]
+        batch["attention_mask"] = torch.cat([prefix["attention_mask"][owner], batch["attention_mask"]], dim=1)
+        last = torch.tensor([(0 if side == "right" else width - len(r)) + read_position(ids[i], eos, drop_eos)
+                             - lengths[k] for r, k, i in zip(rest, owner.tolist(), members)])
+        acts = capture.run(batch, last, cache=cache)
+        del cache
+        out[members] = acts.to(torch.float16 if float16 else torch.float32).numpy()
+        _count(stats, forward_passes=2, tokens=prefix["attention_mask"].sum() + sum(len(r) for r in rest),
+               padded_tokens=prefix["input_ids"].numel() + batch["input_ids"].numel(), prefixes=len(parts),
+               shared_examples=len(members))
+        bar.update(len(members))
+
+
 def extract_activations(model: nn.Module, encoder: Any, examples: Sequence, *, batch_size: int = 8,
                         drop_eos: bool = True, float16: bool = False, sort_by_length: bool = True,
-                        progress: "bool | Any" = True, desc: str = "extracting") -> np.ndarray:
+                        progress: "bool | Any" = True, desc: str = "extracting", shared_prefix: bool = False,
+                        min_group: int = 2, stats: dict | None = None) -> np.ndarray:
     """(N, L, H, D) head activations at each example's final answer token.
 
     ``encoder`` is a ``prompts.PromptEncoder``. Examples are batched in order of prompt length (less padding)
     and returned in their original order. ``float16`` stores the result as float16. ``progress`` is a bool
     or an open tqdm bar to advance.
+
+    ``shared_prefix``: run each group of answers' shared prefix once (see the module's docstring) where
+    ``shared_prefix_support`` allows, else the plain path; ``min_group``: the smallest group run that way (smaller
+    ones, and examples whose tokens merge across the prefix's end, take the plain path). ``stats``, a dict, gets
+    counts added: ``tokens`` (real tokens run), ``padded_tokens`` (batch x width, summed), ``forward_passes``,
+    ``plain_examples``, ``shared_examples`` and ``prefixes``.
     """
     from tqdm.auto import tqdm
 
@@ -140,31 +345,36 @@ def extract_activations(model: nn.Module, encoder: Any, examples: Sequence, *, b
     out = np.empty((n, sites.num_layers, sites.num_heads, sites.head_dim), dtype=np.float16 if float16 else np.float32)
     if n == 0:
         return out
-    order = np.arange(n)
-    if sort_by_length and n > batch_size:
-        lengths = np.array([len(encoder.token_ids(e)) for e in examples])
-        order = np.argsort(-lengths, kind="stable")  # longest first: a memory problem shows up at once
     eos = getattr(encoder.tokenizer, "eos_token_id", None)
+    shared: list[list[PrefixGroup]] = []
+    ids: list[list[int]] | None = None
+    rest = list(range(n))
+    if shared_prefix and shared_prefix_support(model, encoder) is None:
+        ids = [encoder.token_ids(e) for e in examples]
+        shared, rest = plan_shared_prefix(encoder, examples, ids, batch_size=batch_size, drop_eos=drop_eos,
+                                          min_group=min_group)
+    order = np.asarray(rest, dtype=np.int64)
+    if sort_by_length and len(rest) > batch_size:
+        lengths = np.array([len(ids[i]) if ids is not None else len(encoder.token_ids(examples[i])) for i in rest])
+        order = order[np.argsort(-lengths, kind="stable")]  # longest first: a memory problem shows up at once
+    plain = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     keep_positions = _accepts(model, "position_ids") and not encoder.multimodal
     dtype = next(model.parameters()).dtype
     own_bar = isinstance(progress, bool)
     bar = tqdm(total=n, desc=desc, unit="ex", disable=not progress, leave=False) if own_bar else progress
     try:
         with HeadCapture(model, sites) as capture:
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                batch = encoder.encode([examples[i] for i in idx])
-                if not keep_positions:
-                    batch.pop("position_ids", None)
-                batch = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
-                last = last_token_index(batch["attention_mask"], batch["input_ids"], eos, drop_eos)
-                acts = capture.run(batch, last)
-                out[idx] = acts.to(torch.float16 if float16 else torch.float32).numpy()
-                bar.update(len(idx))
+            if shared:
+                _run_shared(capture, encoder, ids, shared, out, eos=eos, drop_eos=drop_eos, float16=float16, bar=bar,
+                            stats=stats)
+            _run_plain(capture, encoder, examples, plain, out, eos=eos, drop_eos=drop_eos,
+                       keep_positions=keep_positions, dtype=dtype, float16=float16, bar=bar, stats=stats)
     finally:
         if own_bar:
             bar.close()
     return out
 
 
-__all__ = ["HeadCapture", "extract_activations", "last_token_index"]
+__all__ = ["HeadCapture", "PrefixGroup", "SHARED_PREFIX_FORMATS", "SHARED_PREFIX_VERSION", "extract_activations",
+           "last_token_index", "plan_shared_prefix", "prefix_text", "prefix_token_ids", "read_position",
+           "shared_prefix_support"]

@@ -41,6 +41,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: the preset's, 8 or 1)")
     p.add_argument("--padding-side", choices=("right", "left"), default="right", help="padding of batched prompts (default right)")
     p.add_argument("--keep-eos", action="store_true", help="read a trailing EOS token instead of the token before it")
+    p.add_argument("--no-shared-prefix", action="store_true",
+                   help="run every prompt whole (by default, LLM text prompts run each question's context once and "
+                   "its answers on top of its KV cache: the same Truth Scores, about half the tokens)")
     p.add_argument("--float16", action="store_true", help="store activations as float16 (half the cache size)")
     p.add_argument("--cache-dir", default=None, help="activation cache root (default ~/.cache/truthprobe_eval/activations)")
     p.add_argument("--no-cache", action="store_true", help="keep activations in memory only (no resume)")
@@ -77,5 +80,6 @@ def run(args: argparse.Namespace) -> int:
         drop_eos=not args.keep_eos, float16=args.float16,
         cache_dir=None if args.no_cache else (args.cache_dir or "auto"), dtype=args.dtype, device=args.device,
         out=out, plot=not args.no_plot, progress=not args.quiet, verbose=True,
+        shared_prefix=False if args.no_shared_prefix else None,
     )
     return 0

@@ -10,6 +10,13 @@ KINDS = ("truthprobe", "random", "inverse", "shuffled", "paper_random", "paper_i
 # the TruthProbe paper's ablations (its modified modeling_llama.py): alpha plays no part in them
 PAPER_KINDS = ("paper_random", "paper_inverse")
 REDRAWN_KINDS = ("paper_random",)  # drawn anew at every forward call: no fixed gate array, nothing to bake
+# what each gate is, in every table and plot (the controls named for what they are)
+GATE_NAMES = {"truthprobe": "TruthProbe", "inverse": "inverse gate (ours: 1 - alpha norm(s))",
+              "random": "strength-matched random gate (ours: 1 + alpha U[-1,1], fixed)",
+              "shuffled": "shuffled gate (ours: TruthProbe's gates permuted within each layer)",
+              "paper_random": "paper's random gate (1 + U[-1,1], redrawn every call, alpha unused)",
+              "paper_inverse": "paper's inverse gate (minmax 1/s per layer, alpha unused)"}
+
 SITES = ("o_proj_output", "o_proj_input")
 
 

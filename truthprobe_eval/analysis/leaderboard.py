@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import TruthProbeError
+from ..gate_config import GATE_NAMES
 from . import reports
 from . import significance as sig
 
@@ -30,15 +31,18 @@ VANILLA = "vanilla"
 TP_BASE = "TruthProbe (base-LLM scores)"
 TP_OWN = "TruthProbe (own scores)"
 TP = "TruthProbe"
-RANDOM = "random gate"
-INVERSE = "inverse gate"
-SHUFFLED = "shuffled gate"
+
+RANDOM = GATE_NAMES["random"]
+INVERSE = GATE_NAMES["inverse"]
+SHUFFLED = GATE_NAMES["shuffled"]
+PAPER_RANDOM = GATE_NAMES["paper_random"]
+PAPER_INVERSE = GATE_NAMES["paper_inverse"]
 ITI = "ITI"
 ITI_RANDOM_HEADS = "ITI random heads"
 ITI_RANDOM_DIRECTIONS = "ITI random directions"
 NEURONS = "truth neurons"
 NEURONS_RANDOM = "truth neurons, random"
-METHOD_ORDER = [VANILLA, TP_BASE, TP_OWN, TP, RANDOM, SHUFFLED, INVERSE, ITI, ITI_RANDOM_HEADS, ITI_RANDOM_DIRECTIONS,
+METHOD_ORDER = [VANILLA, TP_BASE, TP_OWN, TP, PAPER_RANDOM, PAPER_INVERSE, RANDOM, SHUFFLED, INVERSE, ITI, ITI_RANDOM_HEADS, ITI_RANDOM_DIRECTIONS,
                 NEURONS, NEURONS_RANDOM]
 INTERVENTION_FILE = "intervention.json"  # what ``truthprobe vlmeval`` writes into each model's work folder
 RESULTS_JSON = re.compile(r"^results_(?P<ts>.+)\.json$")

@@ -15,16 +15,11 @@ import numpy as np
 from torch import nn
 
 from ..errors import GateConfigError, ScoreFileError
-from ..gate_config import KINDS, NORMS, PAPER_KINDS, SITES
+from ..gate_config import GATE_NAMES, KINDS, NORMS, PAPER_KINDS, SITES
 from ..scores import TruthScores
 from .base import Intervention, Param, register
 
 NEEDS_SCORES = ("truthprobe", "inverse", "shuffled", "paper_inverse")
-GATE_NAMES = {"truthprobe": "TruthProbe", "inverse": "inverse gate (ours: 1 - alpha norm(s))",
-              "random": "strength-matched random gate (ours: 1 + alpha U[-1,1], fixed)",
-              "shuffled": "shuffled gate (ours: TruthProbe's gates permuted within each layer)",
-              "paper_random": "paper's random gate (1 + U[-1,1], redrawn every call, alpha unused)",
-              "paper_inverse": "paper's inverse gate (minmax 1/s per layer, alpha unused)"}
 SEEDED = ("random", "shuffled", "paper_random")
 
 

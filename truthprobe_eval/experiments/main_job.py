@@ -213,6 +213,15 @@ def _signed(metric: str, value: float) -> str:
     return f"{100 * value:+.1f}"
 
 
+def _negative(described: dict[str, Any]) -> str:
+    """The count of negative gates a description records; n/a where it records none (the paper's redrawn gate, or a
+    result written before the count existed)."""
+    if described.get("identity"):
+        return "0"
+    count = described.get("negative_gates")
+    return "n/a" if count is None else str(count)
+
+
 def _tie_note(result: MainJobResult) -> str:
     """Say so when no gate beat the ungated model on validation: the choice is then only the tie-break."""
     base = [e for e in result.validation if e.intervention["identity"]]
@@ -332,7 +341,7 @@ def format_table(result: MainJobResult) -> str:
             lines.append(f"| {label} | {_pct('f1', e.metrics['f1'])} | {_pct('acc', e.metrics['acc'])} | "
                          f"{_pct('pred_yes_share', e.metrics['pred_yes_share'])} | "
                          f"{_pct('margin_auroc', e.metrics['margin_auroc'])} | "
-                         f"{e.intervention.get('negative_gates') or 0} |")
+                         f"{_negative(e.intervention)} |")
         lines.append("")
     if result.stage_seconds:
         lines.append("Time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items()) + ".")
@@ -340,11 +349,14 @@ def format_table(result: MainJobResult) -> str:
 
 
 def plot_result(result: MainJobResult, path: "str | Path") -> Path:
-    """Validation F1 per gate setting (left); held-out accuracy and F1 per run, first draw (right)."""
+    """Validation F1 per gate setting (left); held-out accuracy and F1 per run, first draw (middle); with controls,
+    TruthProbe's accuracy difference from each control with its 95% interval and McNemar p (right)."""
     from ..analysis import reports
 
     plt = reports.pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    versus = {k[len("gated_vs_"):]: v for k, v in result.seeds[0].stats.items() if k.startswith("gated_vs_")}
+    fig, axes = plt.subplots(1, 3 if versus else 2, figsize=(15 if versus else 10, 3.8))
+    left, right = axes[0], axes[1]
     if result.validation:
         labels = ["base" if e.intervention["identity"] else f"{e.intervention['norm'][0]}{e.intervention['alpha']:g}"
                   for e in result.validation]
@@ -364,7 +376,8 @@ def plot_result(result: MainJobResult, path: "str | Path") -> Path:
                   label=LABELS[m])
     for i, name in enumerate(runs):
         if name in s.stats:
-            right.annotate(f"p={s.stats[name]['mcnemar_p']:.2g}", (i, 2), ha="center", fontsize=8)
+            right.annotate(f"p={s.stats[name]['mcnemar_p']:.1g}", (i, 2), ha="center", fontsize=7, rotation=90,
+                           va="bottom")
     ticks = {"random": "matched\nrandom", "shuffled": "shuffled", "paper_inverse": "paper\ninverse"}
     right.set_xticks(x, ["baseline", "TruthProbe", *[ticks.get(n, n.replace("paper_random_s", "paper\nrandom s"))
                                                    for n in s.controls]], fontsize=7)
@@ -372,6 +385,19 @@ def plot_result(result: MainJobResult, path: "str | Path") -> Path:
     right.set_title(f"test rows {s.baseline.rows[0]}-{s.baseline.rows[1] - 1}, draw {s.draw_seed} (McNemar p vs "
                     "baseline)", fontsize=9)
     right.legend(fontsize=8)
+    if versus:
+        ax = axes[2]
+        names = list(versus)
+        deltas = [100 * versus[n]["acc_delta"] for n in names]
+        lows = [d - 100 * versus[n]["acc_delta_ci"][0] for d, n in zip(deltas, names)]
+        highs = [100 * versus[n]["acc_delta_ci"][1] - d for d, n in zip(deltas, names)]
+        y = np.arange(len(names))
+        ax.errorbar(deltas, y, xerr=[lows, highs], fmt="o", color="tab:red", capsize=3)
+        ax.axvline(0, color="0.5", lw=0.8)
+        ax.set_yticks(y, [f"{_short(n)}\nMcNemar p={versus[n]['mcnemar_p']:.2g}" for n in names], fontsize=7)
+        ax.set_ylim(-0.5, len(names) - 0.5)
+        ax.set_xlabel("TruthProbe - control, accuracy (points, 95% CI)")
+        ax.set_title("the decisive comparisons (held out)", fontsize=9)
     fig.tight_layout()
     return reports.save_figure(fig, path)
 

@@ -59,3 +59,13 @@ def test_a_handler_made_inside_the_run_is_restored_after_it(tmp_path, capsys):
         assert "inside" in (tmp_path / "run.log").read_text()
     finally:
         logging.getLogger("imported-late").removeHandler(inner)
+
+
+def test_a_library_closing_its_stream_at_exit_closes_nothing(tmp_path, capsys):
+    """absl's handler, made during the run, closes its stream at interpreter exit: that must be harmless."""
+    with run_log(tmp_path / "run.log", progress=False):
+        inner = logging.StreamHandler()
+    inner.stream.close()    # what logging.shutdown() does to the handlers still holding the run's stream
+    inner.close()
+    print("still writable")
+    assert "still writable" in capsys.readouterr().out

@@ -35,6 +35,9 @@ class _Tee:
     def isatty(self) -> bool:
         return False
 
+    def close(self) -> None:
+        """A library closing its handler's stream at exit (absl does) must not close the screen or the log."""
+
     @property
     def encoding(self) -> str:
         return "utf-8"

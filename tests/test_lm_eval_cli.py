@@ -64,7 +64,7 @@ def test_cli_finds_the_model_and_the_task_and_keeps_samples(one_process, scores_
     assert results["config"]["intervention"] == {
         "method": "truthprobe", "gate": "truthprobe", "alpha": 2.5, "norm": "centered", "site": "o_proj_output",
         "seed": 0, "apply": "hook", "scores": str(scores_file), "scores_model": "synthetic-smollm2",
-        "label": "TruthProbe (centered, alpha 2.5)", "identity": False}
+        "label": "TruthProbe (centered, alpha 2.5)", "identity": False, "negative_gates": 0}
     assert [s["doc_id"] for s in samples] == list(range(LIMIT))
     for s in samples:
         assert s["doc"]["row"] == 292 + s["doc_id"]  # probing rows 0..291 are not evaluated

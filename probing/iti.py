@@ -35,7 +35,7 @@ from torch import nn
 from ..architectures import describe
 from ..directions import ITIDirections, fit_directions
 from ..presets import PRESET_NAMES, check_preset
-from .data import ProbeExample, labels_and_groups, truthfulqa_examples
+from .data import ProbeExample, example_record, labels_and_groups, truthfulqa_examples
 from .pipeline import extract_with_cache
 from .prompts import PromptEncoder
 
@@ -191,7 +191,8 @@ def fit_iti(model: nn.Module, tokenizer: Any, questions: Sequence[int], *, csv: 
                               progress=progress)
     y, groups = labels_and_groups(examples)
     info = {**describe(model), "data": "truthfulqa", "prompt_format": "qa", "site": "o_proj_input",
-            "questions": [int(q) for q in questions], "n_questions": len(questions)}
+            "questions": [int(q) for q in questions], "n_questions": len(questions),
+            "examples": example_record(examples)}   # [CSV row, "right" (correct) | "hallucinated" (incorrect)]
     settings = {"preset": p.name, "halves": p.halves, "ranking": p.ranking, "sigma_source": p.sigma,
                 "sigma_ddof": p.sigma_ddof, "tie_break": p.tie_break}
     if p.ranking == "grouped_kfold":

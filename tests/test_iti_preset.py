@@ -197,6 +197,7 @@ def test_fit_iti_paper_end_to_end(tiny, small_csv, tmp_path):
     from truthprobe_eval.probing.data import labels_and_groups, truthfulqa_examples
 
     train = truthfulqa_examples(small_csv, fit_on)
+    assert m["examples"] == [[e.group, "right" if e.label else "hallucinated"] for e in train]  # in order
     X, _ = extract_with_cache(model, encoder, train, batch_size=8, progress=False)
     y, groups = labels_and_groups(train)
     acc, _, _ = holdout_probes(X, y, groups, m["rank_questions"], m["val_questions"], seed=42)
@@ -243,3 +244,4 @@ def test_command_preset_paper(tiny, small_csv, tmp_path, monkeypatch):
     made = ITIDirections.load(out)
     assert made.meta["preset"] == "paper" and made.meta["questions"] == [5, 6, 7, 8, 9]
     assert made.meta["sigma_questions"] == list(range(10)) and made.meta["n_sigma_examples"] == 60
+

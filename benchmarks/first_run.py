@@ -69,6 +69,7 @@ def main() -> None:
     if done.returncode:
         sys.exit(f"truthprobe run failed:\n{done.stderr[-3000:]}")
     screen = done.stdout.splitlines()
+    (out / "screen.txt").write_text(done.stdout)   # what the newcomer saw, for the docs' excerpt
     result = json.loads((out / "results.json").read_text())
     stages = result["stage_seconds"]
 

@@ -30,10 +30,10 @@ def _non_embedding_params(model) -> int:
 def _probe_tokens(tokenizer, scores_meta: dict) -> int:
     from truthprobe_eval.probing.data import halueval_examples
     from truthprobe_eval.probing.prompts import published_prompt
+    from truthprobe_eval.probing.truthprobe_preset import truthprobe_preset
 
-    examples = halueval_examples(None, 0, scores_meta["n_rows"], answers=scores_meta.get("answers", "both"),
-                                 answer_seed=scores_meta.get("answer_seed", 0),
-                                 strip=scores_meta.get("preset") == "paper")
+    preset = truthprobe_preset(scores_meta.get("preset", "ours"))
+    examples = halueval_examples(None, 0, scores_meta["n_rows"], **preset.data_options())
     return sum(len(tokenizer(published_prompt(e))["input_ids"]) for e in examples)
 
 

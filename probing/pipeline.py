@@ -222,8 +222,7 @@ def run_probing(model: str = "smollm2-135m-instruct", data: "str | os.PathLike" 
     check_settings(n_folds=n_folds, trainer=trainer, epochs=epochs, batch_size=batch_size,
                    prompt_format=prompt_format, condition=condition, padding_side=padding_side)
     halueval = is_halueval_source(data)
-    examples = load_examples(data, n=n, offset=offset, **({"answers": chosen.answers, "answer_seed": chosen.answer_seed,
-                                                            "strip": preset == "paper"} if halueval else {}))
+    examples = load_examples(data, n=n, offset=offset, **(chosen.data_options() if halueval else {}))
     _check_folds(examples, n_folds, seed, chosen.fold_rule)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise ProbeDataError(f"--images: expected a folder of images, found none at {images_dir}")
@@ -239,7 +238,7 @@ def run_probing(model: str = "smollm2-135m-instruct", data: "str | os.PathLike" 
         cache_dir=default_cache_root() if cache_dir == "auto" else cache_dir, shard_size=shard_size,
         progress=progress, fold_rule=chosen.fold_rule, shared_prefix=shared_prefix,
         meta={"model_source": model, "data": str(data), "n_rows": rows, "offset": offset, "model_dtype": dtype,
-              "preset": preset, **({"answers": chosen.answers, "answer_seed": chosen.answer_seed} if halueval else {})},
+              **(chosen.meta() if halueval else {"preset": preset})},
     )
     if out is not None:
         scores.save(out)

@@ -30,18 +30,27 @@ class TruthProbePreset:
     fold_seed: int
     batch_size: int       # extraction batch; 1 = one prompt at a time
     parse: str            # the judge's reply parse (tasks/halueval/truthprobe_protocol.py)
+    strip: bool           # strip context, question and answer (the published extraction does)
     why: str
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def data_options(self) -> dict:
+        """The keywords ``halueval_examples`` / ``load_examples`` take for HaluEval data under this preset."""
+        return {"answers": self.answers, "answer_seed": self.answer_seed, "strip": self.strip}
+
+    def meta(self) -> dict:
+        """What a score file made under this preset records of it."""
+        return {"preset": self.name, "answers": self.answers, "answer_seed": self.answer_seed}
+
 
 PRESETS = {
     "paper": TruthProbePreset("paper", answers="drawn", answer_seed=42, trainer="paper", fold_rule="kfold",
-                              fold_seed=42, batch_size=1, parse="paper",
+                              fold_seed=42, batch_size=1, parse="paper", strip=True,
                               why="the published pipeline, to compare with the paper"),
     "ours": TruthProbePreset("ours", answers="both", answer_seed=0, trainer="exact", fold_rule="grouped",
-                             fold_seed=0, batch_size=8, parse="ours",
+                             fold_seed=0, batch_size=8, parse="ours", strip=False,
                              why="twice the data with no twin across folds, and the exact optimum"),
 }
 

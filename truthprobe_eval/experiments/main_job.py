@@ -417,8 +417,7 @@ def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, P
         log(f"scores: {cfg.scores} (given, not probed)")
     else:
         p = cfg.probing
-        examples = halueval_examples(cfg.data, offset=0, n=cfg.probe_rows, answers=p.answers,
-                                     answer_seed=p.answer_seed, strip=cfg.preset == "paper")
+        examples = halueval_examples(cfg.data, offset=0, n=cfg.probe_rows, **p.data_options())
         log(f"probing ({cfg.preset} preset): HaluEval rows 0-{cfg.probe_rows - 1} ({len(examples)} answers), "
             f"{cfg.folds}-fold {p.fold_rule}")
         shards = -(-len(examples) // DEFAULT_SHARD_SIZE)
@@ -429,8 +428,7 @@ def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, P
                                  progress=cfg.progress and bar is None and not hasattr(log, "bar"),
                                  on_shard=None if bar is None else lambda _i, _n: bar.update(1),
                                  meta={"model_source": cfg.model, "data": cfg.data or "halueval", "offset": 0,
-                                       "n_rows": cfg.probe_rows, "preset": cfg.preset, "answers": p.answers,
-                                       "answer_seed": p.answer_seed})
+                                       "n_rows": cfg.probe_rows, **p.meta()})
         scores.save(scores_file)
         log(format_summary(scores))
     heatmap = plot_heatmap(scores, out / "scores.png")

@@ -277,13 +277,11 @@ def _probe_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, 
     else:
         p = truthprobe_preset(cfg.preset)
         log(f"TruthProbe: probing HaluEval rows 0-{cfg.probe_rows - 1} ({cfg.preset} preset)")
-        examples = halueval_examples(None, offset=0, n=cfg.probe_rows, answers=p.answers, answer_seed=p.answer_seed,
-                                     strip=cfg.preset == "paper")
+        examples = halueval_examples(None, offset=0, n=cfg.probe_rows, **p.data_options())
         scores = probe_model(model, tokenizer, examples, cache_dir=default_cache_root(), progress=cfg.progress,
                              seed=p.fold_seed, trainer=p.trainer, fold_rule=p.fold_rule, batch_size=p.batch_size,
                              meta={"model_source": cfg.model, "data": "halueval", "offset": 0,
-                                   "n_rows": cfg.probe_rows, "preset": cfg.preset, "answers": p.answers,
-                                   "answer_seed": p.answer_seed})
+                                   "n_rows": cfg.probe_rows, **p.meta()})
     scores.save(out / "scores.json")
     return scores
 

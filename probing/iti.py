@@ -19,6 +19,11 @@ the spread of activations along the direction. Two presets (``--preset paper|our
   of every question, both labels; the random question is drawn per question (unseeded in the published script;
   here from the holdout seed).
 
+Where ``paper`` still differs from the published run: the published halves are in the Hugging Face
+multiple-choice order (817 questions, two rows patched by hand), ours in our CSV's (813 rows), so the rule is the
+published one but not the questions; the published fold 1's 80/20 draw follows random draws made while evaluating
+fold 0 (we reseed per fold); the published activations were taken in float16.
+
 ``ours``: a seeded permutation cut in two (``question_halves``), grouped k-fold probe accuracy with the exact
 solver (``train_probes``), and sigma = std (ddof 0) of the training questions' own ``Q: A:`` activations.
 """

@@ -17,7 +17,7 @@ model loads. The intervention's ``describe()`` goes into lm-eval's results as ``
 Position-aware methods (ITI with ``positions=answer``) learn which positions to edit from the requests: in
 log-likelihood scoring, the continuation's tokens; in generation, the prompt's last position and each new token.
 
-Generation (``generate_until``) adds three things to HFLM's, none of which changes a parsed reply:
+Generation (``generate_until``) adds four things to HFLM's, none of which changes a parsed reply:
 - ``prefix_cache`` (default true): the prompt prefix every row of a batch shares runs once and generation
   continues from its KV cache (``truthprobe_eval.generation``); ``prefix_cache=false`` is HFLM's plain path.
   Log-likelihood batches (multiple choice: a few-shot prompt shared by every choice) use the same idea.
@@ -29,6 +29,9 @@ Generation (``generate_until``) adds three things to HFLM's, none of which chang
   are those of the full generation, but the logged reply (``resps``) is the decided prefix ("Yes," rather than
   "Yes, the answer is"); ``early_stop=false`` generates the full replies. Other tasks are never cut short.
   Recorded in the results as ``config.early_stop``.
+- ``split_padding`` (default true): a batch whose prompts differ a lot in length runs as several generate calls,
+  each at its own width, where the padding saved outweighs another call (``generation.padding_groups``); greedy
+  search only. The same replies, up to float rounding, as one call; ``split_padding=false`` keeps HFLM's batches.
 """
 from __future__ import annotations
 
@@ -41,8 +44,8 @@ from lm_eval.models.huggingface import HFLM
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from ..errors import InterventionError
-from ..generation import (DecidedReplyStop, FirstStepLogits, SharedPrefixGenerator, SharedPrefixScorer,
-                          answer_token_ids, yes_no_margin)
+from ..generation import (MIN_PREFIX_TOKENS, DecidedReplyStop, FirstStepLogits, SharedPrefixGenerator,
+                          SharedPrefixScorer, answer_token_ids, common_prefix_length, padding_groups, yes_no_margin)
 from ..interventions import DEFAULT_METHOD, Intervention, build, split_kwargs
 from ..interventions.base import Param
 from ..models import resolve_model_path
@@ -102,12 +105,14 @@ class TruthGatedLM(HFLM):
         device: str | None = None,
         prefix_cache: Any = True,
         early_stop: Any = True,
+        split_padding: Any = True,
         **kwargs: Any,
     ) -> None:
         ours, hf_kwargs = split_kwargs({"method": method, **kwargs})
         made = intervention if intervention is not None else build(**ours)  # before anything loads
         use_prefix_cache = Param("prefix_cache", bool, True).parse(prefix_cache, InterventionError)
         self._early_stop = Param("early_stop", bool, True).parse(early_stop, InterventionError)
+        self._split_padding = Param("split_padding", bool, True).parse(split_padding, InterventionError)
         self._display_name = pretrained if isinstance(pretrained, str) else None
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
@@ -267,13 +272,51 @@ class TruthGatedLM(HFLM):
         return rows if any(rows) else None
 
     def _model_generate(self, *args: Any, **kwargs: Any):
-        context = kwargs["context"] if "context" in kwargs else args[0]
-        stop = kwargs["stop"] if "stop" in kwargs else args[2]
+        """HFLM's batch, split where its padding costs more than another generate call (``padding_groups``)."""
+        call = {**dict(zip(("context", "max_length", "stop"), args)), **kwargs}
+        context, mask = call["context"], call.get("attention_mask")
+        groups = self._padding_groups(context, mask, call)
+        if len(groups) < 2:
+            return self._generate_batch(**call)
+        contexts, width = self._batch_contexts, context.shape[1]
+        pieces = []
+        for rows in groups:  # each group at its own width: its left padding beyond its longest row dropped
+            keep = int(mask[rows].sum(dim=1).max())
+            index = torch.tensor(rows, device=context.device)
+            self._batch_contexts = None if contexts is None else [contexts[i] for i in rows]
+            part = {**call, "context": context[index, width - keep:], "attention_mask": mask[index, width - keep:],
+                    "max_length": call["max_length"] - (width - keep)}
+            pieces.append((index, self._generate_batch(**part)[:, keep:]))
+        # reassembled as one generate call returns a batch: the prompt's width, then each row's continuation,
+        # padded after its end (where generate pads a row that finished before the others)
+        longest = max(piece.shape[1] for _, piece in pieces)
+        out = torch.full((context.shape[0], width + longest), self.tokenizer.pad_token_id, dtype=context.dtype,
+                         device=context.device)
+        out[:, :width] = context
+        for index, piece in pieces:
+            out[index, width:width + piece.shape[1]] = piece
+        return out
+
+    def _padding_groups(self, context: torch.Tensor, mask: torch.Tensor | None, call: dict) -> list[list[int]]:
+        """Groups of rows to generate separately (one group: the batch as it is). Greedy search on a left-padded
+        batch only: a sampled row's draws would depend on its batch."""
+        if (not self._split_padding or mask is None or context.shape[0] < 2 or call.get("do_sample")
+                or (call.get("num_beams") or 1) > 1 or bool((mask[:, -1] == 0).any())):
+            return [list(range(context.shape[0]))]
+        lengths = mask.sum(dim=1)
+        if self._prefix_generator is not None and self._intervention.uses_prefix_cache:
+            shared = common_prefix_length(context, mask)  # runs once, whatever the groups
+            if shared >= MIN_PREFIX_TOKENS:
+                lengths = lengths - shared
+        return padding_groups(lengths.tolist())
+
+    def _generate_batch(self, **kwargs: Any):
+        context, stop = kwargs["context"], kwargs["stop"]
         early_rows = self._early_stop_rows(self._batch_contexts, context.shape[0], kwargs)
         with ExitStack() as stack:
             self._attached(stack, positions="last")
             first_step = stack.enter_context(self._generation_path(early_rows, stop))
-            out = super()._model_generate(*args, **kwargs)
+            out = super()._model_generate(**kwargs)
         contexts, self._batch_contexts = self._batch_contexts, None
         if first_step.logits is not None and contexts is not None and len(contexts) == first_step.logits.shape[0]:
             margins = yes_no_margin(first_step.logits, len(self._margin_ids[0])).tolist()
@@ -350,6 +393,7 @@ class TruthGatedLM(HFLM):
             "logged_reply": "the decided prefix" if self._early_stop and reason is None else "the full reply",
             **({"off_because": reason} if reason else {}),
         }
+        info["split_padding"] = self._split_padding
         return info
 
 

@@ -166,7 +166,7 @@ def test_early_stop_gives_the_full_generations_answers(judged, rule, gate):
     assert not full["config"]["early_stop"]["enabled"] and full["config"]["early_stop"]["requests"] == 0
     # fewer generation steps, tokens and forward calls, in the same number of batches
     e, f = early["counts"], full["counts"]
-    assert e["batches"] == f["batches"] == 2 and e["early_stop_batches"] == 2 and f["early_stop_batches"] == 0
+    assert e["batches"] == f["batches"] >= 2 and e["early_stop_batches"] == e["batches"] and f["early_stop_batches"] == 0
     assert e["steps"] < f["steps"] and e["tokens"] < f["tokens"] and early["calls"] < full["calls"]
     assert full["calls"] - early["calls"] == f["steps"] - e["steps"]
 

@@ -14,6 +14,8 @@ GGUF is checked against the SHA-256 its package ships before it is used.
 """
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import importlib.util
 import json
@@ -189,10 +191,13 @@ def _save_dequantized(alias: str, staging: Path) -> Path:
 
     find, hub_id = ALIASES[alias]
     folder, name = find()
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # each from_pretrained parses the whole GGUF file again (its tokenizer vocabulary is most of the time): the
+    # config is read once and handed to the model
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=copy.deepcopy(config),
+                                                 dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     # save_pretrained refuses GGUF-loaded models: rebuild from the config without the quantization record
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
     for attr in ("quantization_config",):
         if hasattr(config, attr):
             delattr(config, attr)

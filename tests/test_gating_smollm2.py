@@ -103,7 +103,7 @@ def test_bake_cli_writes_a_plain_checkpoint_that_reloads(tmp_path, smollm2, scor
     model, _ = smollm2
     score_file = scores.save(tmp_path / "scores.json")
     out = tmp_path / "baked"
-    args = ["bake", "--scores", str(score_file), "--alpha", "2.5", "--norm", "centered", "--out", str(out)]
+    args = ["bake", "--set", f"scores={score_file}", "--set", "alpha=2.5", "--set", "norm=centered", "--out", str(out)]
     assert main(args) == 0
     config = json.loads((out / "config.json").read_text())
     record = config["truthprobe_interventions"][-1]
@@ -117,6 +117,9 @@ def test_bake_cli_writes_a_plain_checkpoint_that_reloads(tmp_path, smollm2, scor
 
 
 def test_bake_cli_rejects_bad_input_before_loading(tmp_path, capsys):
-    assert main(["bake", "--scores", str(tmp_path / "nope.json"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["bake", "--set", f"scores={tmp_path / 'nope.json'}", "--out", str(tmp_path / "o")]) == 2
     assert "score file not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    assert main(["bake", "--method", "rve", "--set", "variant=whole_span", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "method 'rve' cannot be baked into weights (its edit depends on each input's attention pattern)" in err

@@ -55,15 +55,18 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cmp"
     monkeypatch.setenv("TRUTHPROBE_TRUTHFULQA_CSV", str(shared_dir / "data" / "truthfulqa" / "TruthfulQA.csv"))
     assert main(["compare-methods", "--out", str(out), "--questions", "6", "--halueval-rows", "3", "--neutral-texts",
-                 "2", "--scores", str(scores), "--truthprobe-settings", "alpha=0.2,norm=minmax",
-                 "--iti-settings", "k=16,alpha=5", "--iti-folds", "2", "--neuron-steps", "2", "--neuron-p", "0.3",
-                 "--ars-rows", "3", "--rve-settings", "span=context,k=2,layers=5-9", "--no-controls", "--quiet"]) == 0
+                 "2", "--set", f"truthprobe.scores={scores}", "--set", "truthprobe.alpha=0.2",
+                 "--set", "truthprobe.norm=minmax", "--set", "iti.k=16", "--set", "iti.alpha=5", "--set", "iti.folds=2",
+                 "--set", "neurons.steps=2", "--set", "neurons.p_threshold=0.3", "--set", "rve.rows=3",
+                 "--set", "rve.layers=5-9", "--set", "diffmean.alpha=2", "--no-controls", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert main(["compare-methods", "--out", str(out), "--questions", "6"]) == 2  # before any model loads
     assert "halves of 3, fewer than the 4 folds" in capsys.readouterr().err
+    assert main(["compare-methods", "--out", str(out), "--set", "iti.kk=3"]) == 2
+    assert "method 'iti': unknown setting(s) kk" in capsys.readouterr().err
     result = json.loads((out / "comparison.json").read_text())
     names = [r["name"] for r in result["runs"]]
-    assert names == ["baseline", "truthprobe", "iti", "neurons", "rve"]
+    assert names == ["baseline", "truthprobe", "iti", "neurons", "rve", "diffmean"]
     halves = result["halves"]
     assert len(halves[0]) == len(halves[1]) == 3 and not set(halves[0]) & set(halves[1])
     for run in result["runs"]:
@@ -83,7 +86,7 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
         assert sorted(found["questions"]) == halves[1 - i] and found["steps"] == 2 and found["p_threshold"] == 0.3
         assert described["method"] == "neurons" and described["n_neurons"] == found["n_selected"]
         assert (out / f"neurons_half{i}.png").stat().st_size > 1000
-    overlap = result["layer_overlap"]
+    overlap = [n for n in result["notes"] if n["method"] == "neurons"]
     assert len(overlap) == 2 and len(overlap[0]["neuron_layer_counts"]) == 30 and 0 <= overlap[0]["jaccard"] <= 1
     assert result["runs"][0]["neutral"]["kl"] == pytest.approx(0.0, abs=1e-6)
     table = (out / "comparison.md").read_text()
@@ -91,54 +94,68 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
     assert (out / "comparison.png").stat().st_size > 1000
     entries, _ = lb.collect([out / "leaderboard"])
     methods = {e.method for e in entries}
-    assert methods == {lb.VANILLA, lb.TP_OWN, lb.ITI, lb.NEURONS, "RVE"}
+    assert methods == {lb.VANILLA, lb.TP_OWN, lb.ITI, lb.NEURONS, "RVE", "DiffMean"}
     rve = next(r for r in result["runs"] if r["name"] == "rve")
     ars = json.loads((out / "ars.json").read_text())["meta"]
     assert ars["kind"] == "ars" and ars["n_pairs"] == 3 and rve["interventions"][0]["layers"] == "5-9"
+    assert rve["interventions"][0]["span"] == "context" and rve["interventions"][0]["k"] == 2  # the model's defaults
+    diffmean = next(r for r in result["runs"] if r["name"] == "diffmean")
+    for i, described in enumerate(diffmean["interventions"]):
+        fit = json.loads((out / f"diffmean_half{i}.json").read_text())["meta"]
+        assert described["vectors"].endswith(f"diffmean_half{i}.json") and fit["questions"] == halves[1 - i]
+    assert diffmean["neutral"]["kl"] > 0 and diffmean["interventions"][0]["steered_layers"] == [15]
     assert rve["truthfulqa"]["mc2"] == pytest.approx(result["runs"][0]["truthfulqa"]["mc2"], abs=1e-4)  # no span: no-op
     assert "Truth neurons (file 0" in table
 
 
 def test_the_runs_and_their_controls(tmp_path):
-    """With controls: random and shuffled gates, ITI on random heads and random directions, random neurons."""
+    """With controls: every method's controls and the papers' ablations, each with a name that says what it is."""
     from truthprobe_eval.directions import ITIDirections
-    from truthprobe_eval.experiments.method_comparison import ComparisonConfig, _interventions
+    from truthprobe_eval.experiments.method_comparison import (ComparisonConfig, ComparisonError, _interventions,
+                                                               run_labels)
+    from truthprobe_eval.interventions.diffmean import DiffMeanVectors
+    from truthprobe_eval.neuron_scores import select_neurons
 
     rng = np.random.default_rng(0)
     unit = rng.standard_normal((30, 9, 64))
     unit /= np.linalg.norm(unit, axis=-1, keepdims=True)
     files = [str(ITIDirections(unit, np.ones((30, 9)), rng.uniform(size=(30, 9)), unit, np.ones((30, 9)),
                                meta={"model": "m"}).save(tmp_path / f"d{i}.json")) for i in (0, 1)]
-    from truthprobe_eval.neuron_scores import select_neurons
-
     neurons = [str(select_neurons(rng.normal(0.1, 1, (6, 30, 20)), meta={"model": "m"}).save(tmp_path / f"n{i}.json"))
                for i in (0, 1)]
     ars = str(TruthScores(rng.uniform(size=(30, 9)), meta={"model": "m", "kind": "ars"}).save(tmp_path / "ars.json"))
-    runs = _interventions(ComparisonConfig(rve={"span": "context", "k": 2, "layers": "13-17"}), np.full((30, 9), 0.6),
-                          files, neurons, ars)
+    scores = str(TruthScores(np.full((30, 9), 0.6), meta={"model": "m"}).save(tmp_path / "s.json"))
+    vectors = [str(DiffMeanVectors(rng.standard_normal((30, 576)), np.ones(30)).save(tmp_path / f"v{i}.json"))
+               for i in (0, 1)]
+    fitted = {"truthprobe": [scores, scores], "iti": files, "neurons": neurons, "rve": [ars, ars], "diffmean": vectors}
+    settings = {"truthprobe": {}, "iti": {}, "neurons": {}, "rve": {"span": "context", "k": 2, "layers": "13-17"},
+                "diffmean": {}}
+    runs = _interventions(ComparisonConfig(), fitted, settings)
     assert list(runs) == ["baseline", "truthprobe", "truthprobe_random", "truthprobe_shuffled",
                           "truthprobe_paper_random", "truthprobe_paper_inverse", "iti",
                           "iti_random_heads", "iti_random_directions", "neurons", "neurons_random", "rve",
-                          "rve_random_heads", "rve_sensitive", "rve_no_denoise", "rve_global"]
+                          "rve_random_heads", "rve_sensitive", "rve_no_denoise", "rve_global", "diffmean",
+                          "diffmean_random", "diffmean_other_layer"]
     assert runs["rve_global"][0].settings["variant"] == "whole_span" and runs["rve_global"][0].settings["ars"] is None
     assert runs["rve_sensitive"][0].settings["heads"] == "sensitive" and runs["rve_no_denoise"][0].settings["denoise"] is False
     assert runs["truthprobe_paper_random"][0].settings["gate"] == "paper_random"
-    from truthprobe_eval.experiments.method_comparison import RUN_LABELS
-
-    assert set(runs) <= set(RUN_LABELS)   # every run, controls included, has a name that says what it is
+    assert set(runs) <= set(run_labels())   # every run, controls included, has a name that says what it is
     assert runs["rve_random_heads"][1].settings["control"] == "random_heads" and runs["rve"][0].settings["layers"] == "13-17"
     assert [m.settings["neurons"] for m in runs["neurons_random"]] == neurons
     assert runs["neurons_random"][0].settings["control"] == "random" and runs["neurons"][0].settings["factor"] == 0
-    only = _interventions(ComparisonConfig(methods=("neurons",), controls=False), None, [], neurons)
+    assert [m.settings["vectors"] for m in runs["diffmean_other_layer"]] == vectors
+    assert runs["truthprobe"][0] is runs["truthprobe"][1]  # one file for both halves: one intervention
+    only = _interventions(ComparisonConfig(methods=("neurons",), controls=False), fitted, settings)
     assert list(only) == ["baseline", "neurons"]
-    from truthprobe_eval.experiments.method_comparison import ComparisonError
-
-    with pytest.raises(ComparisonError, match="methods: expected some of truthprobe, iti, neurons"):
+    with pytest.raises(ComparisonError, match="methods: expected some of truthprobe, iti, neurons, rve, diffmean"):
         ComparisonConfig(methods=("rome",)).check()
-    with pytest.raises(ComparisonError, match="neurons settings: neurons are set by the comparison"):
-        ComparisonConfig(neurons={"neurons": "x.json"}).check()
-    with pytest.raises(ComparisonError, match="neuron finding: expected settings steps, p_threshold, top_n"):
-        ComparisonConfig(neuron_find={"step": 3}).check()
+    with pytest.raises(ComparisonError, match="neurons settings: control is set by the comparison"):
+        ComparisonConfig(settings={"neurons": {"control": "random"}}).check()
+    with pytest.raises(Exception, match="unknown setting\\(s\\) step; expected settings"):
+        ComparisonConfig(settings={"neurons": {"step": 3}}).check()
+    with pytest.raises(ComparisonError, match="inside the rows 0-291 that TruthProbe's fit reads"):
+        ComparisonConfig(halueval_offset=100).check()
+    ComparisonConfig(halueval_offset=300, settings={"truthprobe": {"scores": scores}}, methods=("truthprobe",)).check()
     assert [m.settings["directions"] for m in runs["iti_random_heads"]] == files
     assert runs["truthprobe_shuffled"][0].settings["gate"] == "shuffled"
     assert runs["iti_random_directions"][1].settings["control"] == "random_directions"

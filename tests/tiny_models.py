@@ -369,6 +369,7 @@ def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
 
 
 def save_tiny(arch: str, folder: "str | os.PathLike", seed: int = 0) -> str:
-    """Save a tiny model's checkpoint to ``folder`` and return the path."""
+    """Save a tiny text model's checkpoint, with the tiny tokenizer, to ``folder`` and return the path."""
     tiny_model(arch, seed).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
     return str(folder)

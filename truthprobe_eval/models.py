@@ -223,6 +223,12 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path  # a hub id: transformers fetches it where the hub is reachable
 
 
+def is_multimodal_model(model: torch.nn.Module) -> bool:
+    """True for a loaded MLLM (its config has a vision part)."""
+    config = getattr(model, "config", None)
+    return config is not None and _is_multimodal(config)
+
+
 def _is_multimodal(config) -> bool:
     return hasattr(config, "vision_config") or config.model_type in {"llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "gemma3"}
 

@@ -22,4 +22,11 @@ def check_preset(name: str) -> str:
     return name
 
 
-__all__ = ["PRESET_NAMES", "PresetError", "check_preset"]
+def halueval_parse(name: str) -> str:
+    """The HaluEval judge's reply rule under a preset (the TruthProbe paper's regex, or ours)."""
+    from .probing.truthprobe_preset import truthprobe_preset
+
+    return truthprobe_preset(check_preset(name)).parse
+
+
+__all__ = ["PRESET_NAMES", "PresetError", "check_preset", "halueval_parse"]

@@ -1,23 +1,24 @@
 """Methods side by side on one loaded model (what ``truthprobe compare-methods`` runs).
 
-Runs: the baseline, TruthProbe, ITI and truth-neuron suppression (``methods``), and (``controls``) their random
-controls: random and shuffled gates, ITI on random heads and along random directions, as many random neurons
-per layer. Benchmarks, each with its paired test against the baseline:
+Runs: the baseline and every registered method (``methods``; default all), and (``controls``) each method's
+controls and the papers' ablations it declares, each named for what it is (``Intervention.run_titles``).
+Benchmarks, each with its paired test against the baseline:
 
 - HaluEval QA under the TruthProbe paper's protocol (``halueval_truthprobe_seed0``) on rows no other stage uses:
   accuracy and F1 with an exact McNemar p and paired bootstrap intervals;
-- TruthfulQA MC1 / MC2 under ITI's published protocol, 2-fold over questions: ITI's directions are fit on one
-  half and evaluated on the other, both ways; every method is evaluated on the same two halves. MC1: exact
-  McNemar; MC2: Wilcoxon signed-rank; both with paired bootstrap intervals of the mean difference;
+- TruthfulQA MC1 / MC2 under ITI's published protocol, 2-fold over questions: methods fit on TruthfulQA
+  (``fit_data = "truthfulqa"``: ITI, truth neurons, DiffMean) are fit on one half and evaluated on the other, both
+  ways; every method is evaluated on the same two halves. MC1: exact McNemar; MC2: Wilcoxon signed-rank; both with
+  paired bootstrap intervals of the mean difference;
 - cross-entropy and KL divergence against the plain model on neutral text (HaluEval knowledge paragraphs).
 
-TruthProbe's scores are probed on HaluEval rows ``[0, probe_rows)`` (or given); the methods run at the
-settings given (defaults: the published ones), chosen before any test row is seen. ITI's directions and the
-truth neurons come from one TruthfulQA half each, for evaluating the other; on HaluEval and the neutral text
-the first half's (fit on the second half's questions) are used. With both Truth Scores and truth neurons the
-comparison also reports where each sits by layer (``layer_overlap``). Everything goes to ``out``: direction files, score
-file, every lm-eval result and per-sample file, ``comparison.md`` / ``.json`` / ``.png``, and one
-``truthprobe-results`` JSON per run and benchmark under ``leaderboard/`` (``truthprobe leaderboard`` reads them).
+Nothing here names a method: each method's class says what it needs (its settings and their defaults, the file
+it reads and how ``fit`` makes it, on which data, its controls and ablations, and analyses of its own beside the
+others', ``comparison_notes``). Methods fit on HaluEval read rows ``[0, rows)``; the evaluated rows must start
+after them. On HaluEval and the neutral text the first half's files (fit on the second half's questions) are used.
+Everything goes to ``out``: the fitted files, every lm-eval result and per-sample file, ``comparison.md`` /
+``.json`` / ``.png``, and one ``truthprobe-results`` JSON per run and benchmark under ``leaderboard/``
+(``truthprobe leaderboard`` reads them).
 """
 from __future__ import annotations
 
@@ -33,27 +34,23 @@ import numpy as np
 from .._io import atomic_write_text
 from .._timing import StageClock
 from ..errors import TruthProbeError
-from ..interventions import Baseline, Intervention, build
+from ..interventions import Baseline, FitData, Intervention, build, methods
 
 BENCHMARKS = ("halueval", "truthfulqa", "neutral")
-METHODS = ("truthprobe", "iti", "neurons", "rve")
-TRUTHPROBE_DEFAULTS = {"alpha": 4.5, "norm": "centered"}
-ITI_DEFAULTS = {"k": 48, "alpha": 15.0}
-NEURON_DEFAULTS = {"factor": 0.0}
-RVE_DEFAULTS = {"span": "context", "k": 2, "beta": 1.0, "alpha": 0.05}  # layers: the middle five
-NEURON_FIND_DEFAULTS = {"steps": 20, "p_threshold": 0.05, "top_n": None}
-# every control named for what it is: the paper's own ablations, and ours
-RUN_LABELS = {"baseline": "baseline", "truthprobe": "TruthProbe",
-              "truthprobe_random": "strength-matched random gate (ours)",
-              "truthprobe_shuffled": "shuffled gate (ours)",
-              "truthprobe_paper_random": "paper's random gate (1 + U[-1,1], redrawn per call)",
-              "truthprobe_paper_inverse": "paper's inverse gate (minmax 1/s)",
-              "iti": "ITI", "iti_random_heads": "ITI, random heads",
-              "iti_random_directions": "ITI, random directions", "neurons": "truth neurons",
-              "neurons_random": "random neurons", "rve": "RVE (context)", "rve_random_heads": "RVE, random heads",
-              "rve_sensitive": "RVE, sensitive heads only (paper's ablation)",
-              "rve_no_denoise": "RVE, no denoising (paper's ablation)",
-              "rve_global": "whole-span context boost (PAI-style baseline, ours)"}
+BASELINE = "baseline"
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method the comparison can run (all by default)."""
+    return tuple(methods())
+
+
+def run_labels() -> dict[str, str]:
+    """Run name -> what it is: the baseline, every method, and every control and ablation each method declares."""
+    labels = {BASELINE: "baseline"}
+    for cls in methods().values():
+        labels.update(cls.run_titles())
+    return labels
 
 
 class ComparisonError(TruthProbeError, ValueError):
@@ -71,18 +68,11 @@ class ComparisonConfig:
     halueval_rows: int = 200
     neutral_offset: int = 9000
     neutral_texts: int = 50
-    scores: str | None = None  # a TruthProbe score file; None: probe HaluEval rows [0, probe_rows)
-    probe_rows: int = 292
-    preset: str = "ours"  # paper: the published probing, ITI pipeline and reply parse; ours: ours (presets.py)
-    truthprobe: dict[str, Any] = field(default_factory=lambda: dict(TRUTHPROBE_DEFAULTS))
-    iti: dict[str, Any] = field(default_factory=lambda: dict(ITI_DEFAULTS))
-    iti_folds: int = 4
-    neurons: dict[str, Any] = field(default_factory=lambda: dict(NEURON_DEFAULTS))
-    neuron_find: dict[str, Any] = field(default_factory=lambda: dict(NEURON_FIND_DEFAULTS))
-    rve: dict[str, Any] = field(default_factory=lambda: dict(RVE_DEFAULTS))
-    ars_rows: int = 200  # ARS from text pairs of HaluEval rows [0, ars_rows) (inside the probing rows)
-    ars: str | None = None  # an ARS score file instead (truthprobe ars score)
-    methods: tuple[str, ...] = METHODS
+    preset: str = "ours"  # paper: the published fits and reply parse; ours: ours (presets.py)
+    methods: tuple[str, ...] | None = None  # None: every registered method
+    # method -> its settings and its fit's (``--set METHOD.NAME=VALUE``); a method's artifact setting (scores,
+    # directions, ...) given here is used instead of fitting one
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     controls: bool = True
     control_seed: int = 0
     benchmarks: tuple[str, ...] = BENCHMARKS
@@ -91,42 +81,48 @@ class ComparisonConfig:
     dtype: str = "float32"
     progress: bool = True
 
+    def chosen(self) -> dict[str, type[Intervention]]:
+        known = methods()
+        names = known if self.methods is None else self.methods
+        odd = [m for m in names if m not in known]
+        if odd or not names:
+            raise ComparisonError(f"methods: expected some of {', '.join(known)}, found {list(names)}")
+        return {m: known[m] for m in names}
+
+    def split(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the method's settings, its fit's settings) as given."""
+        return self.chosen()[name].split_settings(dict(self.settings.get(name) or {}))
+
     def check(self) -> None:
         from ..presets import check_preset
 
         check_preset(self.preset)
-        odd = [m for m in self.methods if m not in METHODS]
+        chosen = self.chosen()
+        odd = sorted(set(self.settings) - set(chosen))
         if odd:
-            raise ComparisonError(f"methods: expected some of {', '.join(METHODS)}, found {list(self.methods)}")
+            raise ComparisonError(f"settings: given for {', '.join(odd)}, not among the methods compared "
+                                  f"({', '.join(chosen)})")
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
         if unknown or not self.benchmarks:
             raise ComparisonError(f"benchmarks: expected some of {', '.join(BENCHMARKS)}, found {list(self.benchmarks)}")
         if self.questions is not None and self.questions < 4:
             raise ComparisonError(f"questions: expected at least 4 (two halves of two), found {self.questions}")
-        if "iti" in self.methods and self.questions is not None and self.questions // 2 < self.iti_folds:
-            raise ComparisonError(f"questions: {self.questions} give halves of {self.questions // 2}, fewer than the "
-                                  f"{self.iti_folds} folds ITI's probes are cross-validated with; give more questions "
-                                  "or fewer --iti-folds")
         if self.halueval_rows < 2 or self.neutral_texts < 1:
             raise ComparisonError("rows: expected at least 2 HaluEval rows and 1 neutral text")
-        if "rve" in self.methods and self.halueval_offset < self.ars_rows:
-            raise ComparisonError(f"HaluEval rows start at {self.halueval_offset}, inside the ARS rows 0-{self.ars_rows - 1}")
-        if self.halueval_offset < self.probe_rows:
-            raise ComparisonError(f"HaluEval rows start at {self.halueval_offset}, inside the probing rows "
-                                  f"0-{self.probe_rows - 1}")
-        for name, own in (("truthprobe", "scores"), ("iti", "directions"), ("neurons", "neurons"), ("rve", "ars")):
-            reserved = {own, "control"} & set(getattr(self, name))
-            if reserved:
-                raise ComparisonError(f"{name} settings: {', '.join(sorted(reserved))} are set by the comparison")
-        build("truthprobe", gate="random", **self.truthprobe)  # bad settings fail before any model work
-        from ..neuron_scores import selection
-
-        selection(np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)), float(self.neuron_find.get("p_threshold", 0.05)),
-                  self.neuron_find.get("top_n"))
-        unknown_find = set(self.neuron_find) - set(NEURON_FIND_DEFAULTS)
-        if unknown_find:
-            raise ComparisonError(f"neuron finding: expected settings {', '.join(NEURON_FIND_DEFAULTS)}, found "
-                                  f"{', '.join(sorted(unknown_find))}")
+        for name, cls in chosen.items():
+            ours, fit = self.split(name)
+            if "control" in ours:
+                raise ComparisonError(f"{name} settings: control is set by the comparison (its controls run beside it)")
+            by_name = {p.name: p for p in cls.params}
+            for key, value in ours.items():  # bad values fail before any model work
+                if key in by_name:
+                    by_name[key].parse(value, cls.error)
+            if cls.artifact is not None and not ours.get(cls.artifact):
+                cls.check_fit(fit, None if self.questions is None else self.questions // 2)
+                read = cls.halueval_rows_read(fit)
+                if self.halueval_offset < read:
+                    raise ComparisonError(f"HaluEval rows start at {self.halueval_offset}, inside the rows "
+                                          f"0-{read - 1} that {cls.title}'s fit reads")
 
 
 @dataclass
@@ -138,152 +134,72 @@ class RunResult:
     truthfulqa: dict[str, Any] | None = None
     neutral: dict[str, Any] | None = None
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # benchmark metric -> paired test vs baseline
+    method: str = ""  # the registered method (family) the run belongs to; "" for the baseline
 
 
 @dataclass
 class ComparisonResult:
     config: dict[str, Any]
     halves: list[list[int]]
-    files: dict[str, str]
+    files: dict[str, list[str]]  # method -> its fitted (or given) files, one per TruthfulQA half
     runs: list[RunResult] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    layer_overlap: list[dict[str, Any]] = field(default_factory=list)  # per neuron file: neurons vs top heads
+    notes: list[dict[str, Any]] = field(default_factory=list)  # methods' own analyses (comparison_notes)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "truthprobe-method-comparison", "config": self.config, "halves": self.halves,
                 "files": self.files, "runs": [asdict(r) for r in self.runs], "stage_seconds": self.stage_seconds,
-                "layer_overlap": self.layer_overlap}
+                "notes": self.notes}
 
 
 # ---- the runs ---------------------------------------------------------------------------------------------
 
-def _interventions(cfg: ComparisonConfig, scores: Any, directions: list[str], neurons: list[str],
-                   ars: str | None = None) -> dict[str, list[Intervention]]:
-    """Run name -> one intervention per TruthfulQA half (ITI's and the neurons' from the other half's questions)."""
-    runs: dict[str, list[Intervention]] = {"baseline": [Baseline(), Baseline()]}
-    per_method: dict[str, list[Intervention]] = {}
-    if "truthprobe" in cfg.methods:
-        tp = build("truthprobe", scores=scores, **cfg.truthprobe)
-        per_method["truthprobe"] = [tp, tp]
-    if "iti" in cfg.methods:
-        per_method["iti"] = [build("iti", directions=d, **cfg.iti) for d in directions]
-    if "neurons" in cfg.methods:
-        per_method["neurons"] = [build("neurons", neurons=n, **cfg.neurons) for n in neurons]
-    if "rve" in cfg.methods:
-        rve = build("rve", ars=ars, **cfg.rve)
-        per_method["rve"] = [rve, rve]
-    for name, made in per_method.items():
+def _interventions(cfg: ComparisonConfig, fitted: dict[str, list[str | None]],
+                   settings: dict[str, dict[str, Any]]) -> dict[str, list[Intervention]]:
+    """Run name -> one intervention per TruthfulQA half (each half's from the file fit on the other half), for the
+    baseline, every method, and (``controls``) each method's controls and ablations."""
+    runs: dict[str, list[Intervention]] = {BASELINE: [Baseline(), Baseline()]}
+    for name, cls in cfg.chosen().items():
+        files = fitted.get(name) or [None, None]
+        made: list[Intervention] = []
+        for f in files:
+            same = [m for m, g in zip(made, files) if g == f]
+            made.append(same[0] if same else build(name, **settings[name], **({cls.artifact: f} if cls.artifact else {})))
         runs[name] = made
         if cfg.controls:
-            for kind in made[0].controls:
+            for kind in cls.controls:
                 runs[f"{name}_{kind}"] = [m.control(kind, cfg.control_seed) for m in made]
-            if name == "rve":  # the paper's two ablations, and our PAI-style baseline (not the paper's "Global")
-                for run, changes in (("rve_sensitive", {"heads": "sensitive"}), ("rve_no_denoise", {"denoise": False}),
-                                     ("rve_global", {"variant": "whole_span", "ars": "", "heads": "all",
-                                                     "denoise": True})):
-                    made_run = made[0].with_settings(**changes)
-                    runs[run] = [made_run, made_run]
+            for kind, (_, changes) in cls.ablations.items():
+                runs[f"{name}_{kind}"] = [m.with_settings(**changes) for m in made]
     return runs
 
 
-def _fit_directions(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: list[list[int]], out: Path,
-                    log: Callable[[str], None]) -> list[str]:
-    """ITI direction files: ``iti_half{i}.json`` fit on the *other* half, so that half i is evaluated out of fold."""
-    from ..probing.cache import default_cache_root
-    from ..probing.iti import fit_iti
-
-    files = []
-    for i in (0, 1):
-        train = halves[1 - i]
-        log(f"ITI: fitting directions on TruthfulQA half {1 - i} ({len(train)} questions), for evaluating half {i}")
-        made = fit_iti(model, tokenizer, train, csv=cfg.truthfulqa_csv, folds=cfg.iti_folds, seed=cfg.split_seed,
-                       cache_dir=default_cache_root(), progress=cfg.progress, batch_size=16, preset=cfg.preset,
-                       sigma_questions=sorted(halves[0] + halves[1]),  # paper: sigma over the compared questions
-                       meta={"model_source": cfg.model, "evaluated_half": i, "split_seed": cfg.split_seed})
-        path = made.save(out / f"iti_half{i}.json")
-        files.append(str(path))
-    return files
-
-
-def _find_neurons(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: list[list[int]], out: Path,
-                  log: Callable[[str], None]) -> tuple[list[str], list[Any]]:
-    """Neuron score files and their ``NeuronScores``: ``neurons_half{i}.json`` found on the *other* half, so that half i is evaluated out of
-    fold (the option order of the lettered prompts follows ``split_seed``)."""
-    from ..probing.neurons import find_neurons
-
-    files, found = [], []
-    for i in (0, 1):
-        train = halves[1 - i]
-        log(f"truth neurons: attributing TruthfulQA half {1 - i} ({len(train)} questions), for evaluating half {i}")
-        made = find_neurons(model, tokenizer, train, csv=cfg.truthfulqa_csv, seed=cfg.split_seed,
-                            progress=cfg.progress, **cfg.neuron_find,
-                            meta={"model_source": cfg.model, "evaluated_half": i, "split_seed": cfg.split_seed})
-        files.append(str(made.save(out / f"neurons_half{i}.json")))
-        found.append(made)
-        log(f"      {made.count} neurons selected (p < {made.meta['p_threshold']}; chance alone passes "
-            f"{made.meta['expected_by_chance']:.0f}, Benjamini-Hochberg keeps {made.meta['n_bh']})")
-    return files, found
-
-
-def _layer_overlap(scores: Any, neuron_files: list[str], neuron_scores: list[Any], out: Path) -> list[dict[str, Any]]:
-    """Where the truth neurons sit against the top Truth-Score heads, per neuron file; with a map of each."""
-    from ..neuron_scores import layer_overlap
-    from ..plots import plot_neuron_map
-
-    found = []
-    for i, (path, neurons) in enumerate(zip(neuron_files, neuron_scores)):
-        plot_neuron_map(neurons, out / f"neurons_half{i}.png", head_scores=scores)
-        if scores is not None and neurons.shape[0] == scores.num_layers and neurons.count:
-            found.append({"neurons": path, **layer_overlap(neurons, scores)})
-    return found
-
-
-def _ars_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, log: Callable[[str], None]) -> str:
-    """ARS of every head from HaluEval text pairs (right / hallucinated answer, the same knowledge), rows
-    ``[0, ars_rows)``; fills in RVE's default layers (the middle five) from the model's depth."""
-    from ..architectures import locate_heads
-    from ..probing.ars import ars_scores, halueval_pairs
-    from ..probing.data import load_halueval
-    from ..spans import context_span
-
-    settings = {**RVE_DEFAULTS, **cfg.rve}
-    if "layers" not in cfg.rve:
-        middle = locate_heads(model).num_layers // 2
-        cfg.rve = {**cfg.rve, "layers": f"{middle - 2}-{middle + 2}"}
-    if cfg.ars is not None:
-        log(f"RVE: ARS from {cfg.ars}")
-        return cfg.ars
-    log(f"RVE: ARS of every head from HaluEval rows 0-{cfg.ars_rows - 1} (span: the knowledge paragraph)")
-    find = context_span(tokenizer, settings.get("span_start", "#Knowledge:"), settings.get("span_end", "#Question#:"))
-
-    def encode(pair, text):
-        return tokenizer(text, return_tensors="pt").to(cfg.device)
-
-    made = ars_scores(model, encode, halueval_pairs(load_halueval(None, 0, cfg.ars_rows)), find, progress=cfg.progress,
-                      meta={"model_source": cfg.model, "span": "context", "halueval_rows": cfg.ars_rows})
-    return str(made.save(out / "ars.json"))
-
-
-def _probe_scores(cfg: ComparisonConfig, model: Any, tokenizer: Any, out: Path, log: Callable[[str], None]):
-    from ..probing.cache import default_cache_root
-    from ..probing.data import halueval_examples
-    from ..probing.pipeline import probe_model
-    from ..probing.truthprobe_preset import truthprobe_preset
-    from ..scores import TruthScores
-
-    if cfg.scores is not None:
-        scores = TruthScores.load(cfg.scores)
-        log(f"TruthProbe: scores from {cfg.scores}")
-    else:
-        p = truthprobe_preset(cfg.preset)
-        log(f"TruthProbe: probing HaluEval rows 0-{cfg.probe_rows - 1} ({cfg.preset} preset)")
-        examples = halueval_examples(None, offset=0, n=cfg.probe_rows, **p.data_options())
-        scores = probe_model(model, tokenizer, examples, cache_dir=default_cache_root(), progress=cfg.progress,
-                             seed=p.fold_seed, trainer=p.trainer, fold_rule=p.fold_rule, batch_size=p.batch_size,
-                             meta={"model_source": cfg.model, "data": "halueval", "offset": 0,
-                                   "n_rows": cfg.probe_rows, **p.meta()})
-    scores.save(out / "scores.json")
-    return scores
+def _fit_all(cfg: ComparisonConfig, model: Any, tokenizer: Any, halves: list[list[int]], out: Path,
+             log: Callable[[str], None], lap: Callable[[str], None]) -> tuple[dict[str, list[str | None]],
+                                                                          dict[str, dict[str, Any]]]:
+    """Each method's files (given, or fit now: on HaluEval once, or on each TruthfulQA half for the other) and its
+    settings (the model-dependent defaults under the given ones)."""
+    fitted: dict[str, list[str | None]] = {}
+    resolved: dict[str, dict[str, Any]] = {}
+    compared = sorted(halves[0] + halves[1])
+    for name, cls in cfg.chosen().items():
+        ours, fit = cfg.split(name)
+        resolved[name] = {**cls.settings_for(model), **{k: v for k, v in ours.items() if k != cls.artifact}}
+        base = dict(model_name=cfg.model, out=out, truthfulqa_csv=cfg.truthfulqa_csv, preset=cfg.preset,
+                    split_seed=cfg.split_seed, progress=cfg.progress, device=cfg.device, compared_questions=compared,
+                    log=log)
+        if cls.artifact is None:
+            fitted[name] = [None, None]
+        elif ours.get(cls.artifact):
+            log(f"{cls.title}: {cls.artifact} from {ours[cls.artifact]}")
+            fitted[name] = [str(ours[cls.artifact])] * 2
+        elif cls.fit_data == "truthfulqa":  # half i is evaluated with the file fit on the other half
+            fitted[name] = [cls.fit(model, tokenizer, FitData(**base, questions=halves[1 - i], suffix=f"_half{i}",
+                                                              meta={"evaluated_half": i}), **fit) for i in (0, 1)]
+        else:
+            fitted[name] = [cls.fit(model, tokenizer, FitData(**base), **fit)] * 2
+        lap(f"fit {name}")
+    return fitted, resolved
 
 
 def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) -> ComparisonResult:
@@ -291,6 +207,7 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
     from ..model_adapters.lm_eval_truthgated import TruthGatedLM
     from ..models import load_model
     from ..paired_stats import compare_scores
+    from ..presets import halueval_parse
     from ..probing.iti import question_halves
     from ..tasks.truthfulqa.utils import csv_path, read_rows
     from .halueval_judge import Evaluation, HaluEvalJudge, JudgeSettings, paired_comparison
@@ -307,34 +224,27 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
     halves = [list(h) for h in question_halves(len(read_rows(csv)), cfg.split_seed, cfg.questions, preset=cfg.preset)]
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     lap("load")
-    scores = _probe_scores(cfg, model, tokenizer, out, log) if "truthprobe" in cfg.methods or cfg.scores else None
-    lap("probe")
-    directions = _fit_directions(cfg, model, tokenizer, halves, out, log) if "iti" in cfg.methods else []
-    lap("iti fit")
-    neuron_files, neuron_scores = (_find_neurons(cfg, model, tokenizer, halves, out, log) if "neurons" in cfg.methods
-                                   else ([], []))
-    lap("neuron find")
-    ars = _ars_scores(cfg, model, tokenizer, out, log) if "rve" in cfg.methods else None
-    lap("ars")
+    fitted, resolved = _fit_all(cfg, model, tokenizer, halves, out, log, lap)
+    notes = [{"method": name, **note} for name, cls in cfg.chosen().items()
+             for note in cls.comparison_notes(fitted, out)]
     lm = TruthGatedLM(pretrained=model, tokenizer=tokenizer, method="none", batch_size=cfg.batch_size,
                       device=cfg.device)
-    from ..probing.truthprobe_preset import truthprobe_preset
-
     judge = HaluEvalJudge(model, tokenizer, JudgeSettings(batch_size=cfg.batch_size, device=cfg.device,
-                                                          parse=truthprobe_preset(cfg.preset).parse), out, log, lm=lm)
+                                                          parse=halueval_parse(cfg.preset)), out, log, lm=lm)
     tqa = TruthfulQAEvaluator(lm, csv, out)
     texts = halueval_paragraphs(cfg.neutral_offset, cfg.neutral_texts) if "neutral" in cfg.benchmarks else []
-    config = {**asdict(cfg), "benchmarks": list(cfg.benchmarks), "methods": list(cfg.methods),
+    chosen = cfg.chosen()
+    config = {**asdict(cfg), "benchmarks": list(cfg.benchmarks), "methods": list(chosen), "settings": resolved,
               "halueval_task": judge.task}
-    files = {"scores": str(out / "scores.json") if scores is not None else "", "directions": "; ".join(directions),
-             "neurons": "; ".join(neuron_files), "ars": ars or ""}
-    result = ComparisonResult(config, halves, files, stage_seconds=stages,
-                              layer_overlap=_layer_overlap(scores, neuron_files, neuron_scores, out))
+    result = ComparisonResult(config, halves, {k: [f for f in v if f] for k, v in fitted.items()},
+                              stage_seconds=stages, notes=notes)
     base: RunResult | None = None
     say = getattr(log, "say", log)
-    all_runs = _interventions(cfg, scores, directions, neuron_files, ars)
+    all_runs = _interventions(cfg, fitted, resolved)
+    labels = run_labels()
     for number, (name, made) in enumerate(all_runs.items(), 1):
-        run = RunResult(name, RUN_LABELS.get(name, name), [m.describe() for m in made])
+        family = next((m for m in chosen if name == m or name.startswith(f"{m}_")), "")
+        run = RunResult(name, labels.get(name, name), [m.describe() for m in made], method=family)
         log(f"-- {run.label}: {made[0].label()}")
         started, parts_said = time.perf_counter(), []
         if "halueval" in cfg.benchmarks:
@@ -417,10 +327,9 @@ def _cell(value: float | None, delta: float | None = None, st: dict | None = Non
 def format_comparison(result: ComparisonResult) -> str:
     cfg = result.config
     base = result.runs[0]
-    methods = cfg.get("methods", METHODS)
-    settings = ", ".join(f"{name} {cfg[key]}" for name, key in (("TruthProbe", "truthprobe"), ("ITI", "iti"),
-                                                                ("truth neurons", "neurons"), ("RVE", "rve"))
-                         if key in methods)
+    known = methods()
+    settings = "; ".join(f"{known[name].title if name in known else name} {cfg['settings'].get(name, {})}"
+                         for name in cfg.get("methods", []))
     benchmarks = cfg.get("benchmarks", BENCHMARKS)
     where = {"halueval": f"HaluEval: {cfg['halueval_task']} rows {cfg['halueval_offset']}-"
                          f"{cfg['halueval_offset'] + cfg['halueval_rows'] - 1}",
@@ -462,12 +371,8 @@ def format_comparison(result: ComparisonResult) -> str:
             delta = st.get("acc_delta", st.get("delta"))
             lines.append(f"- {run.label}, {key}: difference {100 * delta:+.1f} points (95% CI {100 * ci[0]:+.1f} to "
                          f"{100 * ci[1]:+.1f}), {_p(st, 'mcnemar_p' if key == 'halueval' else 'p')}.")
-    for i, o in enumerate(result.layer_overlap):
-        lines.append(f"- Truth neurons (file {i}: {sum(o['neuron_layer_counts'])} neurons) against the top-{o['top_heads']} "
-                     f"Truth-Score heads, by layer: the {o['top_layers']} layers with most neurons {o['neuron_top_layers']}, "
-                     f"with most top heads {o['head_top_layers']}; shared {o['shared_layers']} (Jaccard "
-                     f"{o['jaccard']:.2f}, chance of at least that overlap p={o['p_overlap_at_least']:.2g}); Spearman "
-                     f"rho of the per-layer counts {o['spearman_rho']:.2f} (p={o['spearman_p']:.2g}).")
+    for note in result.notes:
+        lines.append(f"- {note['text']}")
     lines += ["", "Time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items()) + "."]
     return "\n".join(lines) + "\n"
 
@@ -485,14 +390,16 @@ def plot_comparison(result: ComparisonResult, path: "str | Path") -> Path:
     fig, axes = plt.subplots(1, len(panels) + has_kl, figsize=(3.3 * (len(panels) + has_kl), 0.45 * len(runs) + 1.8),
                              squeeze=False, sharey=True)
     y = np.arange(len(runs))
+    families = list(dict.fromkeys(r.method for r in runs))
+    palette = ["tab:blue", "tab:red", "tab:purple", "tab:green", "tab:orange", "tab:brown", "tab:pink", "tab:olive"]
     for ax, (key, title, dk, ck, pk) in zip(axes[0], panels):
         for i, r in enumerate(runs):
             st = r.stats.get(key)
             if not st:
                 continue
             d, (lo, hi) = 100 * st[dk], st[ck]
-            color = {"iti": "tab:red", "neurons": "tab:purple", "rve": "tab:green"}.get(r.name.split("_")[0], "tab:blue")
-            color = "0.6" if "random" in r.name or "shuffled" in r.name else color
+            color = palette[families.index(r.method) % len(palette)] if r.method in families else "tab:blue"
+            color = "0.6" if r.name != r.method else color  # controls and ablations in grey
             ax.errorbar([d], [i], xerr=[[d - 100 * lo], [100 * hi - d]], fmt="o", color=color, capsize=3)
             if st[pk] < 0.05:
                 ax.annotate("*", (d, i + 0.15), ha="center", fontsize=11)
@@ -510,5 +417,5 @@ def plot_comparison(result: ComparisonResult, path: "str | Path") -> Path:
     return reports.save_figure(fig, path)
 
 
-__all__ = ["BENCHMARKS", "METHODS", "ComparisonConfig", "ComparisonError", "ComparisonResult", "RunResult", "format_comparison",
-           "plot_comparison", "run_comparison"]
+__all__ = ["BASELINE", "BENCHMARKS", "ComparisonConfig", "ComparisonError", "ComparisonResult", "RunResult", "format_comparison",
+           "method_names", "plot_comparison", "run_comparison", "run_labels"]

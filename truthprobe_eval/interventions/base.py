@@ -5,15 +5,20 @@ serves lm-eval's ``model_args``, VLMEvalKit's config keys, the CLI and Python), 
 manager (hooks in, hooks out, the model exactly restored), may bake into the weights, and describes itself as a
 plain dict that every result records (``describe()``; ``from_description`` rebuilds it).
 
-A new method is a new subclass with a ``name``, its ``params`` and ``hooks`` (and, to be bakeable,
-``bake_weights``; its leaderboard wording in ``row``); nothing else moves.
+A new method is a new module in this package holding a registered subclass with a ``name``, its ``params`` and
+``hooks`` (and, to be bakeable, ``bake_weights``; its leaderboard wording in ``row``). The same class tells the
+drivers (``compare-methods``, ``ablate``, ``fit``, ``bake``, the leaderboard) everything else they need: its
+``title`` and its controls' and ablations' titles, and how its artifact is made (``artifact``, ``fit_data``,
+``fit_params``, ``fit``). The package imports every module it holds, and the ``truthprobe_eval.methods`` entry-point
+group adds methods from other packages: nothing else moves.
 """
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -86,12 +91,61 @@ class Param:
         return out
 
 
+@dataclass
+class FitData:
+    """What a method's ``fit`` reads and where it writes its artifact (the comparison fills it in per TruthfulQA
+    half, ``truthprobe fit`` from its flags)."""
+
+    model_name: str
+    out: Path
+    questions: list[int] | None = None  # TruthfulQA questions to fit on (None: the method's own default)
+    compared_questions: list[int] | None = None  # every question the comparison evaluates (ITI's paper sigma)
+    truthfulqa_csv: str | None = None
+    preset: str = "ours"
+    split_seed: int = 0
+    suffix: str = ""  # file name suffix, e.g. "_half0"
+    progress: bool = True
+    device: str = "cpu"
+    meta: dict[str, Any] = field(default_factory=dict)  # recorded in the artifact's metadata
+    log: Callable[[str], None] | None = None  # one line per step, where the caller wants them
+    file: Path | None = None  # the artifact's exact path (``truthprobe fit --out``), else ``out/<stem><suffix>.json``
+
+    def truthfulqa_questions(self) -> list[int]:
+        """The questions to fit on: those given, else every row of the TruthfulQA CSV."""
+        if self.questions is not None:
+            return [int(q) for q in self.questions]
+        from ..tasks.truthfulqa.utils import csv_path, read_rows
+
+        return list(range(len(read_rows(str(csv_path(self.truthfulqa_csv))))))
+
+    def path(self, stem: str) -> Path:
+        return Path(self.file) if self.file is not None else Path(self.out) / f"{stem}{self.suffix}.json"
+
+
 class Intervention:
-    """Base class. Subclasses set ``name``, ``params`` and ``label_text``, and implement ``hooks`` (and maybe
-    ``bake``, ``load`` for files, ``check_fits`` for shapes)."""
+    """Base class. Subclasses set ``name``, ``params`` and ``title``, and implement ``hooks`` (and maybe
+    ``bake``, ``load`` for files, ``check_fits`` for shapes, ``fit`` for the artifact they read)."""
 
     name: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
+    #: the method's name in tables and plots; its controls' and ablations' names, each saying what it is
+    title: ClassVar[str] = ""
+    control_titles: ClassVar[dict[str, str]] = {}
+    #: the papers' own ablations (and other named variants) the comparison runs beside the controls:
+    #: name -> (title, the settings that turn the method into it)
+    ablations: ClassVar[dict[str, tuple[str, dict[str, Any]]]] = {}
+    #: the setting that names the method's fitted file (None: nothing to fit), and its file stem
+    artifact: ClassVar[str | None] = None
+    artifact_stem: ClassVar[str] = ""
+    #: what ``fit`` reads: "halueval" (rows [0, rows) of HaluEval, once) or "truthfulqa" (TruthfulQA questions:
+    #: the comparison evaluates each half with the file fit on the other)
+    fit_data: ClassVar[str | None] = None
+    #: the fit's own settings, declared like ``params`` (``--set METHOD.NAME=VALUE`` reaches either)
+    fit_params: ClassVar[tuple[Param, ...]] = ()
+    #: why ``apply=bake`` is refused, for methods that cannot bake
+    bake_refusal: ClassVar[str] = ""
+    #: place in tables and comparisons (lower first; then the name)
+    rank: ClassVar[int] = 100
     error: ClassVar[type[Exception]] = InterventionError
     #: True when the edit depends on which positions it touches (see ``edit_positions``)
     position_aware: ClassVar[bool] = False
@@ -111,6 +165,59 @@ class Intervention:
         return ("apply", *(p.name for p in cls.params))
 
     @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every setting's default, as declared (the one place a default is written)."""
+        return {p.name: p.default for p in cls.params}
+
+    # ---- what the drivers need -----------------------------------------------------------------------
+    @classmethod
+    def run_titles(cls) -> dict[str, str]:
+        """Run name -> title: the method itself (its ``name``), each control and each ablation (``name_<kind>``)."""
+        titles = {cls.name: cls.title or cls.name}
+        titles.update({f"{cls.name}_{k}": cls.control_titles.get(k, f"{cls.title or cls.name}, {k}")
+                       for k in cls.controls})
+        titles.update({f"{cls.name}_{k}": title for k, (title, _) in cls.ablations.items()})
+        return titles
+
+    @classmethod
+    def split_settings(cls, given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(intervention settings, fit settings) of ``--set METHOD.NAME=VALUE`` values; unknown names fail."""
+        fit_names = {p.name for p in cls.fit_params}
+        unknown = sorted(set(given) - set(cls.param_names()) - fit_names)
+        if unknown:
+            raise cls.error(f"method {cls.name!r}: unknown setting(s) {', '.join(unknown)}; expected settings "
+                            f"{', '.join(cls.param_names())}" + (f" or fit settings {', '.join(sorted(fit_names))}"
+                                                                   if fit_names else ""))
+        fit = {p.name: p.parse(given.get(p.name), cls.error) for p in cls.fit_params}
+        return {k: v for k, v in given.items() if k not in fit_names}, fit
+
+    @classmethod
+    def settings_for(cls, model: nn.Module) -> dict[str, Any]:
+        """Defaults that depend on the model (RVE: the middle five layers); given settings override them."""
+        return {}
+
+    @classmethod
+    def halueval_rows_read(cls, fit: dict[str, Any]) -> int:
+        """HaluEval rows [0, n) the fit reads: held-out evaluation must start after them."""
+        return int(fit.get("rows", 0)) if cls.fit_data == "halueval" else 0
+
+    @classmethod
+    def check_fit(cls, fit: dict[str, Any], questions_per_half: int | None) -> None:
+        """Raise before any model work when the fit cannot run on the data it would get."""
+
+    @classmethod
+    def fit(cls, model: nn.Module, tokenizer: Any, data: FitData, **fit: Any) -> str:
+        """Make the artifact the method reads (``artifact``), save it at ``data.path(artifact_stem)``, return the
+        path."""
+        raise cls.error(f"method {cls.name!r} has nothing to fit")
+
+    @classmethod
+    def comparison_notes(cls, fitted: dict[str, list[str]], out: Path) -> list[dict[str, Any]]:
+        """Extra analyses of the method's fitted files beside the other methods' (``fitted``: method -> files);
+        each a dict with a ``text`` line for the report."""
+        return []
+
+    @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "Intervention":
         """Parse and validate every setting (files are read here, before any model loads)."""
         unknown = sorted(set(kwargs) - set(cls.param_names()))
@@ -119,7 +226,8 @@ class Intervention:
                             f"{', '.join(cls.param_names())}")
         apply = Param("apply", str, "hook", APPLY_MODES).parse(kwargs.get("apply"), cls.error)
         if apply == "bake" and not cls.can_bake():
-            raise cls.error(f"apply: method {cls.name!r} cannot be baked into weights; use apply=hook")
+            raise cls.error(f"apply: method {cls.name!r} cannot be baked into weights"
+                            f"{' (' + cls.bake_refusal + ')' if cls.bake_refusal else ''}; use apply=hook")
         settings = {"apply": apply, **{p.name: p.parse(kwargs.get(p.name), cls.error) for p in cls.params}}
         made = cls(**settings)
         made.load()
@@ -200,7 +308,8 @@ class Intervention:
         if self.identity:
             return model
         if not self.can_bake():
-            raise self.error(f"method {self.name!r} cannot be baked into weights")
+            raise self.error(f"method {self.name!r} cannot be baked into weights"
+                             f"{' (' + self.bake_refusal + ')' if self.bake_refusal else ''}")
         self.check_fits(model)
         self.record_bake(model, self.bake_weights(locate_heads(model)))
         return model
@@ -214,6 +323,20 @@ class Intervention:
         if config is not None:
             previous = list(getattr(config, "truthprobe_interventions", None) or [])
             config.truthprobe_interventions = [*previous, {**self.describe(), **(extra or {})}]
+
+    def position_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, T, 1) 0/1 of the positions of ``x`` (B, T, ...) an edit touches now, or None for all of them."""
+        p = self._positions
+        if p is None:
+            return None
+        B, T = x.shape[0], x.shape[1]
+        if isinstance(p, str):
+            mask = torch.zeros(B, T, 1, dtype=x.dtype, device=x.device)
+            if p == "last":
+                mask[:, -1] = 1
+            return mask
+        starts = torch.as_tensor(p, device=x.device).reshape(B, 1)
+        return (torch.arange(T, device=x.device)[None, :] >= starts).to(x.dtype)[..., None]
 
     @contextmanager
     def edit_positions(self, positions: Any) -> Iterator[None]:
@@ -246,18 +369,19 @@ class Intervention:
     def row(cls, described: dict[str, Any]) -> tuple[str, str]:
         """``table_row`` of an intervention that changes something; methods word their own."""
         skip = ("method", "label", "identity", "apply")
-        return (str(described.get("label") or cls.name),
+        return (str(cls.title or described.get("label") or cls.name),
                 ", ".join(f"{k}={v}" for k, v in described.items() if k not in skip and isinstance(v, (int, float, str))))
 
     def label(self) -> str:
         """A short human name for tables ("ITI (K 48, alpha 15)")."""
-        return self.name
+        return self.title or self.name
 
 
 class Baseline(Intervention):
     """``method=none``: no intervention (the plain model through the same code)."""
 
     name = "none"
+    title = "baseline"
 
     @property
     def identity(self) -> bool:
@@ -315,5 +439,11 @@ def from_description(description: dict[str, Any]) -> Intervention:
     return cls.from_kwargs(**{k: v for k, v in description.items() if k in cls.param_names()})
 
 
-__all__ = ["APPLY_MODES", "Baseline", "Intervention", "Param", "REGISTRY", "build", "from_description",
-           "method_class", "register", "split_kwargs"]
+def methods() -> dict[str, type[Intervention]]:
+    """Every registered method but the baseline, by ``rank`` then name (the drivers loop over this)."""
+    found = sorted((cls.rank, name) for name, cls in REGISTRY.items() if name != "none")
+    return {name: REGISTRY[name] for _, name in found}
+
+
+__all__ = ["APPLY_MODES", "Baseline", "FitData", "Intervention", "Param", "REGISTRY", "build", "from_description",
+           "method_class", "methods", "register", "split_kwargs"]

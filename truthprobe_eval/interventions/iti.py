@@ -31,7 +31,7 @@ from torch import nn
 
 from ..directions import ITIDirections
 from ..errors import InterventionError
-from .base import Intervention, Param, register
+from .base import FitData, Intervention, Param, register
 
 POSITIONS = ("answer", "all")
 CONTROLS = ("none", "random_heads", "random_directions")
@@ -40,8 +40,14 @@ CONTROLS = ("none", "random_heads", "random_directions")
 @register
 class ITI(Intervention):
     name = "iti"
+    title = "ITI"
+    rank = 20
     position_aware = True
     controls = {"random_heads": {"control": "random_heads"}, "random_directions": {"control": "random_directions"}}
+    control_titles = {"random_heads": "ITI, random heads", "random_directions": "ITI, random directions"}
+    artifact, artifact_stem, fit_data = "directions", "iti", "truthfulqa"
+    fit_params = (Param("folds", int, 4, help="folds of the probe accuracies that rank the heads (preset ours)"),
+                  Param("batch_size", int, 16, help="prompts per extraction batch"))
     params = (
         Param("directions", "path", None, help="ITI direction file (truthprobe iti fit)"),
         Param("k", int, 48, help="number of heads shifted (top-K by probe accuracy)"),
@@ -50,6 +56,28 @@ class ITI(Intervention):
         Param("control", str, "none", CONTROLS, help="none, random_heads or random_directions"),
         Param("seed", int, 0, help="seed of the random-heads control"),
     )
+
+    @classmethod
+    def check_fit(cls, fit: dict[str, Any], questions_per_half: int | None) -> None:
+        if questions_per_half is not None and questions_per_half < fit["folds"]:
+            raise InterventionError(f"questions: halves of {questions_per_half}, fewer than the {fit['folds']} folds "
+                                    "ITI's probes are cross-validated with; give more questions or fewer folds "
+                                    "(iti.folds)")
+
+    @classmethod
+    def fit(cls, model: nn.Module, tokenizer: Any, data: FitData, folds: int = 4, batch_size: int = 16) -> str:
+        """Directions, sigmas and probe accuracies of every head from the TruthfulQA questions ``data.questions``."""
+        from ..probing.cache import default_cache_root
+        from ..probing.iti import fit_iti
+
+        questions = data.truthfulqa_questions()
+        if data.log:
+            data.log(f"ITI: fitting directions on {len(questions)} TruthfulQA questions")
+        made = fit_iti(model, tokenizer, questions, csv=data.truthfulqa_csv, folds=folds, seed=data.split_seed,
+                       cache_dir=default_cache_root(), progress=data.progress, batch_size=batch_size,
+                       preset=data.preset, sigma_questions=data.compared_questions,
+                       meta={"model_source": data.model_name, "split_seed": data.split_seed, **data.meta})
+        return str(made.save(data.path(cls.artifact_stem)))
 
     def load(self) -> None:
         if not self.settings["directions"]:
@@ -94,20 +122,6 @@ class ITI(Intervention):
         if (L, H) != (num_layers, num_heads):
             self.data.check_fits(num_layers, num_heads, self.data.shape[2], name)
 
-    def _mask(self, x: torch.Tensor) -> torch.Tensor | None:
-        """(B, T, 1) 0/1 of the positions to shift, or None for all of them."""
-        p = self._positions
-        if p is None:
-            return None
-        B, T = x.shape[0], x.shape[1]
-        if isinstance(p, str):
-            mask = torch.zeros(B, T, 1, dtype=x.dtype, device=x.device)
-            if p == "last":
-                mask[:, -1] = 1
-            return mask
-        starts = torch.as_tensor(p, device=x.device).reshape(B, 1)
-        return (torch.arange(T, device=x.device)[None, :] >= starts).to(x.dtype)[..., None]
-
     def hooks(self, model: nn.Module) -> list:
         from ..architectures import locate_heads
 
@@ -121,7 +135,7 @@ class ITI(Intervention):
 
             def add(_module, args, v=v):
                 x = args[0]
-                mask = self._mask(x)
+                mask = self.position_mask(x)
                 return (x + v if mask is None else x + mask * v, *args[1:])
 
             handles.append(proj.register_forward_pre_hook(add))

@@ -12,6 +12,7 @@ unselected neurons (from all of them where too few are left).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from torch import nn
 
 from ..errors import InterventionError
 from ..neuron_scores import NeuronScores
-from .base import Intervention, Param, register
+from .base import FitData, Intervention, Param, register
 
 CONTROLS = ("none", "random")
 
@@ -28,13 +29,70 @@ CONTROLS = ("none", "random")
 @register
 class NeuronSuppression(Intervention):
     name = "neurons"
+    title = "truth neurons"
+    rank = 30
     controls = {"random": {"control": "random"}}
+    control_titles = {"random": "random neurons"}
+    artifact, artifact_stem, fit_data = "neurons", "neurons", "truthfulqa"
+    fit_params = (Param("steps", int, 20, help="integrated-gradients steps"),
+                  Param("p_threshold", float, 0.05, help="t-test level of the selection"),
+                  Param("top_n", int, None, help="keep at most N neurons, by mean attribution (default: all that pass)"))
     params = (
         Param("neurons", "path", None, help="neuron score file (truthprobe neurons find)", objects=(NeuronScores,)),
         Param("factor", float, 0.0, help="activation multiplier of the selected neurons (0 suppresses)"),
         Param("control", str, "none", CONTROLS, help="none, or random: as many random neurons per layer"),
         Param("seed", int, 0, help="seed of the random-neurons control"),
     )
+
+    @classmethod
+    def fit(cls, model: nn.Module, tokenizer: Any, data: FitData, steps: int = 20, p_threshold: float = 0.05,
+            top_n: int | None = None) -> str:
+        """Truth neurons from the TruthfulQA questions ``data.questions`` (integrated gradients, t-test selection),
+        with a map of where they sit (``.png`` beside the file)."""
+        from ..neuron_scores import selection
+        from ..plots import plot_neuron_map
+        from ..probing.neurons import find_neurons
+
+        selection(np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)), p_threshold, top_n)  # bad settings fail first
+        questions = data.truthfulqa_questions()
+        if data.log:
+            data.log(f"truth neurons: attributing {len(questions)} TruthfulQA questions")
+        made = find_neurons(model, tokenizer, questions, csv=data.truthfulqa_csv, seed=data.split_seed,
+                            progress=data.progress, steps=steps, p_threshold=p_threshold, top_n=top_n,
+                            meta={"model_source": data.model_name, "split_seed": data.split_seed, **data.meta})
+        path = made.save(data.path(cls.artifact_stem))
+        if data.log:
+            data.log(f"      {made.count} neurons selected (p < {made.meta['p_threshold']}; chance alone passes "
+                     f"{made.meta['expected_by_chance']:.0f}, Benjamini-Hochberg keeps {made.meta['n_bh']})")
+        plot_neuron_map(made, path.with_suffix(".png"))
+        return str(path)
+
+    @classmethod
+    def comparison_notes(cls, fitted: dict[str, list[str]], out: Any) -> list[dict[str, Any]]:
+        """Where the truth neurons sit against the top Truth-Score heads, by layer, per neuron file (with
+        TruthProbe's scores in the comparison); the neuron maps redrawn with the heads beside them."""
+        from ..neuron_scores import layer_overlap
+        from ..plots import plot_neuron_map
+        from ..scores import TruthScores
+
+        score_files = fitted.get("truthprobe") or []
+        if not score_files:
+            return []
+        scores = TruthScores.load(score_files[0])
+        found = []
+        for i, path in enumerate(dict.fromkeys(fitted.get(cls.name) or [])):
+            neurons = NeuronScores.load(path)
+            plot_neuron_map(neurons, Path(path).with_suffix(".png"), head_scores=scores)
+            if neurons.shape[0] == scores.num_layers and neurons.count:
+                o = {"neurons": path, **layer_overlap(neurons, scores)}
+                o["text"] = (f"Truth neurons (file {i}: {sum(o['neuron_layer_counts'])} neurons) against the "
+                             f"top-{o['top_heads']} Truth-Score heads, by layer: the {o['top_layers']} layers with most "
+                             f"neurons {o['neuron_top_layers']}, with most top heads {o['head_top_layers']}; shared "
+                             f"{o['shared_layers']} (Jaccard {o['jaccard']:.2f}, chance of at least that overlap "
+                             f"p={o['p_overlap_at_least']:.2g}); Spearman rho of the per-layer counts "
+                             f"{o['spearman_rho']:.2f} (p={o['spearman_p']:.2g}).")
+                found.append(o)
+        return found
 
     def load(self) -> None:
         given = self.settings["neurons"]

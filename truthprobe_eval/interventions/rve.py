@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from ..errors import InterventionError
-from .base import Intervention, Param, register
+from .base import FitData, Intervention, Param, register
 
 VARIANTS = ("rve", "whole_span")
 #: old variant names -> the current ones (still accepted, with a DeprecationWarning)
@@ -162,7 +162,18 @@ class RowEdit:
 @register
 class RVE(Intervention):
     name = "rve"
+    title = "RVE"
+    rank = 40
     controls = {"random_heads": {"control": "random_heads"}}
+    control_titles = {"random_heads": "RVE, random heads"}
+    # the paper's two ablations, and our PAI-style baseline (not the paper's "Global")
+    ablations = {"sensitive": ("RVE, sensitive heads only (paper's ablation)", {"heads": "sensitive"}),
+                 "no_denoise": ("RVE, no denoising (paper's ablation)", {"denoise": False}),
+                 "global": ("whole-span context boost (PAI-style baseline, ours)",
+                            {"variant": "whole_span", "ars": "", "heads": "all", "denoise": True})}
+    artifact, artifact_stem, fit_data = "ars", "ars", "halueval"
+    fit_params = (Param("rows", int, 200, help="HaluEval rows 0..rows-1 whose text pairs give ARS"),)
+    bake_refusal = "its edit depends on each input's attention pattern"
     uses_prefix_cache = False
     params = (
         Param("ars", "path", None, help="ARS score file (truthprobe ars score); not needed for variant=whole_span"),
@@ -203,6 +214,38 @@ class RVE(Intervention):
                           "is the default heads=all)", DeprecationWarning, stacklevel=2)
             kwargs["variant"] = DEPRECATED_VARIANTS[variant]
         return super().from_kwargs(**kwargs)
+
+    @classmethod
+    def settings_for(cls, model: nn.Module) -> dict[str, Any]:
+        """The middle five layers; the knowledge paragraph as the span on a text-only model (the image otherwise);
+        K = min(5, H // 4), so that the sensitive and non-sensitive sets take at most half the heads."""
+        from ..architectures import locate_heads
+        from ..models import is_multimodal_model
+
+        sites = locate_heads(model)
+        middle = sites.num_layers // 2
+        return {"layers": f"{max(middle - 2, 0)}-{min(middle + 2, sites.num_layers - 1)}",
+                "span": "image" if is_multimodal_model(model) else "context", "k": max(1, min(5, sites.num_heads // 4))}
+
+    @classmethod
+    def fit(cls, model: nn.Module, tokenizer: Any, data: FitData, rows: int = 200) -> str:
+        """ARS of every head from HaluEval text pairs (right / hallucinated answer, the same knowledge paragraph as
+        the span), rows [0, rows)."""
+        from ..probing.ars import ars_scores, halueval_pairs
+        from ..probing.data import load_halueval
+        from ..spans import context_span
+
+        if data.log:
+            data.log(f"RVE: ARS of every head from HaluEval rows 0-{rows - 1} (span: the knowledge paragraph)")
+        find = context_span(tokenizer, KNOWLEDGE_START, KNOWLEDGE_END)
+        device = next(model.parameters()).device
+
+        def encode(pair, text):
+            return tokenizer(text, return_tensors="pt").to(device)
+
+        made = ars_scores(model, encode, halueval_pairs(load_halueval(None, 0, rows)), find, progress=data.progress,
+                          meta={"model_source": data.model_name, "span": "context", "halueval_rows": rows, **data.meta})
+        return str(made.save(data.path(cls.artifact_stem)))
 
     def load(self) -> None:
         from ..scores import TruthScores

@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import GateConfigError, ScoreFileError
 from ..gate_config import GATE_NAMES, KINDS, NORMS, PAPER_KINDS, SITES
 from ..scores import TruthScores
-from .base import Intervention, Param, register
+from .base import FitData, Intervention, Param, register
 
 NEEDS_SCORES = ("truthprobe", "inverse", "shuffled", "paper_inverse")
 SEEDED = ("random", "shuffled", "paper_random")
@@ -26,9 +26,16 @@ SEEDED = ("random", "shuffled", "paper_random")
 @register
 class TruthProbeGate(Intervention):
     name = "truthprobe"
+    title = "TruthProbe"
+    rank = 10
     error = GateConfigError
     controls = {"random": {"gate": "random"}, "shuffled": {"gate": "shuffled"},
                 "paper_random": {"gate": "paper_random"}, "paper_inverse": {"gate": "paper_inverse"}}
+    control_titles = {"random": "strength-matched random gate (ours)", "shuffled": "shuffled gate (ours)",
+                      "paper_random": "paper's random gate (1 + U[-1,1], redrawn per call)",
+                      "paper_inverse": "paper's inverse gate (minmax 1/s)"}
+    artifact, artifact_stem, fit_data = "scores", "scores", "halueval"
+    fit_params = (Param("rows", int, 292, help="HaluEval rows 0..rows-1 probed (the paper's 292)"),)
     params = (
         Param("scores", "path", None, help="Truth Score file (.json, published .npy or cv5_head_metrics.csv)",
               objects=(TruthScores, np.ndarray)),
@@ -48,6 +55,24 @@ class TruthProbeGate(Intervention):
         if given is not None and not isinstance(given, (str, os.PathLike, TruthScores, np.ndarray)):
             raise ScoreFileError(f"scores: expected a path to a .json, .npy or .csv score file, found {given!r}")
         return super().from_kwargs(**kwargs)
+
+    @classmethod
+    def fit(cls, model: nn.Module, tokenizer: Any, data: FitData, rows: int = 292) -> str:
+        """Truth Scores of every head from HaluEval rows [0, rows), probed as ``data.preset`` says."""
+        from ..probing.cache import default_cache_root
+        from ..probing.data import halueval_examples
+        from ..probing.pipeline import probe_model
+        from ..probing.truthprobe_preset import truthprobe_preset
+
+        p = truthprobe_preset(data.preset)
+        if data.log:
+            data.log(f"TruthProbe: probing HaluEval rows 0-{rows - 1} ({p.name} preset)")
+        examples = halueval_examples(None, offset=0, n=rows, **p.data_options())
+        scores = probe_model(model, tokenizer, examples, cache_dir=default_cache_root(), progress=data.progress,
+                             seed=p.fold_seed, trainer=p.trainer, fold_rule=p.fold_rule, batch_size=p.batch_size,
+                             meta={"model_source": data.model_name, "data": "halueval", "offset": 0, "n_rows": rows,
+                                   **p.meta(), **data.meta})
+        return str(scores.save(data.path(cls.artifact_stem)))
 
     def load(self) -> None:
         from ..scores import load_scores

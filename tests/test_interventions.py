@@ -61,7 +61,7 @@ def test_registry_and_one_parser_for_every_method(directions_file):
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
-    ({"method": "itti"}, InterventionError, "method: expected one of iti, neurons, none, rve, truthprobe, found 'itti'"),
+    ({"method": "itti"}, InterventionError, "method: expected one of diffmean, iti, neurons, none, rve, truthprobe, found 'itti'"),
     ({"method": "iti"}, InterventionError, "directions: method 'iti' needs a direction file"),
     ({"method": "iti", "k": "many"}, InterventionError, "k: expected an integer, found 'many'"),
     ({"method": "iti", "positions": "first"}, InterventionError, "positions: expected one of answer, all, found 'first'"),

@@ -55,10 +55,12 @@ from ..tasks.halueval.truthprobe_protocol import PARSE_RULES, reply_decided
 ALIASES = ("truthgated", "intervened")
 
 
-def parse_gate_args(**kwargs: Any) -> Intervention:
-    """TruthProbe gate settings (``scores``, ``alpha``, ``norm``, ``site``, ``gate``, ``seed``, ``apply``) as an
-    intervention; the same parser as ``interventions.build("truthprobe", ...)``."""
-    return build("truthprobe", **kwargs)
+def parse_intervention_args(method: Any = DEFAULT_METHOD, **kwargs: Any) -> Intervention:
+    """``model_args`` of any method as its intervention; the same parser as ``interventions.build``."""
+    return build(method, **kwargs)
+
+
+parse_gate_args = parse_intervention_args  # the name of earlier versions, when TruthProbe was the only method
 
 
 def _config_shape(pretrained: str, **kwargs: Any) -> tuple[int, int, str] | None:
@@ -397,4 +399,4 @@ class TruthGatedLM(HFLM):
         return info
 
 
-__all__ = ["ALIASES", "TruthGatedLM", "early_stop_applies", "parse_gate_args"]
+__all__ = ["ALIASES", "TruthGatedLM", "early_stop_applies", "parse_gate_args", "parse_intervention_args"]

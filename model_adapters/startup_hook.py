@@ -7,7 +7,10 @@ source runs inside ``site`` at every Python start-up of the environment, so it i
 """
 from __future__ import annotations
 
+import sys
 import textwrap
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 _TEMPLATE = '''
 import os, sys
@@ -53,4 +56,35 @@ def pth_line(source: str, name: str) -> str:
     return f"import sys; exec({source!r}, {{'__name__': {name!r}}})\n"
 
 
-__all__ = ["hook_source", "pth_line"]
+_waiting: list[Callable[[str], None]] = []
+
+
+def wait_for_modules(callback: Callable[[str], None]) -> None:
+    """Have ``callback(name)`` called each time one of the modules that call ``module_finished`` finishes importing
+    (a registration deferred while they were importing completes then)."""
+    if callback not in _waiting:
+        _waiting.append(callback)
+
+
+def module_finished(name: str) -> None:
+    """Called as the last statement of a module another registration may be waiting for."""
+    for callback in list(_waiting):
+        callback(name)
+
+
+@contextmanager
+def keep_grad_mode() -> Iterator[None]:
+    """Keep the caller's autograd mode across the block: importing ``vlmeval.vlm`` calls
+    ``torch.set_grad_enabled(False)`` for the whole process, which would change every later computation (and make
+    test results depend on test order). torch is not imported here: it is only restored if something loaded it."""
+    torch = sys.modules.get("torch")
+    mode = torch.is_grad_enabled() if torch is not None else True
+    try:
+        yield
+    finally:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_grad_enabled(mode)
+
+
+__all__ = ["hook_source", "keep_grad_mode", "module_finished", "pth_line", "wait_for_modules"]

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .vlmeval_registration import keep_grad_mode
+from .startup_hook import keep_grad_mode
 
 with keep_grad_mode():  # importing vlmeval.vlm turns autograd off process-wide
     from vlmeval.vlm.base import BaseModel
@@ -101,7 +101,7 @@ def check_method_keys(settings: dict[str, Any], where: str = "TruthGatedVLM") ->
 @functools.lru_cache(maxsize=None)  # asked once per generation; the registered classes do not change
 def dataset_max_new_tokens_default(dataset: str | None) -> int | None:
     """The generation limit a registered local data set declares (``MAX_NEW_TOKENS``, e.g. CHAIR's 64), or None."""
-    from .vlmeval_registration import dataset_classes
+    from ..tasks.vlmeval_datasets import dataset_classes
 
     for cls in dataset_classes():
         if dataset in cls.supported_datasets():
@@ -153,12 +153,13 @@ def _auto_dtype(dtype: str, device: str) -> str:
 
 
 class TruthGatedVLM(BaseModel):
-    """A Hugging Face MLLM with TruthProbe head gating on its language model, for VLMEvalKit.
+    """A Hugging Face MLLM with any registered intervention on its language model, for VLMEvalKit (the name says
+    ``gated`` for TruthProbe, the default method; users type it).
 
     Arguments: ``model_path`` (hub id, local folder);
-    ``method`` (truthprobe, iti, none) and its settings, e.g. TruthProbe's ``scores`` (score file: ours, published
-    ``.npy`` or ``cv5_head_metrics.csv``), ``alpha``, ``norm``, ``site``, ``gate`` (truthprobe, random, inverse,
-    shuffled, none), ``seed``, and ``apply`` (hook or bake, same numbers);
+    ``method`` (any registered method, ``truthprobe_eval.interventions.methods()``, or none) and its settings (the
+    method's declared ``params``: TruthProbe's ``scores``, ``alpha``, ``norm``, ...; ITI's ``directions``, ``k``,
+    ...), and ``apply`` (hook or bake, same numbers);
     ``dtype``, ``device`` (auto: CUDA + bfloat16 where available, else CPU + float32); ``max_new_tokens``
     (default 512) and ``dataset_max_new_tokens`` (data set name -> limit; a local data set's own declaration,
     CHAIR_local's 64, applies where this names none);
@@ -186,7 +187,7 @@ class TruthGatedVLM(BaseModel):
     ):
         super().__init__()
         if use_vllm:
-            raise TruthProbeError("TruthGatedVLM: vLLM inference is not supported (the gate hooks run in transformers); drop --use-vllm")
+            raise TruthProbeError("TruthGatedVLM: vLLM inference is not supported (the interventions' hooks run in transformers); drop --use-vllm")
         path = _given(model_path, "model_path") or default_model_path
         if not path:
             raise TruthProbeError("TruthGatedVLM: expected a model (config key 'model_path', `truthprobe vlmeval --hf-model`), found none")
@@ -214,9 +215,9 @@ class TruthGatedVLM(BaseModel):
         self.system_prompt = system_prompt
         self.processor_kwargs = self._pixel_budget(min_pixels, max_pixels)
         self.generate_kwargs = generate_kwargs
-        self._gate_stack = contextlib.ExitStack()
+        self._edit_stack = contextlib.ExitStack()
         self.gates = None
-        self._apply_gate()
+        self._attach_intervention()
 
     def _pixel_budget(self, min_pixels: int | None, max_pixels: int | None) -> dict:
         """Qwen2-VL family: the image processor's pixel budget, as its ``size`` call option."""
@@ -232,7 +233,7 @@ class TruthGatedVLM(BaseModel):
         return {"size": size}
 
     # ---- the intervention ---------------------------------------------------------------------------
-    def _apply_gate(self) -> None:
+    def _attach_intervention(self) -> None:
         made = self.intervention
         if made.identity:
             return
@@ -240,15 +241,15 @@ class TruthGatedVLM(BaseModel):
         if made.apply == "bake":
             made.bake(self.model)
         else:
-            self._gate_stack.enter_context(made.attach(self.model))
+            self._edit_stack.enter_context(made.attach(self.model))
         if made.wants_positions:  # one generation per call: the prompt's last position, then each new token
-            self._gate_stack.enter_context(made.edit_positions("last"))
+            self._edit_stack.enter_context(made.edit_positions("last"))
         gates = getattr(made, "gates", None)
         self.gates = gates(self.model) if callable(gates) else None
 
     def close(self) -> None:
         """Remove the hooks (a baked model stays changed)."""
-        self._gate_stack.close()
+        self._edit_stack.close()
 
     # ---- prompting ----------------------------------------------------------------------------------
     def use_custom_prompt(self, dataset: str | None) -> bool:
@@ -326,7 +327,7 @@ class TruthGatedVLM(BaseModel):
 __all__ = ["TruthGatedVLM", "Family", "FAMILIES", "DEFAULTS", "check_fits_config", "check_method_keys", "dataset_max_new_tokens_default",
            "family_of", "resolve_intervention"]
 
-from .vlmeval_registration import finish_deferred  # noqa: E402
+from .startup_hook import module_finished  # noqa: E402
 
-finish_deferred(__name__)  # a registration the start-up hook deferred while this module imported VLMEvalKit
+module_finished(__name__)  # a registration the start-up hook deferred while this module imported VLMEvalKit
 

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import importlib
 import sys
-from contextlib import contextmanager
 from functools import partial
-from typing import Iterator
 
 from . import startup_hook
-from .startup_hook import hook_source
+from .startup_hook import hook_source, keep_grad_mode, wait_for_modules
 
 # name -> default Hugging Face checkpoint (a config entry's model_path, i.e. `truthprobe vlmeval --hf-model`, overrides it)
 MODELS: dict[str, str | None] = {
@@ -59,7 +57,7 @@ HOOK_SOURCE = hook_source("_TruthprobeVlmevalHook", (HOOKED_MODULE,), """
 
 _registered = False
 _deferred = False  # register() was called while one of OUR_MODULES was still importing
-# the modules register() imports; each ends with ``finish_deferred()``
+# the modules register() imports; each ends with ``startup_hook.module_finished(__name__)``
 OUR_MODULES = ("truthprobe_eval.model_adapters.vlmeval_gated", "truthprobe_eval.tasks.pope.vlmeval_dataset",
                "truthprobe_eval.tasks.chair.vlmeval_dataset", "truthprobe_eval.tasks.gqa.vlmeval_dataset",
                "truthprobe_eval.tasks.omnimedvqa.vlmeval_dataset")
@@ -89,38 +87,25 @@ def _initializing(name: str) -> bool:
 
 
 def finish_deferred(caller: str) -> None:
-    """Called last by each of ``OUR_MODULES`` (``caller``: its ``__name__``, whose body is complete but for this
-    call): a registration deferred while they were importing happens now."""
-    if _deferred and not any(_initializing(name) for name in OUR_MODULES if name != caller):
+    """Called (through ``startup_hook.module_finished``) as the last statement of each of ``OUR_MODULES``
+    (``caller``: its ``__name__``): a registration deferred while they were importing happens now."""
+    if caller in OUR_MODULES and _deferred and not any(_initializing(name) for name in OUR_MODULES if name != caller):
         register(_finishing=caller)
 
 
-def dataset_classes() -> list[type]:
-    from truthprobe_eval.tasks.chair.vlmeval_dataset import CHAIRLocal
-    from truthprobe_eval.tasks.gqa.vlmeval_dataset import GQALocal
-    from truthprobe_eval.tasks.omnimedvqa.vlmeval_dataset import OmniMedVQALocal
-    from truthprobe_eval.tasks.pope.vlmeval_dataset import POPELocal
 
-    return [POPELocal, CHAIRLocal, GQALocal, OmniMedVQALocal]
+
+def dataset_classes() -> list[type]:
+    """Our data sets (``tasks/vlmeval_datasets.py``; imported here only when asked: setup.py loads this module alone)."""
+    from truthprobe_eval.tasks.vlmeval_datasets import dataset_classes as ours
+
+    return ours()
 
 
 def dataset_names() -> list[str]:
-    return [name for cls in dataset_classes() for name in cls.supported_datasets()]
+    from truthprobe_eval.tasks.vlmeval_datasets import dataset_names as ours
 
-
-@contextmanager
-def keep_grad_mode() -> Iterator[None]:
-    """Keep the caller's autograd mode across the block: importing ``vlmeval.vlm`` calls
-    ``torch.set_grad_enabled(False)`` for the whole process, which would change every later computation (and make
-    test results depend on test order). torch is not imported here: it is only restored if something loaded it."""
-    torch = sys.modules.get("torch")
-    mode = torch.is_grad_enabled() if torch is not None else True
-    try:
-        yield
-    finally:
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_grad_enabled(mode)
+    return ours()
 
 
 def register(_finishing: str | None = None) -> None:
@@ -128,12 +113,14 @@ def register(_finishing: str | None = None) -> None:
 
     When the start-up hook fires while ``vlmeval_gated`` itself is importing VLMEvalKit (a program that imports
     our model class or a data set first), registering now would import that half-initialized module; it is
-    deferred instead, and that module completes it as its last statement (``finish_deferred``)."""
+    deferred instead, and that module completes it as its last statement (``startup_hook.module_finished``, which
+    calls ``finish_deferred``): our modules import nothing of this one."""
     global _registered, _deferred
     if _registered:
         return
     if any(_initializing(name) for name in OUR_MODULES if name != _finishing):
         _deferred = True
+        wait_for_modules(finish_deferred)  # each of OUR_MODULES calls startup_hook.module_finished last
         return
     # import_module, not attribute access: under the start-up hook the ``vlmeval`` package is still initializing
     with keep_grad_mode():
@@ -160,4 +147,4 @@ def register(_finishing: str | None = None) -> None:
 
 
 __all__ = ["MODELS", "MODEL_CLASS_NAME", "PTH_NAME", "DISABLE_ENV", "register", "install_import_hook", "pth_line",
-           "finish_deferred", "hook_installed", "dataset_classes", "dataset_names"]
+           "finish_deferred", "hook_installed", "dataset_classes", "dataset_names", "keep_grad_mode"]

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from truthprobe_eval.gate_config import GATE_NAMES
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -111,7 +113,7 @@ def test_methods_deltas_and_marks(result_dirs):
     rows = board.rows
     assert ("smollm2-135m-instruct", lb.VANILLA, "") in rows
     assert ("smollm2-135m-instruct", lb.TP_OWN, "alpha=4.5, norm=centered") in rows  # SmolLM2's scores on SmolLM2
-    assert ("smollm2-135m-instruct", lb.RANDOM, "alpha=4.5, norm=centered, seed=1") in rows
+    assert ("smollm2-135m-instruct", GATE_NAMES["random"], "alpha=4.5, norm=centered, seed=1") in rows
     assert ("my-finetune", lb.TP_BASE, "alpha=4.5, norm=centered") in rows  # the base LLM's scores on a descendant
     assert ("my-finetune", lb.TP_OWN, "alpha=2.5, norm=centered") in rows
     assert ("llava_tiny", lb.TP_BASE, "alpha=4.5, norm=centered") in rows and ("llava_tiny", lb.VANILLA, "") in rows
@@ -121,7 +123,7 @@ def test_methods_deltas_and_marks(result_dirs):
     assert tp.mark == "***"  # McNemar: 2 vs 30 discordant
     f1 = board.cells[(("smollm2-135m-instruct", lb.TP_OWN, "alpha=4.5, norm=centered"), ("halueval_qa", "f1"))]
     assert f1.delta == pytest.approx(0.20) and f1.p is None  # corpus-level metric: no per-sample test
-    rnd = board.cells[(("smollm2-135m-instruct", lb.RANDOM, "alpha=4.5, norm=centered, seed=1"), ("halueval_qa", "acc"))]
+    rnd = board.cells[(("smollm2-135m-instruct", GATE_NAMES["random"], "alpha=4.5, norm=centered, seed=1"), ("halueval_qa", "acc"))]
     assert rnd.delta == 0 and rnd.p == pytest.approx(1.0) and rnd.mark == ""
 
     pope = board.cells[(("llava_tiny", lb.TP_BASE, "alpha=4.5, norm=centered"), ("POPE", "acc"))]
@@ -244,7 +246,7 @@ def test_random_gate_seeds_are_averaged(tmp_path):
                     [1.0] * right + [0.0] * (100 - right), 0.1)
     entries, _ = lb.collect([tmp_path])
     board = lb.build(entries)
-    key = ("smollm2-135m-instruct", lb.RANDOM, "alpha=4.5, norm=centered, seeds=0,1,2")
+    key = ("smollm2-135m-instruct", GATE_NAMES["random"], "alpha=4.5, norm=centered, seeds=0,1,2")
     assert key in board.rows and len(board.rows) == 2
     cell = board.cells[(key, ("halueval_qa", "acc"))]
     values = np.array([0.45, 0.50, 0.58])

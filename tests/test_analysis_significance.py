@@ -73,12 +73,13 @@ def test_planted_effect_exact_mcnemar_and_t_test(tmp_path):
     assert sig.stars(res.p_for_marks) == "*"
 
 
-def test_large_discordant_counts_use_chi_square():
+def test_large_discordant_counts_use_the_exact_test_too():
+    """One McNemar rule at every size: the exact binomial test (it was chi-square from 25 discordant pairs)."""
     a, b = planted(400, 20, 45, both=200)
     res = sig.paired_test(np.array(a), np.array(b), n_boot=500)
-    assert res.mcnemar_method.startswith("chi-square")
-    assert res.mcnemar_stat == pytest.approx((abs(20 - 45) - 1) ** 2 / 65)
-    assert res.mcnemar_p == pytest.approx(stats.chi2.sf(576 / 65, 1))
+    assert res.mcnemar_method == "exact binomial"
+    assert res.mcnemar_p == pytest.approx(stats.binomtest(45, 65, 0.5).pvalue, abs=1e-12)
+    assert res.mcnemar_p == pytest.approx(2 * stats.binom.cdf(20, 65, 0.5))
 
 
 def test_no_effect_and_non_binary_metric():
@@ -163,7 +164,7 @@ def test_cli_significance(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| halueval_qa | acc,none | 100 | 0.4500 | 0.6000 | +0.1500** |" in proc.stdout
     row = next(csv.DictReader(open(out / "significance.csv")))
-    assert float(row["mcnemar_p"]) == pytest.approx(stats.chi2.sf(14**2 / 25, 1))
+    assert float(row["mcnemar_p"]) == pytest.approx(stats.binomtest(20, 25, 0.5).pvalue)  # the exact rule
     missing = subprocess.run([sys.executable, "-m", "truthprobe_eval", "significance", str(tmp_path / "a"),
                               str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "run not found" in missing.stderr
@@ -186,7 +187,7 @@ def test_vlmevalkit_mcq_result_files_are_preferred(tmp_path):
 
 
 def test_mcnemar_is_statsmodels_and_gives_the_hand_formulas_numbers():
-    """The library test reproduces the exact binomial and the continuity-corrected chi-square it replaced."""
+    """The library test reproduces the exact binomial by hand, at every size."""
     from scipy import stats
 
     from truthprobe_eval.analysis.significance import mcnemar
@@ -199,11 +200,8 @@ def test_mcnemar_is_statsmodels_and_gives_the_hand_formulas_numbers():
         b[:2] = 1 - a[:2]
         a_only, b_only, stat, p, method = mcnemar(a, b)
         m = a_only + b_only
-        if method == "exact binomial":
-            assert stat == min(a_only, b_only) and p == pytest.approx(stats.binomtest(b_only, m, 0.5).pvalue, abs=1e-12)
-        else:
-            chi2 = (abs(a_only - b_only) - 1) ** 2 / m
-            assert stat == pytest.approx(chi2, abs=1e-12) and p == pytest.approx(stats.chi2.sf(chi2, 1), abs=1e-12)
+        assert method == "exact binomial"
+        assert stat == min(a_only, b_only) and p == pytest.approx(stats.binomtest(b_only, m, 0.5).pvalue, abs=1e-12)
     assert mcnemar(np.ones(5), np.ones(5))[3] == 1.0
 
 

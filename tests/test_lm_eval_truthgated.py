@@ -14,7 +14,7 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from truthprobe_eval.model_adapters import lm_eval_registration as registration
-from truthprobe_eval.model_adapters.lm_eval_truthgated import TruthGatedLM, parse_gate_args
+from truthprobe_eval.model_adapters.lm_eval_truthgated import TruthGatedLM, parse_intervention_args
 
 from truthprobe_eval import GateConfigError, ScoreFileError, ShapeMismatchError, TruthScores
 from truthprobe_eval.errors import InterventionError
@@ -75,10 +75,10 @@ def test_bad_gate_arguments_fail_before_loading(args, error, message, scores_fil
 
 
 def test_gate_none_and_random_need_no_scores():
-    assert parse_gate_args(gate=None).kind == "none"  # lm-eval parses the string "none" into None
-    assert parse_gate_args(gate="random", seed="3").settings["seed"] == 3
-    assert parse_gate_args(scores=None, gate="none").scores is None
-    assert parse_gate_args(gate=None).identity and not parse_gate_args(gate="random").identity
+    assert parse_intervention_args(gate=None).kind == "none"  # lm-eval parses the string "none" into None
+    assert parse_intervention_args(gate="random", seed="3").settings["seed"] == 3
+    assert parse_intervention_args(scores=None, gate="none").scores is None
+    assert parse_intervention_args(gate=None).identity and not parse_intervention_args(gate="random").identity
 
 
 def test_scores_of_another_model_name_both_shapes(tmp_path):

@@ -12,7 +12,8 @@ from sklearn.model_selection import KFold
 from tiny_models import tiny_model
 from truthprobe_eval.datasets import draw_hallucinated, load_halueval
 from truthprobe_eval.errors import GateConfigError
-from truthprobe_eval.gating import bake, gate, gate_values
+from truthprobe_eval import bake
+from truthprobe_eval.gating import gate, gate_values
 from truthprobe_eval.probing.data import example_record, halueval_examples
 from truthprobe_eval.probing.folds import published_kfold
 from truthprobe_eval.probing.trainers import train_probes

@@ -236,4 +236,4 @@ def test_neurons_through_the_runner(setup, tmp_path):
         record = json.loads((work / "truthprobe_hf" / "intervention.json").read_text())["intervention"]
         assert record["method"] == "neurons" and record["control"] == control and record["n_neurons"] > 0
     entries, _ = lb.collect([tmp_path / "none", tmp_path / "random"])
-    assert {e.method for e in entries} == {lb.NEURONS, lb.NEURONS_RANDOM}
+    assert {e.method for e in entries} == {lb.NEURONS, "truth neurons, random"}

@@ -20,7 +20,7 @@ _EXPORTS = {
     "ShapeMismatchError": "errors",
     "TruthProbeError": "errors",
     "UnsupportedArchitectureError": "errors",
-    "bake": "gating",
+    "bake": "interventions.truthprobe",
     "gate": "gating",
     "gate_values": "gating",
     "normalize": "gating",

@@ -14,7 +14,8 @@ from .errors import TruthProbeError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="truthprobe",
-        description="Head-level Truth Scores and the interventions that use them (TruthProbe gating, ITI) for LLMs and MLLMs.",
+        description="Head-level Truth Scores and the family of interventions that steer LLMs and MLLMs with them or beside "
+        "them (truthprobe_eval.interventions: every registered method).",
     )
     parser.add_argument("--version", action="version", version=f"truthprobe-eval {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -163,13 +163,11 @@ def gate(model: nn.Module, scores: ScoresLike, alpha: float = 4.5, norm: str = "
 
 
 @torch.no_grad()
-def bake(model: nn.Module, scores: ScoresLike, alpha: float = 4.5, norm: str = "centered", site: str = "o_proj_output",
-         kind: str = "truthprobe", seed: int = 0, intervention: Any = None) -> nn.Module:
-    """Fold the gates into the output-projection weights in place (zero run-time cost); returns ``model``.
+def fold_gates(model: nn.Module, scores: ScoresLike, alpha: float = 4.5, norm: str = "centered",
+               site: str = "o_proj_output", kind: str = "truthprobe", seed: int = 0) -> np.ndarray:
+    """Fold the gates into the output-projection weights in place (zero run-time cost); returns the (L, H) gates.
 
-    The gating is recorded, as every baked intervention is, in ``model.config.truthprobe_interventions`` (its
-    ``describe()`` plus the gate values), so that a saved checkpoint says how it was made; ``intervention``: the
-    ``TruthProbeGate`` doing the bake, whose description is recorded (default: one built from these arguments).
+    ``bake`` (``truthprobe_eval.bake``, the method's) calls this and records what it did in the model's config.
     """
     if kind in REDRAWN_KINDS:
         raise GateConfigError(f"gate={kind!r} is drawn anew at every forward call: it has no fixed values to fold into "
@@ -186,10 +184,4 @@ def bake(model: nn.Module, scores: ScoresLike, alpha: float = 4.5, norm: str = "
         else:
             scale = _feature_scale(gates[layer], sites.in_features, w)
             w.mul_(scale.unsqueeze(1) if in_dim == 0 else scale.unsqueeze(0))
-    if intervention is None:
-        from .interventions import build
-
-        intervention = build("truthprobe", scores=load_scores(scores), alpha=alpha, norm=norm, site=site, gate=kind,
-                             seed=seed, apply="bake")
-    intervention.record_bake(model, {"gates": gates.tolist()})
-    return model
+    return gates

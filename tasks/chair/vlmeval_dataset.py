@@ -153,6 +153,6 @@ class CHAIRLocal(ImageBaseDataset):
         return {k: metrics[k] for k in ("CHAIRs", "CHAIRi") if k in metrics}
 
 
-from truthprobe_eval.model_adapters.vlmeval_registration import finish_deferred  # noqa: E402
+from truthprobe_eval.model_adapters.startup_hook import module_finished  # noqa: E402
 
-finish_deferred(__name__)  # a registration the start-up hook deferred while this module imported VLMEvalKit
+module_finished(__name__)  # a registration the start-up hook deferred while this module imported VLMEvalKit

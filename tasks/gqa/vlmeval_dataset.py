@@ -74,6 +74,6 @@ class GQALocal(ImageVQADataset):
         return self.evaluate_heuristic(eval_file, **judge_kwargs)
 
 
-from truthprobe_eval.model_adapters.vlmeval_registration import finish_deferred  # noqa: E402
+from truthprobe_eval.model_adapters.startup_hook import module_finished  # noqa: E402
 
-finish_deferred(__name__)  # a registration the start-up hook deferred while this module imported VLMEvalKit
+module_finished(__name__)  # a registration the start-up hook deferred while this module imported VLMEvalKit

@@ -32,18 +32,9 @@ TP_BASE = "TruthProbe (base-LLM scores)"
 TP_OWN = "TruthProbe (own scores)"
 TP = "TruthProbe"
 
-RANDOM = GATE_NAMES["random"]
-INVERSE = GATE_NAMES["inverse"]
-SHUFFLED = GATE_NAMES["shuffled"]
-PAPER_RANDOM = GATE_NAMES["paper_random"]
-PAPER_INVERSE = GATE_NAMES["paper_inverse"]
-ITI = "ITI"
-ITI_RANDOM_HEADS = "ITI random heads"
-ITI_RANDOM_DIRECTIONS = "ITI random directions"
+ITI = "ITI"  # the rows other modules and tests name; every other row is named by its method's class
 NEURONS = "truth neurons"
-NEURONS_RANDOM = "truth neurons, random"
-METHOD_ORDER = [VANILLA, TP_BASE, TP_OWN, TP, PAPER_RANDOM, PAPER_INVERSE, RANDOM, SHUFFLED, INVERSE, ITI, ITI_RANDOM_HEADS, ITI_RANDOM_DIRECTIONS,
-                NEURONS, NEURONS_RANDOM]
+_FAMILY_OF_ROW: dict[str, str] = {}  # row name -> its method, learnt as method_from_description names rows
 INTERVENTION_FILE = "intervention.json"  # what ``truthprobe vlmeval`` writes into each model's work folder
 RESULTS_JSON = re.compile(r"^results_(?P<ts>.+)\.json$")
 VLMEVAL_RATING = re.compile(r"^(?P<stem>.+)_(?P<kind>score|acc)\.csv$")
@@ -112,9 +103,11 @@ def method_from_description(description: dict[str, Any] | None, model: str) -> t
     except TruthProbeError:  # recorded by a method this installation does not have: its own label
         return str(description.get("label") or description.get("method")), ""
     method, settings = cls.table_row(description)
+    _FAMILY_OF_ROW.setdefault(method, cls.name)
     scores_model = description.get("scores_model")
     if method == TP and scores_model and scores_model != "unknown model":
         method = TP_OWN if _canonical(scores_model) == _canonical(model) else TP_BASE
+        _FAMILY_OF_ROW.setdefault(method, cls.name)
     return method, settings
 
 
@@ -333,8 +326,22 @@ class Leaderboard:
 
 
 def _sort_rows(rows):
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(rows, key=lambda r: (r[0], order.get(r[1], len(order)), r[1], r[2]))
+    """Per model: the plain model, then each method's rows in the registry's order (the method's own rows before
+    its controls), rows of methods this installation does not have last."""
+    from ..interventions import methods
+
+    known = methods()
+    rank = {name: i for i, name in enumerate(known)}
+
+    def key(r):
+        if r[1] == VANILLA:
+            return (r[0], -1, 0, r[1], r[2])
+        family = _FAMILY_OF_ROW.get(r[1])
+        title = known[family].title if family in known else None
+        own = 0 if title and r[1].startswith(title) else 1
+        return (r[0], rank.get(family, len(rank)), own, r[1], r[2])
+
+    return sorted(rows, key=key)
 
 
 SEED = re.compile(r"(?:^|, )seed=([^,]+)")

@@ -8,10 +8,10 @@ Reads per-sample correctness from
   ``_auxmatch`` / ``_result`` files), that is used; otherwise Yes/No answers are extracted the way VLMEvalKit does
   (``YOrN_Extraction``) and other answers compared by normalized exact match.
 
-Statistics on the per-sample differences d = B - A: mean difference, paired t-test (one-sided by default: is B
-better?), a percentile bootstrap confidence interval of the mean difference, and, when both runs are 0/1,
-McNemar's test (exact binomial when there are few discordant pairs, chi-square with continuity correction
-otherwise). Runs whose sample sets differ are refused, naming the first mismatching sample.
+Statistics on the per-sample differences d = B - A (``paired_stats.paired_test``, the one statistics module):
+mean difference, paired t-test (one-sided by default: is B better?), a percentile bootstrap confidence interval of
+the mean difference, and, when both runs are 0/1, McNemar's exact test (the project's one McNemar rule). Runs whose
+sample sets differ are refused, naming the first mismatching sample.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from .._io import read_jsonl
 from ..errors import TruthProbeError
+from ..paired_stats import PairedStatsError
 from . import reports
 
 LM_EVAL_SAMPLES = re.compile(r"^samples_(?P<task>.+)_(?P<ts>\d{4}-\d{2}-\d{2}T[\d\-.:]+)\.jsonl$")
@@ -35,10 +36,9 @@ VLMEVAL_SUFFIXES = (".xlsx", ".tsv", ".csv", ".json")
 VLMEVAL_JUDGES = r"(?:_(?:exact_matching|chatgpt[\w.-]*|gpt[\w.-]*|qwen[\w.-]*|deepseek[\w.-]*))?"
 VLMEVAL_DERIVED = re.compile(VLMEVAL_JUDGES + r"_(auxmatch|result|score|acc|acc_all|fine|rating|metrics|tmp|detailed_results)$")
 VLMEVAL_SCORE_COLUMNS = ("score", "hit", "correct", "match")
-EXACT_MCNEMAR_BELOW = 25  # discordant pairs: exact binomial below this, chi-square (continuity-corrected) from it
 
 
-class SignificanceError(TruthProbeError, ValueError):
+class SignificanceError(PairedStatsError):
     """Per-sample logs that cannot be compared."""
 
 
@@ -308,100 +308,8 @@ def align(a: SampleRun, b: SampleRun) -> tuple[list[str], np.ndarray, np.ndarray
     return list(a.keys), a.values, b.values[order]
 
 
-# ---- statistics ----------------------------------------------------------------------------------------
-@dataclass
-class PairedResult:
-    task: str
-    metric: str
-    n: int
-    mean_a: float
-    mean_b: float
-    diff: float  # mean of B - A
-    ci_low: float
-    ci_high: float
-    confidence: float
-    t_stat: float
-    t_p: float  # for ``alternative``
-    t_p_two_sided: float
-    alternative: str
-    binary: bool
-    a_only: int | None = None  # A right, B wrong
-    b_only: int | None = None  # B right, A wrong
-    mcnemar_stat: float | None = None
-    mcnemar_p: float | None = None
-    mcnemar_method: str | None = None
-
-    @property
-    def p_for_marks(self) -> float:
-        """Two-sided p-value used for significance marks: McNemar for 0/1 data, the paired t-test otherwise."""
-        return self.mcnemar_p if self.binary and self.mcnemar_p is not None else self.t_p_two_sided
-
-
-def bootstrap_ci(d: np.ndarray, n_boot: int = 10000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``d`` (``scipy.stats.bootstrap``, resampling with replacement).
-
-    Resamples are drawn in batches of at most 2M values, so memory stays bounded for long runs; the batch size is
-    part of the seeded draw, and kept as it always was so that reported intervals do not move."""
-    from scipy import stats
-
-    if not 0 < confidence < 1:
-        raise SignificanceError(f"expected a confidence level in (0, 1), found {confidence}")
-    d = np.asarray(d, dtype=float)
-    if np.ptp(d) == 0:  # every resample has the same mean (scipy would call the interval degenerate)
-        return float(d[0]), float(d[0])
-    batch = max(1, min(n_boot, 2_000_000 // max(1, d.size)))
-    res = stats.bootstrap((d,), np.mean, n_resamples=n_boot, batch=batch, vectorized=True, confidence_level=confidence,
-                          method="percentile", rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def mcnemar(a: np.ndarray, b: np.ndarray, exact_below: int = EXACT_MCNEMAR_BELOW) -> tuple[int, int, float, float, str]:
-    """McNemar's test on paired 0/1 outcomes (statsmodels): (A-only right, B-only right, statistic, two-sided p,
-    method); exact (binomial) below ``exact_below`` discordant pairs, else chi-square with continuity correction."""
-    from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
-
-    a_only = int(((a == 1) & (b == 0)).sum())
-    b_only = int(((a == 0) & (b == 1)).sum())
-    n = a_only + b_only
-    if n == 0:
-        return a_only, b_only, 0.0, 1.0, "no discordant pairs"
-    table = [[0, a_only], [b_only, 0]]  # only the discordant cells enter the test
-    exact = n < exact_below
-    test = sm_mcnemar(table, exact=exact, correction=True)
-    return (a_only, b_only, float(test.statistic), float(test.pvalue),
-            "exact binomial" if exact else "chi-square, continuity-corrected")
-
-
-def paired_test(a: np.ndarray, b: np.ndarray, task: str = "", metric: str = "", alternative: str = "greater",
-                n_boot: int = 10000, confidence: float = 0.95, seed: int = 0) -> PairedResult:
-    """All paired statistics for per-sample values ``a`` and ``b`` (same samples, same order)."""
-    from scipy import stats
-
-    if alternative not in ("greater", "less", "two-sided"):
-        raise SignificanceError(f"expected alternative greater, less or two-sided, found {alternative!r}")
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
-        raise SignificanceError(f"expected two equal-length runs of at least 2 samples, found {a.shape} and {b.shape}")
-    d = b - a
-    if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # no variance in the differences: scipy's t is undefined, the answer is not
-        if abs(d[0]) <= 1e-12:
-            t_stat, t_p, t_p2 = 0.0, 1.0, 1.0
-        else:
-            t_stat, t_p2 = math.copysign(math.inf, d[0]), 0.0
-            agrees = alternative == "two-sided" or (alternative == "greater") == (d[0] > 0)
-            t_p = 0.0 if agrees else 1.0
-    else:
-        r = stats.ttest_rel(b, a, alternative=alternative)
-        t_stat, t_p = float(r.statistic), float(r.pvalue)
-        t_p2 = float(stats.ttest_rel(b, a).pvalue)
-    lo, hi = bootstrap_ci(d, n_boot, confidence, seed)
-    binary = bool(np.isin(a, (0, 1)).all() and np.isin(b, (0, 1)).all())
-    res = PairedResult(task, metric, int(a.size), float(a.mean()), float(b.mean()), float(d.mean()), lo, hi, confidence,
-                       t_stat, t_p, t_p2, alternative, binary)
-    if binary:
-        res.a_only, res.b_only, res.mcnemar_stat, res.mcnemar_p, res.mcnemar_method = mcnemar(a, b)
-    return res
+# ---- statistics: one module for every paired comparison (``paired_stats``) ----------------------------------
+from ..paired_stats import PairedResult, bootstrap_ci, mcnemar, paired_test  # noqa: E402,F401  (read from here too)
 
 
 def compare_runs(path_a: "str | os.PathLike", path_b: "str | os.PathLike", task: str | None = None,

@@ -132,12 +132,15 @@ class TruthProbeGate(Intervention):
         return register_gate_hooks(sites, redrawn_generator(s["gate"], s["seed"]) or gates, s["site"])
 
     def bake(self, model: nn.Module) -> nn.Module:
-        from ..gating import bake
+        """Gates folded into the output projections (``gating.fold_gates``), recorded with their values."""
+        from ..gating import fold_gates
 
         if self.identity:
             return model
         s = self.settings
-        return bake(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"], intervention=self)
+        gates = fold_gates(model, self.scores_for(model), s["alpha"], s["norm"], s["site"], s["gate"], s["seed"])
+        self.record_bake(model, {"gates": gates.tolist()})
+        return model
 
     def provenance(self) -> dict[str, Any]:
         return {"scores": self.source, "scores_model": None if self.scores is None else self.scores.model,
@@ -173,4 +176,18 @@ class TruthProbeGate(Intervention):
         return f"{what} ({s['norm']}, alpha {s['alpha']:g}" + (f", {seed})" if seed else ")")
 
 
-__all__ = ["NEEDS_SCORES", "TruthProbeGate"]
+def bake(model: nn.Module, scores: Any, alpha: float = 4.5, norm: str = "centered", site: str = "o_proj_output",
+         kind: str = "truthprobe", seed: int = 0) -> nn.Module:
+    """Fold TruthProbe's gates into the weights in place (zero run-time cost); recorded in
+    ``model.config.truthprobe_interventions`` (its ``describe()`` and the gate values). Returns ``model``."""
+    from ..gating import REDRAWN_KINDS
+
+    if kind in REDRAWN_KINDS:  # said before the settings are parsed: the reason is the gate kind, not the files
+        raise GateConfigError(f"gate={kind!r} is drawn anew at every forward call: it has no fixed values to fold "
+                              "into the weights; run it with hooks (apply=hooks)")
+    made = TruthProbeGate.from_kwargs(scores=scores, alpha=alpha, norm=norm, site=site, gate=kind, seed=seed,
+                                      apply="bake")
+    return made.bake(model)
+
+
+__all__ = ["NEEDS_SCORES", "TruthProbeGate", "bake"]

@@ -259,3 +259,40 @@ def test_the_table_declares_the_sites_interventions_use():
         for name in SITES:
             assert len(sites.modules(name)) == sites.num_layers
         assert sites.mlp_width == sites.mlp_outs[0].in_features if hasattr(sites.mlp_outs[0], "in_features") else True
+
+
+# ---- results rebuild what ran ----------------------------------------------------------------------------------
+
+def test_a_recorded_description_rebuilds_the_same_intervention_after_the_folder_moved(tmp_path):
+    import shutil
+
+    from truthprobe_eval.interventions import from_description
+    from truthprobe_eval.interventions.diffmean import DiffMeanVectors
+    from truthprobe_eval.scores import TruthScores
+
+    model = tiny_model("llama", dtype=torch.float64)
+    run = tmp_path / "run"
+    run.mkdir()
+    scores = TruthScores(np.random.default_rng(2).uniform(0.4, 1.0, (3, 4)), meta={"model": "tiny"}).save(run / "s.json")
+    L, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    vectors = DiffMeanVectors(np.random.default_rng(3).standard_normal((L, hidden)), np.ones(L)).save(run / "v.json")
+    made = [build("truthprobe", scores=str(scores), alpha=2.0, norm="minmax"),
+            build("diffmean", vectors=str(vectors), layers="1", alpha=3.0)]
+    described = [json.loads(json.dumps(m.describe())) for m in made]  # as a result file holds it
+    assert described[0]["scores_sha256"] and described[1]["vectors_sha256"]
+    with torch.no_grad():
+        outputs = []
+        for m in made:
+            with m.attach(model):
+                outputs.append(model(input_ids=IDS).logits)
+        moved = tmp_path / "moved"
+        shutil.move(str(run), moved)  # the result folder moved: its files are found beside the result, by name
+        for d, before in zip(described, outputs):
+            rebuilt = from_description(d, beside=moved)
+            with rebuilt.attach(model):
+                assert torch.equal(model(input_ids=IDS).logits, before)
+            assert {k: v for k, v in rebuilt.describe().items() if k not in ("scores", "vectors")} == \
+                {k: v for k, v in d.items() if k not in ("scores", "vectors")}
+    (moved / "s.json").write_text((moved / "s.json").read_text().replace("0.", "0.1", 1))
+    with pytest.raises(GateConfigError, match="is not the file the run read"):
+        from_description(described[0], beside=moved)

@@ -212,3 +212,30 @@ def test_table_says_when_no_gate_beat_the_baseline(gated_f1, note):
     table = format_table(result)
     assert ("No gate beat the baseline's validation F1 (0.0)" in table) is note
     assert "not significant at 0.05" in table and "includes 0" in table
+
+
+@pytest.mark.slow
+def test_every_result_rebuilds_what_ran_and_the_leaderboard_reads_the_folder(tiny_run):
+    """Each intervention the job recorded (results.json and every lm_eval/<name>.json) rebuilds from its description,
+    files checked by their hash; ``truthprobe leaderboard`` reads the job's own folder (validation and test slices
+    apart)."""
+    from truthprobe_eval.analysis import leaderboard as lb
+    from truthprobe_eval.interventions import from_description
+
+    result, out, _ = tiny_run
+    recorded = json.loads((out / "results.json").read_text())
+    described = [recorded["selected"]["intervention"], *(e["intervention"] for e in recorded["validation"])]
+    for f in sorted((out / "lm_eval").glob("*.json")):
+        described.append(json.loads(f.read_text())["config"]["intervention"])
+    assert len(described) > 10
+    for d in described:
+        if d.get("identity"):
+            continue
+        assert d["scores_sha256"]
+        assert from_description(d, beside=out).describe() == d
+    entries, _ = lb.collect([out])
+    benchmarks = {e.benchmark for e in entries}
+    assert {"halueval_truthprobe_seed0 rows 12-15", "halueval_truthprobe_seed0 rows 16-21",
+            "halueval_truthprobe_seed1 rows 16-21"} <= benchmarks
+    test_rows = [e for e in entries if e.benchmark == "halueval_truthprobe_seed0 rows 16-21"]
+    assert {e.method for e in test_rows} >= {lb.VANILLA, lb.TP_OWN} and all(e.samples for e in test_rows)

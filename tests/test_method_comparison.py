@@ -106,6 +106,12 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
     assert diffmean["neutral"]["kl"] > 0 and diffmean["interventions"][0]["steered_layers"] == [15]
     assert rve["truthfulqa"]["mc2"] == pytest.approx(result["runs"][0]["truthfulqa"]["mc2"], abs=1e-4)  # no span: no-op
     assert "Truth neurons (file 0" in table
+    # every run's recorded intervention rebuilds from its description (files checked by their hash)
+    from truthprobe_eval.interventions import from_description
+
+    for run in result["runs"]:
+        for d in run["interventions"]:
+            assert from_description(d, beside=out).describe() == d
 
 
 def test_the_runs_and_their_controls(tmp_path):

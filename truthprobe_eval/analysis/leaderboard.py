@@ -1,6 +1,7 @@
 """One table from many evaluation runs: rows model x method, columns benchmark metrics, deltas vs the baseline.
 
-Reads, recursively under each result folder:
+A report over ``results_files`` (the one reader of every harness's result files), which reads, recursively under
+each result folder:
 - lm-eval ``results_<timestamp>.json``: the model from ``config.model_args`` (``pretrained=``) and the method from
   the intervention the ``truthgated`` / ``intervened`` model recorded (``config.intervention``, its ``describe()``);
   ``hf`` runs are the plain model; per-sample logs ``samples_<task>_<timestamp>.jsonl`` beside it
@@ -15,283 +16,33 @@ Nothing is guessed from model names or argument strings: a method is what its ru
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from ..errors import TruthProbeError
-from ..gate_config import GATE_NAMES
 from . import reports
 from . import significance as sig
-
-VANILLA = "vanilla"
-TP_BASE = "TruthProbe (base-LLM scores)"
-TP_OWN = "TruthProbe (own scores)"
-TP = "TruthProbe"
-
-ITI = "ITI"  # the rows other modules and tests name; every other row is named by its method's class
-NEURONS = "truth neurons"
-_FAMILY_OF_ROW: dict[str, str] = {}  # row name -> its method, learnt as method_from_description names rows
-INTERVENTION_FILE = "intervention.json"  # what ``truthprobe vlmeval`` writes into each model's work folder
-RESULTS_JSON = re.compile(r"^results_(?P<ts>.+)\.json$")
-VLMEVAL_RATING = re.compile(r"^(?P<stem>.+)_(?P<kind>score|acc)\.csv$")
-SKIP_KEYS = {"alias", "name", "sample_len", "samples", " "}
-
-
-class LeaderboardError(TruthProbeError, ValueError):
-    """Result folders that cannot be collected."""
-
-
-@dataclass
-class ResultEntry:
-    model: str
-    method: str
-    benchmark: str
-    metrics: dict[str, float]
-    source: str
-    harness: str
-    settings: str = ""
-    samples: str | None = None  # per-sample log for significance
-    sample_metric: str | None = None  # which metric column the per-sample log measures
-    lower_is_better: set[str] = field(default_factory=set)  # metrics where a drop is an improvement (CHAIR)
-    spread: dict[str, tuple[float, int]] = field(default_factory=dict)  # metric -> (std over seeds, n seeds)
-
-    @property
-    def row_key(self) -> tuple[str, str, str]:
-        return (self.model, self.method, self.settings)
-
-
-# ---- lm-eval -------------------------------------------------------------------------------------------
-def parse_model_args(model_args: Any) -> dict[str, str]:
-    """lm-eval's ``model_args``: a dict (0.4.13 results files) or a ``k=v,k=v`` string."""
-    if isinstance(model_args, dict):
-        return {str(k): str(v) for k, v in model_args.items()}
-    out = {}
-    for part in str(model_args or "").split(","):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
-
-
-def _short(model: str) -> str:
-    return str(model).rstrip("/").split("/")[-1]
-
-
-def _canonical(model: str) -> str:
-    from ..models import ALIASES
-
-    model = ALIASES[model][1] if model in ALIASES else str(model)
-    return _short(model).lower()
-
-
-def method_from_description(description: dict[str, Any] | None, model: str) -> tuple[str, str]:
-    """(method, settings) from an intervention's recorded ``describe()`` (None or identity: the plain model).
-
-    Each method names its own rows (``table_row``); TruthProbe rows also say whose scores they used: the model's
-    own, or another model's of its lineage (the base LLM).
-    """
-    from ..interventions import method_class
-
-    if not description or description.get("identity"):
-        return VANILLA, ""
-    try:
-        cls = method_class(description.get("method"))
-    except TruthProbeError:  # recorded by a method this installation does not have: its own label
-        return str(description.get("label") or description.get("method")), ""
-    method, settings = cls.table_row(description)
-    _FAMILY_OF_ROW.setdefault(method, cls.name)
-    scores_model = description.get("scores_model")
-    if method == TP and scores_model and scores_model != "unknown model":
-        method = TP_OWN if _canonical(scores_model) == _canonical(model) else TP_BASE
-        _FAMILY_OF_ROW.setdefault(method, cls.name)
-    return method, settings
-
-
-def _metric_name(key: str) -> str | None:
-    if "," not in key:
-        return None
-    metric, filt = key.split(",", 1)
-    if metric.endswith("_stderr") or metric in SKIP_KEYS:
-        return None
-    return metric if filt == "none" else f"{metric} ({filt})"
-
-
-def collect_lm_eval(path: Path) -> list[ResultEntry]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LeaderboardError(f"{path}: not a valid lm-eval results JSON ({exc})") from None
-    if not isinstance(data, dict) or "results" not in data or "config" not in data:
-        raise LeaderboardError(f"{path}: expected lm-eval results with 'results' and 'config', found keys "
-                               f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
-    config = data["config"]
-    args = parse_model_args(config.get("model_args"))
-    harness_model = str(config.get("model", ""))
-    model = _short(args.get("pretrained") or data.get("model_name") or harness_model)
-    described = config.get("intervention")
-    if described is None and harness_model in ("truthgated", "intervened"):
-        raise LeaderboardError(f"{path}: a {harness_model} run without config.intervention (written by "
-                               "truthprobe-eval 0.3 and later); rerun it to record what it ran")
-    method, settings = method_from_description(described, model)
-    ts = RESULTS_JSON.match(path.name).group("ts") if RESULTS_JSON.match(path.name) else None
-    higher = data.get("higher_is_better") or {}
-    entries = []
-    for task, values in data["results"].items():
-        metrics = {}
-        for key, value in values.items():
-            name = _metric_name(key)
-            if name is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-                metrics[name] = float(value)
-        if not metrics:
-            continue
-        samples = path.parent / f"samples_{task}_{ts}.jsonl" if ts else None
-        sample_metric = None
-        if samples is not None and samples.is_file():
-            try:
-                run = sig.load_lm_eval_samples(samples)
-                metric, filt = run.metric.split(",", 1)
-                sample_metric = metric if filt == "none" else f"{metric} ({filt})"
-            except sig.SignificanceError:
-                samples = None
-        else:
-            samples = None
-        lower = {name for name in metrics if (higher.get(task) or {}).get(name.split(" (")[0]) is False}
-        entries.append(ResultEntry(model, method, task, metrics, str(path), "lm-eval", settings,
-                                   str(samples) if samples else None, sample_metric, lower))
-    return entries
-
-
-# ---- VLMEvalKit and our JSON ---------------------------------------------------------------------------
-def vlmeval_model_and_method(folder: Path) -> tuple[str, str, str]:
-    """(model, method, settings) of a VLMEvalKit model folder, from the ``intervention.json`` recorded there.
-
-    A folder without one holds a model that ran without truthprobe-eval's runner: the plain model, named by its
-    folder."""
-    record = folder / INTERVENTION_FILE
-    if not record.is_file():
-        return folder.name, VANILLA, ""
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LeaderboardError(f"{record}: expected JSON, found {exc}") from None
-    if not isinstance(data, dict) or "intervention" not in data:
-        raise LeaderboardError(f"{record}: expected {{'model': ..., 'intervention': {{...}}}}, found "
-                               f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
-    model = _short(data.get("model") or folder.name)
-    method, settings = method_from_description(data["intervention"], model)
-    return model, method, settings
-
-
-def _rating_metrics(table) -> dict[str, float]:
-    cols = [c for c in table.columns if str(c) != "split"]
-    metrics = {}
-    if "split" in table.columns:
-        for _, row in table.iterrows():
-            split = str(row["split"])
-            for c in cols:
-                try:
-                    value = float(row[c])
-                except (TypeError, ValueError):
-                    continue
-                metrics[str(c) if split == "Overall" or len(table) == 1 else f"{c} ({split})"] = value
-    else:
-        for c in cols:
-            try:
-                metrics[str(c)] = float(table[c].iloc[0])
-            except (TypeError, ValueError):
-                continue
-    return metrics
-
-
-def collect_vlmeval_rating(path: Path) -> ResultEntry | None:
-    import pandas as pd
-
-    m = VLMEVAL_RATING.match(path.name)
-    folder_model = path.parent.name
-    stem = m.group("stem")
-    if not stem.startswith(folder_model + "_"):
-        return None  # not in VLMEvalKit's <work_dir>/<model>/ layout
-    benchmark = stem[len(folder_model) + 1 :]
-    try:
-        table = pd.read_csv(path)
-    except Exception as exc:  # pandas raises several types for broken CSVs
-        raise LeaderboardError(f"{path}: could not read VLMEvalKit's rating table ({exc})") from None
-    metrics = _rating_metrics(table)
-    if not metrics:
-        return None
-    if {"precision", "recall"} <= set(metrics):  # VLMEvalKit's POPE_rating calls F1 "Overall"
-        metrics = {re.sub(r"^Overall", "F1", k): v for k, v in metrics.items()}
-    model, method, settings = vlmeval_model_and_method(path.parent)
-    preds = sig.find_vlmeval_predictions(path.parent)
-    samples = preds.get(benchmark)
-    sample_metric = "acc" if "acc" in metrics else ("Overall" if "Overall" in metrics else None)
-    return ResultEntry(model, method, benchmark, metrics, str(path), "vlmevalkit", settings,
-                       str(samples) if samples and sample_metric else None, sample_metric)
-
-
-def collect_json(path: Path) -> ResultEntry | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    if data.get("format") == "truthprobe-results":
-        missing = [k for k in ("model", "benchmark", "metrics") if k not in data]
-        if missing:
-            raise LeaderboardError(f"{path}: truthprobe-results file is missing {missing}")
-        metrics = {str(k): float(v) for k, v in data["metrics"].items() if isinstance(v, (int, float))}
-        samples = data.get("samples")
-        if samples:
-            samples = str((path.parent / samples).resolve())
-        if "intervention" in data:
-            method, settings = method_from_description(data["intervention"], _short(data["model"]))
-        else:
-            method, settings = data.get("method", VANILLA), str(data.get("settings", ""))
-        return ResultEntry(_short(data["model"]), method, str(data["benchmark"]), metrics, str(path), "truthprobe",
-                           settings, samples, data.get("sample_metric"), set(data.get("lower_is_better", [])))
-    if {"CHAIRs", "CHAIRi"} <= set(data):
-        model, method, settings = vlmeval_model_and_method(path.parent)
-        metrics = {k: float(data[k]) for k in ("CHAIRs", "CHAIRi", "recall", "len") if isinstance(data.get(k), (int, float))}
-        return ResultEntry(model, method, "CHAIR", metrics, str(path), "chair", settings,
-                           lower_is_better={"CHAIRs", "CHAIRi"})
-    return None
-
-
-def collect(folders: Sequence["str | os.PathLike"]) -> tuple[list[ResultEntry], list[str]]:
-    """Every result found under ``folders``, and notes about files that were skipped and why."""
-    entries: list[ResultEntry] = []
-    notes: list[str] = []
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.exists():
-            raise LeaderboardError(f"result folder not found: {folder}")
-        files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
-        for p in files:
-            if RESULTS_JSON.match(p.name):
-                found = collect_lm_eval(p)
-                entries += found
-                if not found:
-                    notes.append(f"{p}: no numeric metrics")
-            elif VLMEVAL_RATING.match(p.name):
-                e = collect_vlmeval_rating(p)
-                if e is None:
-                    notes.append(f"{p}: not in VLMEvalKit's <model>/<model>_<dataset>_score.csv layout, skipped")
-                else:
-                    entries.append(e)
-            elif p.suffix == ".json" and not p.name.startswith("samples_"):
-                e = collect_json(p)
-                if e is not None:
-                    entries.append(e)
-    if not entries:
-        raise LeaderboardError(f"no results found under {', '.join(map(str, folders))}: expected lm-eval results_*.json, "
-                               "VLMEvalKit <model>/<model>_<dataset>_score.csv or _acc.csv, or truthprobe-results JSON")
-    return entries, notes
-
+from .results_files import (  # noqa: F401  (read from here too)
+    INTERVENTION_FILE,
+    ITI,
+    NEURONS,
+    TP,
+    TP_BASE,
+    TP_OWN,
+    VANILLA,
+    _FAMILY_OF_ROW,
+    LeaderboardError,
+    ResultEntry,
+    collect,
+    collect_json,
+    collect_lm_eval,
+    collect_vlmeval_rating,
+    method_from_description,
+    parse_model_args,
+    vlmeval_model_and_method,
+)
 
 # ---- the table -----------------------------------------------------------------------------------------
 @dataclass

@@ -15,6 +15,7 @@ group adds methods from other packages: nothing else moves.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,9 +352,29 @@ class Intervention:
 
     # ---- self-description --------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        """A plain, JSON-ready dict: the method, every setting, provenance of the files it read, a label."""
+        """A plain, JSON-ready dict: the method, every setting, provenance of the files it read (the artifact's
+        content hash, ``<artifact>_sha256``), a label. ``from_description`` rebuilds the intervention from it."""
         settings = {k: v for k, v in self.settings.items() if isinstance(v, (str, int, float, bool)) or v is None}
-        return {"method": self.name, **settings, **self.provenance(), "label": self.label(), "identity": self.identity}
+        out = {"method": self.name, **settings, **self.provenance(), "label": self.label(), "identity": self.identity}
+        digest = self.artifact_sha256()
+        if digest is not None:
+            out[f"{self.artifact}_sha256"] = digest
+        return out
+
+    def artifact_sha256(self) -> str | None:
+        """sha256 of the artifact file the settings name (None: no file, or an object in memory)."""
+        value = self.settings.get(self.artifact) if self.artifact else None
+        if not isinstance(value, (str, os.PathLike)) or not value or not Path(value).is_file():
+            return None
+        stat = Path(value).stat()
+        key = (str(value), stat.st_mtime_ns, stat.st_size)
+        cached = getattr(self, "_artifact_digest", None)
+        if cached is None or cached[0] != key:
+            from ..models import file_sha256
+
+            cached = (key, file_sha256(value))
+            self._artifact_digest = cached
+        return cached[1]
 
     def provenance(self) -> dict[str, Any]:
         return {}
@@ -433,10 +454,32 @@ def split_kwargs(kwargs: dict[str, Any], default_method: str = "truthprobe") -> 
     return ours, {k: v for k, v in kwargs.items() if k not in names and k != "method"}
 
 
-def from_description(description: dict[str, Any]) -> Intervention:
-    """Rebuild an intervention from its recorded ``describe()`` dict."""
+def from_description(description: dict[str, Any], beside: "str | os.PathLike | None" = None) -> Intervention:
+    """Rebuild an intervention from its recorded ``describe()`` dict.
+
+    The artifact file is the recorded path; a relative one is read against ``beside`` (the folder of the result
+    that recorded it), and where the recorded path is gone (the result folder moved) the file of that name beside
+    the result is used. Its content must hash to the recorded ``<artifact>_sha256``, or the rebuild fails: it would
+    not be the intervention that ran."""
     cls = method_class(description.get("method"))
-    return cls.from_kwargs(**{k: v for k, v in description.items() if k in cls.param_names()})
+    kwargs = {k: v for k, v in description.items() if k in cls.param_names()}
+    given = kwargs.get(cls.artifact) if cls.artifact else None
+    if isinstance(given, str) and given:
+        path = Path(given)
+        if not path.is_absolute() and beside is not None:
+            path = Path(beside) / path
+        if not path.is_file() and beside is not None and (Path(beside) / path.name).is_file():
+            path = Path(beside) / path.name
+        recorded = description.get(f"{cls.artifact}_sha256")
+        if recorded and path.is_file():
+            from ..models import file_sha256
+
+            found = file_sha256(path)
+            if found != recorded:
+                raise cls.error(f"{cls.artifact}: {path} is not the file the run read (sha256 {recorded[:12]}... "
+                                f"recorded, {found[:12]}... found); the result cannot be rebuilt from it")
+        kwargs[cls.artifact] = str(path)
+    return cls.from_kwargs(**kwargs)
 
 
 def methods() -> dict[str, type[Intervention]]:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from truthprobe_eval.cli import main
-from truthprobe_eval.commands.ablate import _grid
 from truthprobe_eval.experiments.ablations import AblationError, RandomAblationResult, check_rows_clear_of_probing
 from truthprobe_eval.experiments.halueval_judge import Evaluation
 from truthprobe_eval.scores import TruthScores
@@ -31,12 +30,6 @@ def test_random_summary_is_mean_and_sample_std():
     f1 = result.summary()["f1"]
     assert f1["random_mean"] == pytest.approx(0.4) and f1["random_std"] == pytest.approx(0.2)
     assert f1["random_at_least_truthprobe"] == 1 and f1["truthprobe"] == 0.5 and f1["baseline"] == 0.1
-
-
-def test_grid_argument():
-    assert _grid("centered:2.5,4.5;minmax:0.1") == [("centered", 2.5), ("centered", 4.5), ("minmax", 0.1)]
-    with pytest.raises(Exception, match="NORM:ALPHA"):
-        _grid("centered 2.5")
 
 
 def test_overlap_with_probing_rows_is_refused():
@@ -76,10 +69,10 @@ def test_regime_probes_every_setting_and_evaluates_each_gate(regime):
 @pytest.mark.slow
 def test_random_ablation_collects_lm_eval_results(regime, tmp_path):
     scores = regime / "scores" / "rows10_epochs20.json"
-    assert main(["ablate", "random", "--scores", str(scores), "--offset", "5", "--n", "2", "--out", str(tmp_path)]) == 2
+    assert main(["ablate", "random", "--set", f"scores={scores}", "--offset", "5", "--n", "2", "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "ablation.csv").exists()  # refused before any work
     out = tmp_path / "random"
-    assert main(["ablate", "random", "--scores", str(scores), "--alpha", "4.5", "--seeds", "0,1,2", "--offset", "10",
+    assert main(["ablate", "random", "--set", f"scores={scores}", "--set", "alpha=4.5", "--seeds", "0,1,2", "--offset", "10",
                  "--n", "2", "--batch-size", "2", "--out", str(out), "--quiet"]) == 0
     payload = json.loads((out / "ablation.json").read_text())
     assert (payload["task"], payload["protocol"], payload["offset"], payload["n"]) == (
@@ -114,10 +107,11 @@ def test_random_ablation_collects_lm_eval_results(regime, tmp_path):
 @pytest.mark.slow
 def test_grid_marks_the_validation_f1_winner(regime, tmp_path):
     scores = regime / "scores" / "rows10_epochs20.json"
-    assert main(["ablate", "grid", "--scores", str(scores), "--grid", "centered:2.5,7.5;minmax:0.3", "--offset", "10",
+    assert main(["ablate", "grid", "--set", f"scores={scores}", "--vary", "norm=centered", "--vary", "alpha=2.5,7.5",
+                 "--offset", "10",
                  "--n", "2", "--batch-size", "2", "--out", str(tmp_path), "--quiet"]) == 0
     rows = list(csv.DictReader((tmp_path / "ablation.csv").open()))
-    assert [r["method"] for r in rows] == ["baseline", "truthprobe", "truthprobe", "truthprobe"]
+    assert [r["method"] for r in rows] == ["baseline", "truthprobe", "truthprobe"]
     gated = rows[1:]
     chosen = [r for r in gated if r["chosen"] == "yes"]
     assert len(chosen) == 1
@@ -167,3 +161,19 @@ def test_grid_and_random_ablations_take_any_method(iti_file, tmp_path):
     assert heads[0] != heads[1] != payload["method"]["intervention"]["heads"]
     assert main(["ablate", "random", "--method", "iti", "--set", f"directions={iti_file}", "--control", "shuffled",
                  "--out", str(out)]) == 2  # a control the method does not have: refused before the model loads
+
+
+def test_grid_points_come_from_the_method_class():
+    """No --vary: the method's own published grid (TruthProbe's seven points); a method without one must say what
+    to vary."""
+    import argparse
+
+    from truthprobe_eval.commands.ablate import _grid_points
+    from truthprobe_eval.interventions import TruthProbeGate
+
+    points = _grid_points(argparse.Namespace(vary=[], method="truthprobe"))
+    assert points == [dict(p) for p in TruthProbeGate.selection_grid] and len(points) == 7
+    assert _grid_points(argparse.Namespace(vary=[("alpha", "1,2"), ("k", "8")], method="iti")) == [
+        {"alpha": "1", "k": "8"}, {"alpha": "2", "k": "8"}]
+    with pytest.raises(argparse.ArgumentTypeError, match="method 'diffmean' declares no grid of its own"):
+        _grid_points(argparse.Namespace(vary=[], method="diffmean"))

@@ -1,7 +1,9 @@
 """``truthprobe ablate random|grid|regime``: ablations that run lm-eval's HaluEval judge task and collect the results.
 
 ``random`` and ``grid`` take any registered method (``--method``, settings with ``--set NAME=VALUE``), e.g.
-``truthprobe ablate grid --method iti --set directions=iti.json --vary alpha=5,10,15 --vary k=16,48``.
+``truthprobe ablate grid --method iti --set directions=iti.json --vary alpha=5,10,15 --vary k=16,48``; a method's
+controls and its published grid (``selection_grid``) are the class's. ``regime`` is TruthProbe's own (probing rows x
+epochs of its trainer).
 """
 from __future__ import annotations
 
@@ -22,20 +24,6 @@ def _ints(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, found {value!r}") from None
 
 
-def _grid(value: str) -> list[tuple[str, float]]:
-    """``centered:2.5,4.5;minmax:0.1`` -> [(centered, 2.5), (centered, 4.5), (minmax, 0.1)]."""
-    pairs = []
-    for part in value.split(";"):
-        norm, sep, alphas = part.partition(":")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected NORM:ALPHA[,ALPHA...][;NORM:...], found {part!r}")
-        try:
-            pairs += [(norm.strip(), float(a)) for a in alphas.split(",") if a.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"alpha: expected numbers, found {alphas!r}") from None
-    return pairs
-
-
 def _assignment(value: str) -> tuple[str, str]:
     name, sep, rest = value.partition("=")
     if not sep or not name.strip():
@@ -43,32 +31,21 @@ def _assignment(value: str) -> tuple[str, str]:
     return name.strip(), rest.strip()
 
 
-def _method_options(p: argparse.ArgumentParser, alpha_default: str) -> None:
-    p.add_argument("--method", default="truthprobe", help="intervention method (default truthprobe; also iti)")
-    p.add_argument("--scores", help="TruthProbe: score file (ours, or a published .npy / cv5_head_metrics.csv)")
-    p.add_argument("--alpha", help=f"strength (TruthProbe default here {alpha_default}; else the method's default)")
-    p.add_argument("--norm", help="TruthProbe: centered (default), minmax or raw")
+def _method_options(p: argparse.ArgumentParser) -> None:
+    from ..interventions import DEFAULT_METHOD, methods
+
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(methods()),
+                   help=f"intervention method (default {DEFAULT_METHOD})")
     p.add_argument("--set", dest="settings", action="append", type=_assignment, default=[], metavar="NAME=VALUE",
-                   help="any setting of the method, e.g. --set directions=iti.json --set k=48 (repeatable)")
+                   help="any setting of the method, e.g. --set scores=scores.json --set alpha=2.5, or "
+                   "--set directions=iti.json --set k=48 (repeatable); unset ones take the method's defaults")
 
 
-def _intervention(args: argparse.Namespace, alpha_default: float | None = None):
+def _intervention(args: argparse.Namespace):
     """The method and its settings from the command line, validated (files read) before any model loads."""
-    from ..errors import InterventionError
     from ..interventions import build
 
-    settings: dict[str, Any] = dict(args.settings)
-    if args.scores is not None:
-        settings["scores"] = args.scores
-    if args.alpha is not None:
-        settings["alpha"] = args.alpha
-    elif args.method == "truthprobe" and alpha_default is not None:
-        settings.setdefault("alpha", alpha_default)
-    if args.norm is not None:
-        settings["norm"] = args.norm
-    if args.method == "truthprobe" and not settings.get("scores"):
-        raise InterventionError("--scores: TruthProbe needs a score file, found none")
-    return build(args.method, **settings)
+    return build(args.method, **dict(args.settings))
 
 
 def _common(p: argparse.ArgumentParser, offset: int, n: int, out: str) -> None:
@@ -97,10 +74,10 @@ def add_parser(subparsers) -> None:
     sub = p.add_subparsers(dest="ablation", metavar="ABLATION", required=True)
 
     r = sub.add_parser("random", help="a method vs its random control over seeds (mean and std)",
-                       description="The baseline, the method and its random control (TruthProbe: random gates of the "
-                       "same alpha and norm; ITI: random heads or random directions) once per seed.")
-    _method_options(r, "2.5")
-    r.add_argument("--control", help="the method's control (default: its first, TruthProbe random, ITI random_heads)")
+                       description="The baseline, the method and one of its controls (the method's own: TruthProbe's "
+                       "random gates of the same alpha and norm, ITI's random heads or directions, ...) once per seed.")
+    _method_options(r)
+    r.add_argument("--control", help="the method's control (default: the first it declares)")
     r.add_argument("--seeds", type=_ints, default=_ints(RANDOM_SEEDS), help=f"control seeds (default {RANDOM_SEEDS})")
     _common(r, offset=342, n=100, out="runs/ablate-random")
     r.set_defaults(func=run_random)
@@ -108,12 +85,10 @@ def add_parser(subparsers) -> None:
     g = sub.add_parser("grid", help="any method's settings on a validation slice",
                        description="The baseline and the method under every grid point; the F1 winner is marked (ties: "
                        "accuracy, then grid order).")
-    _method_options(g, "4.5")
-    g.add_argument("--grid", type=_grid, default=None,
-                   help="TruthProbe: NORM:ALPHA,...;NORM:... (default: the published grid centered:2.5,4.5,6,7.5;"
-                   "minmax:0.1,0.2,0.3)")
+    _method_options(g)
     g.add_argument("--vary", action="append", type=_assignment, default=[], metavar="NAME=V1,V2",
-                   help="a setting and its values; several --vary give every combination (any method)")
+                   help="a setting and its values; several --vary give every combination (default: the method's "
+                   "published grid, where it declares one: TruthProbe's centered 2.5-7.5 and minmax 0.1-0.3)")
     _common(g, offset=292, n=50, out="runs/ablate-grid")
     g.set_defaults(func=run_grid)
 
@@ -176,7 +151,7 @@ def _write(out, headers, rows, payload: dict, plot, title: str, log: Any = None)
 def run_random(args: argparse.Namespace) -> int:
     from ..experiments import ablations as ab
 
-    made = _intervention(args, alpha_default=2.5)
+    made = _intervention(args)
     control = args.control or next(iter(made.controls), None)
     if control is None:
         from ..errors import InterventionError
@@ -195,16 +170,17 @@ def run_random(args: argparse.Namespace) -> int:
 
 
 def _grid_points(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from ..experiments.ablations import truthprobe_grid
-    from ..experiments.main_job import PUBLISHED_GRID
+    from ..interventions import method_class
 
     if args.vary:
         names = [name for name, _ in args.vary]
         values = [[v.strip() for v in spec.split(",") if v.strip()] for _, spec in args.vary]
         return [dict(zip(names, combo)) for combo in itertools.product(*values)]
-    if args.method != "truthprobe":
-        raise argparse.ArgumentTypeError(f"--vary: method {args.method!r} needs the settings to vary, found none")
-    return truthprobe_grid(args.grid or list(PUBLISHED_GRID))
+    grid = method_class(args.method).selection_grid
+    if not grid:
+        raise argparse.ArgumentTypeError(f"--vary: method {args.method!r} declares no grid of its own; give the "
+                                         "settings to vary")
+    return [dict(point) for point in grid]
 
 
 def run_grid(args: argparse.Namespace) -> int:

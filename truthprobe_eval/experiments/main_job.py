@@ -37,10 +37,9 @@ from .halueval_judge import (
     select_best,
 )
 
-PUBLISHED_GRID: tuple[tuple[str, float], ...] = (
-    ("centered", 2.5), ("centered", 4.5), ("centered", 6.0), ("centered", 7.5),
-    ("minmax", 0.1), ("minmax", 0.2), ("minmax", 0.3),
-)
+from ..interventions.truthprobe import TruthProbeGate  # noqa: E402  (this job is TruthProbe's)
+
+PUBLISHED_GRID: tuple[tuple[str, float], ...] = tuple((g["norm"], g["alpha"]) for g in TruthProbeGate.selection_grid)
 HALUEVAL_ROWS = 10_000
 # the controls on the test rows, each named for what it is (gating.gate_values): the paper's own ablation and ours
 CONTROLS = ("paper_random", "random", "shuffled")

@@ -145,6 +145,9 @@ class Intervention:
     fit_params: ClassVar[tuple[Param, ...]] = ()
     #: why ``apply=bake`` is refused, for methods that cannot bake
     bake_refusal: ClassVar[str] = ""
+    #: the settings grid ``truthprobe ablate grid`` searches when no ``--vary`` is given (a paper's own, where it
+    #: published one)
+    selection_grid: ClassVar[tuple[dict[str, Any], ...]] = ()
     #: place in tables and comparisons (lower first; then the name)
     rank: ClassVar[int] = 100
     error: ClassVar[type[Exception]] = InterventionError

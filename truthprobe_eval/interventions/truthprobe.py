@@ -35,6 +35,9 @@ class TruthProbeGate(Intervention):
                       "paper_random": "paper's random gate (1 + U[-1,1], redrawn per call)",
                       "paper_inverse": "paper's inverse gate (minmax 1/s)"}
     artifact, artifact_stem, fit_data = "scores", "scores", "halueval"
+    selection_grid = tuple({"norm": norm, "alpha": alpha} for norm, alpha in (  # the paper's published grid
+        ("centered", 2.5), ("centered", 4.5), ("centered", 6.0), ("centered", 7.5),
+        ("minmax", 0.1), ("minmax", 0.2), ("minmax", 0.3)))
     fit_params = (Param("rows", int, 292, help="HaluEval rows 0..rows-1 probed (the paper's 292)"),)
     params = (
         Param("scores", "path", None, help="Truth Score file (.json, published .npy or cv5_head_metrics.csv)",

@@ -175,5 +175,5 @@ def test_grid_points_come_from_the_method_class():
     assert points == [dict(p) for p in TruthProbeGate.selection_grid] and len(points) == 7
     assert _grid_points(argparse.Namespace(vary=[("alpha", "1,2"), ("k", "8")], method="iti")) == [
         {"alpha": "1", "k": "8"}, {"alpha": "2", "k": "8"}]
-    with pytest.raises(argparse.ArgumentTypeError, match="method 'diffmean' declares no grid of its own"):
-        _grid_points(argparse.Namespace(vary=[], method="diffmean"))
+    with pytest.raises(argparse.ArgumentTypeError, match="method 'neurons' declares no grid of its own"):
+        _grid_points(argparse.Namespace(vary=[], method="neurons"))

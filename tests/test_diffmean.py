@@ -161,3 +161,15 @@ def test_fit_on_smollm2_and_steer_through_the_lm_eval_cli(smollm2, shared_dir, t
                       "truthfulqa_local_mc1", tmp_path / "lm", "--limit", "4")
     recorded = written["config"]["intervention"]
     assert recorded["method"] == "diffmean" and recorded["vectors"] == str(out) and recorded["steered_layers"] == [15]
+
+
+def test_the_comparison_runs_it_with_its_controls(tmp_path):
+    from truthprobe_eval.experiments.method_comparison import ComparisonConfig, _interventions, run_labels
+
+    vectors = [str(_vectors(30, 576, seed=i).save(tmp_path / f"v{i}.json")) for i in (0, 1)]
+    runs = _interventions(ComparisonConfig(methods=("diffmean",)), {"diffmean": vectors}, {"diffmean": {}})
+    assert list(runs) == ["baseline", "diffmean", "diffmean_random", "diffmean_other_layer"]
+    assert [m.settings["vectors"] for m in runs["diffmean_other_layer"]] == vectors  # each half its own file
+    labels = run_labels()
+    assert labels["diffmean_random"] == "DiffMean, random direction (same norm)"
+    assert labels["diffmean_other_layer"] == "DiffMean, another layer's vector (same norm)"

@@ -61,7 +61,7 @@ def test_registry_and_one_parser_for_every_method(directions_file):
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
-    ({"method": "itti"}, InterventionError, "method: expected one of diffmean, iti, neurons, none, rve, truthprobe, found 'itti'"),
+    ({"method": "itti"}, InterventionError, f"method: expected one of {', '.join(sorted(REGISTRY))}, found 'itti'"),
     ({"method": "iti"}, InterventionError, "directions: method 'iti' needs a direction file"),
     ({"method": "iti", "k": "many"}, InterventionError, "k: expected an integer, found 'many'"),
     ({"method": "iti", "positions": "first"}, InterventionError, "positions: expected one of answer, all, found 'first'"),
@@ -267,19 +267,20 @@ def test_a_recorded_description_rebuilds_the_same_intervention_after_the_folder_
     import shutil
 
     from truthprobe_eval.interventions import from_description
-    from truthprobe_eval.interventions.diffmean import DiffMeanVectors
+    from truthprobe_eval.neuron_scores import select_neurons
     from truthprobe_eval.scores import TruthScores
 
     model = tiny_model("llama", dtype=torch.float64)
     run = tmp_path / "run"
     run.mkdir()
     scores = TruthScores(np.random.default_rng(2).uniform(0.4, 1.0, (3, 4)), meta={"model": "tiny"}).save(run / "s.json")
-    L, hidden = model.config.num_hidden_layers, model.config.hidden_size
-    vectors = DiffMeanVectors(np.random.default_rng(3).standard_normal((L, hidden)), np.ones(L)).save(run / "v.json")
+    L, width = model.config.num_hidden_layers, model.config.intermediate_size
+    neurons = select_neurons(np.random.default_rng(3).normal(0.5, 1, (6, L, width)), p_threshold=0.3,
+                             meta={"model": "tiny"}).save(run / "n.json")
     made = [build("truthprobe", scores=str(scores), alpha=2.0, norm="minmax"),
-            build("diffmean", vectors=str(vectors), layers="1", alpha=3.0)]
+            build("neurons", neurons=str(neurons), factor=0.0)]
     described = [json.loads(json.dumps(m.describe())) for m in made]  # as a result file holds it
-    assert described[0]["scores_sha256"] and described[1]["vectors_sha256"]
+    assert described[0]["scores_sha256"] and described[1]["neurons_sha256"]
     with torch.no_grad():
         outputs = []
         for m in made:
@@ -291,8 +292,8 @@ def test_a_recorded_description_rebuilds_the_same_intervention_after_the_folder_
             rebuilt = from_description(d, beside=moved)
             with rebuilt.attach(model):
                 assert torch.equal(model(input_ids=IDS).logits, before)
-            assert {k: v for k, v in rebuilt.describe().items() if k not in ("scores", "vectors")} == \
-                {k: v for k, v in d.items() if k not in ("scores", "vectors")}
+            assert {k: v for k, v in rebuilt.describe().items() if k not in ("scores", "neurons")} == \
+                {k: v for k, v in d.items() if k not in ("scores", "neurons")}
     (moved / "s.json").write_text((moved / "s.json").read_text().replace("0.", "0.1", 1))
     with pytest.raises(GateConfigError, match="is not the file the run read"):
         from_description(described[0], beside=moved)

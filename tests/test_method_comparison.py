@@ -58,7 +58,7 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
                  "2", "--set", f"truthprobe.scores={scores}", "--set", "truthprobe.alpha=0.2",
                  "--set", "truthprobe.norm=minmax", "--set", "iti.k=16", "--set", "iti.alpha=5", "--set", "iti.folds=2",
                  "--set", "neurons.steps=2", "--set", "neurons.p_threshold=0.3", "--set", "rve.rows=3",
-                 "--set", "rve.layers=5-9", "--set", "diffmean.alpha=2", "--no-controls", "--quiet"]) == 0
+                 "--set", "rve.layers=5-9", "--no-controls", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert main(["compare-methods", "--out", str(out), "--questions", "6"]) == 2  # before any model loads
     assert "halves of 3, fewer than the 4 folds" in capsys.readouterr().err
@@ -66,7 +66,9 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
     assert "method 'iti': unknown setting(s) kk" in capsys.readouterr().err
     result = json.loads((out / "comparison.json").read_text())
     names = [r["name"] for r in result["runs"]]
-    assert names == ["baseline", "truthprobe", "iti", "neurons", "rve", "diffmean"]
+    from truthprobe_eval.interventions import methods as registered
+
+    assert names == ["baseline", *registered()]  # every registered method, in the registry's order
     halves = result["halves"]
     assert len(halves[0]) == len(halves[1]) == 3 and not set(halves[0]) & set(halves[1])
     for run in result["runs"]:
@@ -94,16 +96,18 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
     assert (out / "comparison.png").stat().st_size > 1000
     entries, _ = lb.collect([out / "leaderboard"])
     methods = {e.method for e in entries}
-    assert methods == {lb.VANILLA, lb.TP_OWN, lb.ITI, lb.NEURONS, "RVE", "DiffMean"}
+    assert methods == {lb.VANILLA, lb.TP_OWN, *(cls.title for name, cls in registered().items() if name != "truthprobe")}
     rve = next(r for r in result["runs"] if r["name"] == "rve")
     ars = json.loads((out / "ars.json").read_text())["meta"]
     assert ars["kind"] == "ars" and ars["n_pairs"] == 3 and rve["interventions"][0]["layers"] == "5-9"
     assert rve["interventions"][0]["span"] == "context" and rve["interventions"][0]["k"] == 2  # the model's defaults
-    diffmean = next(r for r in result["runs"] if r["name"] == "diffmean")
-    for i, described in enumerate(diffmean["interventions"]):
-        fit = json.loads((out / f"diffmean_half{i}.json").read_text())["meta"]
-        assert described["vectors"].endswith(f"diffmean_half{i}.json") and fit["questions"] == halves[1 - i]
-    assert diffmean["neutral"]["kl"] > 0 and diffmean["interventions"][0]["steered_layers"] == [15]
+    for name, cls in registered().items():  # a method fit on TruthfulQA: each half's file from the other half
+        if cls.fit_data == "truthfulqa":
+            run = next(r for r in result["runs"] if r["name"] == name)
+            for i, described in enumerate(run["interventions"]):
+                fit = json.loads((out / f"{cls.artifact_stem}_half{i}.json").read_text())["meta"]
+                assert described[cls.artifact].endswith(f"{cls.artifact_stem}_half{i}.json")
+                assert sorted(fit["questions"]) == halves[1 - i]
     assert rve["truthfulqa"]["mc2"] == pytest.approx(result["runs"][0]["truthfulqa"]["mc2"], abs=1e-4)  # no span: no-op
     assert "Truth neurons (file 0" in table
     # every run's recorded intervention rebuilds from its description (files checked by their hash)
@@ -119,7 +123,6 @@ def test_the_runs_and_their_controls(tmp_path):
     from truthprobe_eval.directions import ITIDirections
     from truthprobe_eval.experiments.method_comparison import (ComparisonConfig, ComparisonError, _interventions,
                                                                run_labels)
-    from truthprobe_eval.interventions.diffmean import DiffMeanVectors
     from truthprobe_eval.neuron_scores import select_neurons
 
     rng = np.random.default_rng(0)
@@ -131,17 +134,13 @@ def test_the_runs_and_their_controls(tmp_path):
                for i in (0, 1)]
     ars = str(TruthScores(rng.uniform(size=(30, 9)), meta={"model": "m", "kind": "ars"}).save(tmp_path / "ars.json"))
     scores = str(TruthScores(np.full((30, 9), 0.6), meta={"model": "m"}).save(tmp_path / "s.json"))
-    vectors = [str(DiffMeanVectors(rng.standard_normal((30, 576)), np.ones(30)).save(tmp_path / f"v{i}.json"))
-               for i in (0, 1)]
-    fitted = {"truthprobe": [scores, scores], "iti": files, "neurons": neurons, "rve": [ars, ars], "diffmean": vectors}
-    settings = {"truthprobe": {}, "iti": {}, "neurons": {}, "rve": {"span": "context", "k": 2, "layers": "13-17"},
-                "diffmean": {}}
-    runs = _interventions(ComparisonConfig(), fitted, settings)
+    fitted = {"truthprobe": [scores, scores], "iti": files, "neurons": neurons, "rve": [ars, ars]}
+    settings = {"truthprobe": {}, "iti": {}, "neurons": {}, "rve": {"span": "context", "k": 2, "layers": "13-17"}}
+    runs = _interventions(ComparisonConfig(methods=tuple(fitted)), fitted, settings)
     assert list(runs) == ["baseline", "truthprobe", "truthprobe_random", "truthprobe_shuffled",
                           "truthprobe_paper_random", "truthprobe_paper_inverse", "iti",
                           "iti_random_heads", "iti_random_directions", "neurons", "neurons_random", "rve",
-                          "rve_random_heads", "rve_sensitive", "rve_no_denoise", "rve_global", "diffmean",
-                          "diffmean_random", "diffmean_other_layer"]
+                          "rve_random_heads", "rve_sensitive", "rve_no_denoise", "rve_global"]
     assert runs["rve_global"][0].settings["variant"] == "whole_span" and runs["rve_global"][0].settings["ars"] is None
     assert runs["rve_sensitive"][0].settings["heads"] == "sensitive" and runs["rve_no_denoise"][0].settings["denoise"] is False
     assert runs["truthprobe_paper_random"][0].settings["gate"] == "paper_random"
@@ -149,11 +148,10 @@ def test_the_runs_and_their_controls(tmp_path):
     assert runs["rve_random_heads"][1].settings["control"] == "random_heads" and runs["rve"][0].settings["layers"] == "13-17"
     assert [m.settings["neurons"] for m in runs["neurons_random"]] == neurons
     assert runs["neurons_random"][0].settings["control"] == "random" and runs["neurons"][0].settings["factor"] == 0
-    assert [m.settings["vectors"] for m in runs["diffmean_other_layer"]] == vectors
     assert runs["truthprobe"][0] is runs["truthprobe"][1]  # one file for both halves: one intervention
     only = _interventions(ComparisonConfig(methods=("neurons",), controls=False), fitted, settings)
     assert list(only) == ["baseline", "neurons"]
-    with pytest.raises(ComparisonError, match="methods: expected some of truthprobe, iti, neurons, rve, diffmean"):
+    with pytest.raises(ComparisonError, match="methods: expected some of truthprobe, iti, neurons, rve"):
         ComparisonConfig(methods=("rome",)).check()
     with pytest.raises(ComparisonError, match="neurons settings: control is set by the comparison"):
         ComparisonConfig(settings={"neurons": {"control": "random"}}).check()

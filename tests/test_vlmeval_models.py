@@ -8,6 +8,8 @@ import json
 
 import numpy as np
 import pytest
+
+from truthprobe_eval.interventions import REGISTRY
 import torch
 from tiny_models import save_tiny_mllm, write_synthetic_coco
 
@@ -164,7 +166,7 @@ def test_settings_from_config_and_command_options(vlmeval_registered, assets, ll
     # the same parser as lm-eval: a random gate takes its shape from the model and needs no scores
     random_gate = vlmeval.config.supported_VLM["truthprobe_hf"](model_path=llava, gate="random")
     assert random_gate.intervention.settings["gate"] == "random" and random_gate.gates.shape == (2, 4)
-    with pytest.raises(TruthProbeError, match="method: expected one of diffmean, iti, neurons, none, rve, truthprobe, found 'itti'"):
+    with pytest.raises(TruthProbeError, match=f"method: expected one of {', '.join(sorted(REGISTRY))}, found 'itti'"):
         vlmeval.config.supported_VLM["truthprobe_hf"](model_path=llava, method="itti")
     # options a method does not take, conflicting keys and unknown data set keys fail before anything runs
     with pytest.raises(TruthProbeError, match="method 'iti' takes no scores"):

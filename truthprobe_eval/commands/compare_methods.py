@@ -30,7 +30,8 @@ def add_parser(subparsers) -> None:
         "compare-methods",
         help="every method and its controls side by side on one model, with significance",
         description="On one loaded model: the baseline and every registered method (--methods), each with the file "
-        "it reads fit here (Truth Scores, ITI directions, truth neurons, ARS, DiffMean vectors: on HaluEval rows the "
+        "it reads (" + ", ".join(f"{cls.title}: {cls.artifact}" for cls in known.values() if cls.artifact) + ") fit "
+        "here (on HaluEval rows the "
         "evaluation does not use, or on one TruthfulQA half for evaluating the other) or given with --set "
         "METHOD.FILE_SETTING=PATH, and its controls and the papers' ablations, each named for what it is ("
         + described + "); --no-controls drops them. Benchmarks: the HaluEval TruthProbe-paper protocol, TruthfulQA "

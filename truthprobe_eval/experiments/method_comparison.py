@@ -7,7 +7,7 @@ Benchmarks, each with its paired test against the baseline:
 - HaluEval QA under the TruthProbe paper's protocol (``halueval_truthprobe_seed0``) on rows no other stage uses:
   accuracy and F1 with an exact McNemar p and paired bootstrap intervals;
 - TruthfulQA MC1 / MC2 under ITI's published protocol, 2-fold over questions: methods fit on TruthfulQA
-  (``fit_data = "truthfulqa"``: ITI, truth neurons, DiffMean) are fit on one half and evaluated on the other, both
+  (``fit_data = "truthfulqa"``, e.g. ITI and the truth neurons) are fit on one half and evaluated on the other, both
   ways; every method is evaluated on the same two halves. MC1: exact McNemar; MC2: Wilcoxon signed-rank; both with
   paired bootstrap intervals of the mean difference;
 - cross-entropy and KL divergence against the plain model on neutral text (HaluEval knowledge paragraphs).

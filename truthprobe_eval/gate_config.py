@@ -6,6 +6,7 @@ import math
 from .errors import GateConfigError
 
 NORMS = ("centered", "minmax", "raw")
+DEFAULT_ALPHA, DEFAULT_NORM = 4.5, "centered"  # TruthProbe's defaults, written once (its Param and the functions)
 KINDS = ("truthprobe", "random", "inverse", "shuffled", "paper_random", "paper_inverse", "none")
 # the TruthProbe paper's ablations (its modified modeling_llama.py): alpha plays no part in them
 PAPER_KINDS = ("paper_random", "paper_inverse")

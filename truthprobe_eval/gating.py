@@ -19,7 +19,7 @@ from torch import nn
 
 from .architectures import HeadSites, locate_heads, model_name
 from .errors import GateConfigError
-from .gate_config import KINDS, NORMS, REDRAWN_KINDS, SITES, check_gate_settings  # noqa: E402,F401
+from .gate_config import DEFAULT_ALPHA, DEFAULT_NORM, KINDS, NORMS, REDRAWN_KINDS, SITES, check_gate_settings  # noqa: E402,F401
 from .scores import TruthScores, load_scores
 
 ScoresLike = Union[TruthScores, np.ndarray, str, os.PathLike]  # a score object, an array or a score file
@@ -150,7 +150,7 @@ def register_gate_hooks(sites: HeadSites, gates: "np.ndarray | torch.Generator",
 
 
 @contextmanager
-def gate(model: nn.Module, scores: ScoresLike, alpha: float = 4.5, norm: str = "centered", site: str = "o_proj_output",
+def gate(model: nn.Module, scores: ScoresLike, alpha: float = DEFAULT_ALPHA, norm: str = DEFAULT_NORM, site: str = "o_proj_output",
          kind: str = "truthprobe", seed: int = 0) -> Iterator[np.ndarray]:
     """Gate every head of ``model`` while the block runs; yields the gate array. Hooks are removed on exit."""
     sites, gates = resolve_gates(model, scores, alpha, norm, site, kind, seed)
@@ -163,7 +163,7 @@ def gate(model: nn.Module, scores: ScoresLike, alpha: float = 4.5, norm: str = "
 
 
 @torch.no_grad()
-def fold_gates(model: nn.Module, scores: ScoresLike, alpha: float = 4.5, norm: str = "centered",
+def fold_gates(model: nn.Module, scores: ScoresLike, alpha: float = DEFAULT_ALPHA, norm: str = DEFAULT_NORM,
                site: str = "o_proj_output", kind: str = "truthprobe", seed: int = 0) -> np.ndarray:
     """Fold the gates into the output-projection weights in place (zero run-time cost); returns the (L, H) gates.
 

@@ -223,6 +223,17 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path  # a hub id: transformers fetches it where the hub is reachable
 
 
+def short_model_name(model: str) -> str:
+    """The last part of a hub id or path ("HuggingFaceTB/SmolLM2-135M-Instruct" -> "SmolLM2-135M-Instruct")."""
+    return str(model).rstrip("/").split("/")[-1]
+
+
+def canonical_model_name(model: str) -> str:
+    """One name per model, whatever it was called by (alias, hub id, folder): lower-case short hub name."""
+    model = ALIASES[model][1] if model in ALIASES else str(model)
+    return short_model_name(model).lower()
+
+
 def is_multimodal_model(model: torch.nn.Module) -> bool:
     """True for a loaded MLLM (its config has a vision part)."""
     config = getattr(model, "config", None)

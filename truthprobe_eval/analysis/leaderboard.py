@@ -22,15 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..interventions.truthprobe import BASE_SCORES as TP_BASE  # noqa: F401  (row names tests and docs read)
+from ..interventions.truthprobe import OWN_SCORES as TP_OWN  # noqa: F401
 from . import reports
 from . import significance as sig
 from .results_files import (  # noqa: F401  (read from here too)
     INTERVENTION_FILE,
     ITI,
     NEURONS,
-    TP,
-    TP_BASE,
-    TP_OWN,
     VANILLA,
     _FAMILY_OF_ROW,
     LeaderboardError,

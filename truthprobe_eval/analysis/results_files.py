@@ -337,9 +337,6 @@ def run_name(run: "str | os.PathLike") -> str:
 
 # ---- metrics and what ran, for the leaderboard ------------------------------------------------------
 VANILLA = "vanilla"
-TP_BASE = "TruthProbe (base-LLM scores)"
-TP_OWN = "TruthProbe (own scores)"
-TP = "TruthProbe"
 
 ITI = "ITI"  # the rows other modules and tests name; every other row is named by its method's class
 NEURONS = "truth neurons"
@@ -383,22 +380,14 @@ def parse_model_args(model_args: Any) -> dict[str, str]:
     return out
 
 
-def _short(model: str) -> str:
-    return str(model).rstrip("/").split("/")[-1]
-
-
-def _canonical(model: str) -> str:
-    from ..models import ALIASES
-
-    model = ALIASES[model][1] if model in ALIASES else str(model)
-    return _short(model).lower()
+from ..models import short_model_name as _short  # noqa: E402
 
 
 def method_from_description(description: dict[str, Any] | None, model: str) -> tuple[str, str]:
     """(method, settings) from an intervention's recorded ``describe()`` (None or identity: the plain model).
 
-    Each method names its own rows (``table_row``); TruthProbe rows also say whose scores they used: the model's
-    own, or another model's of its lineage (the base LLM).
+    Each method names its own rows (``table_row``, given the evaluated model: TruthProbe's say whose scores they
+    used, the model's own or its base LLM's).
     """
     from ..interventions import method_class
 
@@ -408,12 +397,8 @@ def method_from_description(description: dict[str, Any] | None, model: str) -> t
         cls = method_class(description.get("method"))
     except TruthProbeError:  # recorded by a method this installation does not have: its own label
         return str(description.get("label") or description.get("method")), ""
-    method, settings = cls.table_row(description)
+    method, settings = cls.table_row(description, model)
     _FAMILY_OF_ROW.setdefault(method, cls.name)
-    scores_model = description.get("scores_model")
-    if method == TP and scores_model and scores_model != "unknown model":
-        method = TP_OWN if _canonical(scores_model) == _canonical(model) else TP_BASE
-        _FAMILY_OF_ROW.setdefault(method, cls.name)
     return method, settings
 
 

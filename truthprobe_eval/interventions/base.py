@@ -383,11 +383,18 @@ class Intervention:
         return {}
 
     @classmethod
-    def table_row(cls, described: dict[str, Any]) -> tuple[str, str]:
-        """(method, settings) of a leaderboard row, from a recorded ``describe()`` (no instance: files may be gone)."""
+    def table_row(cls, described: dict[str, Any], model: str | None = None) -> tuple[str, str]:
+        """(method, settings) of a leaderboard row, from a recorded ``describe()`` (no instance: files may be gone);
+        ``model``: the evaluated model, for methods whose row says whose files they used (``lineage_row``)."""
         if described.get("identity"):
             return "vanilla", ""
-        return cls.row(described)
+        name, settings = cls.row(described)
+        return (cls.lineage_row(name, described, model) if model is not None else name), settings
+
+    @classmethod
+    def lineage_row(cls, name: str, described: dict[str, Any], model: str) -> str:
+        """The row name given the evaluated model (TruthProbe: the model's own scores, or its base LLM's)."""
+        return name
 
     @classmethod
     def row(cls, described: dict[str, Any]) -> tuple[str, str]:

@@ -15,11 +15,12 @@ import numpy as np
 from torch import nn
 
 from ..errors import GateConfigError, ScoreFileError
-from ..gate_config import GATE_NAMES, KINDS, NORMS, PAPER_KINDS, SITES
+from ..gate_config import DEFAULT_ALPHA, DEFAULT_NORM, GATE_NAMES, KINDS, NORMS, PAPER_KINDS, SITES
 from ..scores import TruthScores
 from .base import FitData, Intervention, Param, register
 
 NEEDS_SCORES = ("truthprobe", "inverse", "shuffled", "paper_inverse")
+OWN_SCORES, BASE_SCORES = "TruthProbe (own scores)", "TruthProbe (base-LLM scores)"  # leaderboard rows
 SEEDED = ("random", "shuffled", "paper_random")
 
 
@@ -42,8 +43,8 @@ class TruthProbeGate(Intervention):
     params = (
         Param("scores", "path", None, help="Truth Score file (.json, published .npy or cv5_head_metrics.csv)",
               objects=(TruthScores, np.ndarray)),
-        Param("alpha", float, 4.5, help="gate strength"),
-        Param("norm", str, "centered", NORMS, help="per-layer normalization of the scores"),
+        Param("alpha", float, DEFAULT_ALPHA, help="gate strength"),
+        Param("norm", str, DEFAULT_NORM, NORMS, help="per-layer normalization of the scores"),
         Param("site", str, "o_proj_output", SITES, help="where the gate multiplies"),
         Param("gate", str, "truthprobe", KINDS, help="truthprobe, or a control: ours (random: strength-matched, "
               "shuffled, inverse) or the paper's ablations (paper_random, paper_inverse), or none"),
@@ -168,6 +169,17 @@ class TruthProbeGate(Intervention):
             parts.append(f"seed={described['seed']}")
         return GATE_NAMES[gate], ", ".join(parts)
 
+    @classmethod
+    def lineage_row(cls, name: str, described: dict[str, Any], model: str) -> str:
+        """TruthProbe rows say whose scores they used: the evaluated model's own, or another model's of its lineage
+        (the base LLM's, on a fine-tuned or multimodal descendant)."""
+        from ..models import canonical_model_name
+
+        scores_model = described.get("scores_model")
+        if name != cls.title or not scores_model or scores_model == "unknown model":
+            return name
+        return OWN_SCORES if canonical_model_name(scores_model) == canonical_model_name(model) else BASE_SCORES
+
     def label(self) -> str:
         s = self.settings
         if self.identity:
@@ -179,7 +191,7 @@ class TruthProbeGate(Intervention):
         return f"{what} ({s['norm']}, alpha {s['alpha']:g}" + (f", {seed})" if seed else ")")
 
 
-def bake(model: nn.Module, scores: Any, alpha: float = 4.5, norm: str = "centered", site: str = "o_proj_output",
+def bake(model: nn.Module, scores: Any, alpha: float = DEFAULT_ALPHA, norm: str = DEFAULT_NORM, site: str = "o_proj_output",
          kind: str = "truthprobe", seed: int = 0) -> nn.Module:
     """Fold TruthProbe's gates into the weights in place (zero run-time cost); recorded in
     ``model.config.truthprobe_interventions`` (its ``describe()`` and the gate values). Returns ``model``."""
@@ -193,4 +205,4 @@ def bake(model: nn.Module, scores: Any, alpha: float = 4.5, norm: str = "centere
     return made.bake(model)
 
 
-__all__ = ["NEEDS_SCORES", "TruthProbeGate", "bake"]
+__all__ = ["BASE_SCORES", "NEEDS_SCORES", "OWN_SCORES", "TruthProbeGate", "bake"]

@@ -52,3 +52,24 @@ def test_every_environment_variable_is_in_the_one_table():
     assert read and read <= listed, f"read but not listed: {sorted(read - listed)}"
     assert listed <= read, f"listed but read nowhere: {sorted(listed - read)}"
     assert len(read) <= 8
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_no_placeholders_and_every_anchor_exists():
+    """No template placeholder left in the prose; every ``page.md#anchor`` link names a heading of that page."""
+    pages = [REPO / "README.md", *REPO.glob("docs/*.md")]
+    checked = 0
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert not re.findall(r"__[A-Z][A-Z_]+__", text), page
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md)#([\w\-]+)\)", text):
+            linked = (page.parent / target).resolve()
+            headings = {_slug(h) for h in re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), flags=re.M)}
+            assert anchor in headings, f"{page.name}: {target}#{anchor} names no heading"
+            checked += 1
+    assert checked >= 5  # the README and the pages do link into each other's sections

@@ -327,14 +327,13 @@ def _cell(value: float | None, delta: float | None = None, st: dict | None = Non
 def format_comparison(result: ComparisonResult) -> str:
     cfg = result.config
     base = result.runs[0]
-    known = methods()
-    settings = "; ".join(f"{known[name].title if name in known else name} {cfg['settings'].get(name, {})}"
-                         for name in cfg.get("methods", []))
+    own_runs = [r for r in result.runs if r.method and r.name == r.method]  # each method itself, as it ran
+    settings = "; ".join(r.interventions[0].get("label") or r.label for r in own_runs)
     benchmarks = cfg.get("benchmarks", BENCHMARKS)
     where = {"halueval": f"HaluEval: {cfg['halueval_task']} rows {cfg['halueval_offset']}-"
                          f"{cfg['halueval_offset'] + cfg['halueval_rows'] - 1}",
-             "truthfulqa": f"TruthfulQA: {sum(map(len, result.halves))} questions in two halves (ITI directions and "
-                           "truth neurons from the other half)",
+             "truthfulqa": f"TruthfulQA: {sum(map(len, result.halves))} questions in two halves (each half evaluated "
+                           "with the files of methods fit on TruthfulQA from the other half)",
              "neutral": f"neutral text: {cfg['neutral_texts']} HaluEval knowledge paragraphs"}
     lines = [f"Methods compared on {cfg['model']} (one loaded model). {settings} (settings fixed before any test row "
              "is seen).",

@@ -119,11 +119,11 @@ def test_vector_file_round_trip_and_bad_files(tmp_path):
     data = _vectors(4, 8)
     path = data.save(tmp_path / "v.json")
     again = DiffMeanVectors.load(path)
-    assert np.array_equal(again.vectors, data.vectors) and again.meta == data.meta
-    with pytest.raises(InterventionError, match="file not found"):
+    assert np.array_equal(again.vectors, data.vectors) and again.meta == {**data.meta, "source_file": str(path)}
+    with pytest.raises(InterventionError, match="vectors: expected a DiffMean vector file .* found no file at"):
         build("diffmean", vectors=str(tmp_path / "nope.json"))
     (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(InterventionError, match="expected a 'truthprobe-diffmean' file"):
+    with pytest.raises(InterventionError, match="expected format 'truthprobe-diffmean', found 'other'"):
         build("diffmean", vectors=str(tmp_path / "bad.json"))
     with pytest.raises(InterventionError, match="needs a vector file"):
         build("diffmean")

@@ -20,15 +20,12 @@ both models, as for score files).
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write_text, read_format_json
+from .artifacts import ArtifactFile
 from .errors import ShapeMismatchError, TruthProbeError
 
 FORMAT = "truthprobe-iti-directions"
@@ -40,7 +37,7 @@ class DirectionFileError(TruthProbeError, ValueError):
 
 
 @dataclass
-class ITIDirections:
+class ITIDirections(ArtifactFile):
     directions: np.ndarray  # (L, H, D)
     sigma: np.ndarray  # (L, H)
     accuracy: np.ndarray  # (L, H)
@@ -98,23 +95,11 @@ class ITIDirections:
         heads = self.accuracy.shape[1]
         return [(i // heads, i % heads) for i in order]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": 1, "meta": self.meta,
-                **{name: np.round(getattr(self, name), 7).tolist() for name in ARRAYS}}
+    FORMAT, ARRAYS, ERROR, ALLOW_NAN = FORMAT, tuple(ARRAYS), DirectionFileError, True
+    WHAT, SETTING = "an ITI direction file (truthprobe iti fit writes one)", "directions"
 
-    def save(self, path: "str | os.PathLike") -> Path:
-        return atomic_write_text(path, json.dumps(self.to_dict()) + "\n")
-
-    @classmethod
-    def load(cls, path: "str | os.PathLike") -> "ITIDirections":
-        path = Path(path)
-        data = read_format_json(path, FORMAT, ARRAYS, DirectionFileError,
-                                "an ITI direction file (truthprobe iti fit writes one)", "directions")
-        try:
-            made = cls(**{k: data[k] for k in ARRAYS}, meta={**(data.get("meta") or {}), "source_file": str(path)})
-        except (DirectionFileError, ValueError) as exc:
-            raise DirectionFileError(f"{path}: {exc}") from None
-        return made
+    def arrays(self) -> dict[str, Any]:
+        return {name: np.round(getattr(self, name), 7).tolist() for name in self.ARRAYS}
 
 
 def unit(v: np.ndarray) -> np.ndarray:

@@ -15,15 +15,12 @@ Format (JSON, written atomically)::
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write_text, read_format_json
+from .artifacts import ArtifactFile
 from .errors import ShapeMismatchError, TruthProbeError
 
 FORMAT = "truthprobe-neuron-scores"
@@ -36,7 +33,7 @@ class NeuronFileError(TruthProbeError, ValueError):
 
 
 @dataclass
-class NeuronScores:
+class NeuronScores(ArtifactFile):
     mean: np.ndarray  # (L, W)
     t: np.ndarray  # (L, W)
     p: np.ndarray  # (L, W)
@@ -90,27 +87,17 @@ class NeuronScores:
                             meta={**self.meta, "p_threshold": p_threshold, "top_n": top_n,
                                   **multiple_testing(self.p, p_threshold)})
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": 1, "meta": self.meta,
-                **{name: getattr(self, name).tolist() for name in ARRAYS[:3]},
+    FORMAT, ARRAYS, ERROR = FORMAT, ARRAYS, NeuronFileError
+    WHAT, SETTING = "a neuron score file (truthprobe neurons find writes one)", "neurons"
+
+    def arrays(self) -> dict[str, Any]:
+        return {**{name: getattr(self, name).tolist() for name in self.ARRAYS[:3]},
                 "selected": self.selected.astype(int).tolist()}
 
-    def save(self, path: "str | os.PathLike") -> Path:
+    def before_save(self) -> None:
         self.meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         self.meta["num_layers"], self.meta["mlp_width"] = self.shape
         self.meta["n_selected"] = self.count
-        return atomic_write_text(path, json.dumps(self.to_dict(), allow_nan=False) + "\n")
-
-    @classmethod
-    def load(cls, path: "str | os.PathLike") -> "NeuronScores":
-        path = Path(path)
-        data = read_format_json(path, FORMAT, ARRAYS, NeuronFileError,
-                                "a neuron score file (truthprobe neurons find writes one)", "neurons")
-        try:
-            made = cls(**{k: data[k] for k in ARRAYS}, meta={**(data.get("meta") or {}), "source_file": str(path)})
-        except (NeuronFileError, ValueError) as exc:
-            raise NeuronFileError(f"{path}: {exc}") from None
-        return made
 
 
 def selection(mean: np.ndarray, t: np.ndarray, p: np.ndarray, p_threshold: float = 0.05,

@@ -18,9 +18,7 @@ post-feedforward norm), because there the bias would be normalized away.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import InterventionError
+from ..artifacts import ArtifactFile
 from .base import FitData, Intervention, Param, register
 
 FORMAT = "truthprobe-diffmean"
@@ -36,12 +35,15 @@ CONTROLS = ("none", "random", "other_layer")
 
 
 @dataclass
-class DiffMeanVectors:
+class DiffMeanVectors(ArtifactFile):
     """Per decoder layer: the mean difference ``vectors`` (L, hidden) and ``sigma`` (L,) along each."""
 
     vectors: np.ndarray
     sigma: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+
+    FORMAT, ARRAYS, ERROR = FORMAT, ("vectors", "sigma"), InterventionError
+    WHAT, SETTING = "a DiffMean vector file (truthprobe fit diffmean writes one)", "vectors"
 
     def __post_init__(self) -> None:
         self.vectors = np.asarray(self.vectors, dtype=np.float64)
@@ -56,26 +58,6 @@ class DiffMeanVectors:
     def units(self) -> np.ndarray:
         norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
         return self.vectors / np.where(norms > 0, norms, 1.0)
-
-    def save(self, path: "str | Path") -> Path:
-        from .._io import atomic_write_text
-
-        payload = {"format": FORMAT, "vectors": self.vectors.tolist(), "sigma": self.sigma.tolist(), "meta": self.meta}
-        return atomic_write_text(Path(path), json.dumps(payload) + "\n")
-
-    @classmethod
-    def load(cls, path: "str | Path") -> "DiffMeanVectors":
-        try:
-            payload = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InterventionError(f"vectors: file not found at {path} (truthprobe fit diffmean writes one)") from None
-        except json.JSONDecodeError as exc:
-            raise InterventionError(f"vectors: expected a JSON vector file at {path}, found invalid JSON ({exc})") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-            raise InterventionError(f"vectors: expected a {FORMAT!r} file at {path}, found format {found!r}")
-        return cls(payload["vectors"], payload["sigma"], payload.get("meta", {}))
-
 
 def _decoder_layers(model: nn.Module) -> list[nn.Module]:
     from ..architectures import _get, locate_heads

@@ -136,9 +136,9 @@ def test_selected_gate_controls_and_draws(tiny_run):
     assert (out / "results.md").read_text() == format_table(result)
     from truthprobe_eval.interventions import from_description
 
-    rebuilt = from_description(saved["selected"]["intervention"])   # the result names its score file: it rebuilds
-    assert rebuilt.describe() == saved["selected"]["intervention"]
-    assert saved["selected"]["intervention"]["scores"] == str(out / "scores.json")
+    rebuilt = from_description(saved["selected"]["intervention"], beside=out)  # the result names its score file
+    assert {**rebuilt.describe(), "scores": "scores.json"} == saved["selected"]["intervention"]
+    assert saved["selected"]["intervention"]["scores"] == "scores.json"  # relative to the result, beside it
 
 
 @pytest.mark.slow
@@ -224,15 +224,17 @@ def test_every_result_rebuilds_what_ran_and_the_leaderboard_reads_the_folder(tin
 
     result, out, _ = tiny_run
     recorded = json.loads((out / "results.json").read_text())
-    described = [recorded["selected"]["intervention"], *(e["intervention"] for e in recorded["validation"])]
+    described = [(recorded["selected"]["intervention"], out),
+                 *((e["intervention"], out) for e in recorded["validation"])]
     for f in sorted((out / "lm_eval").glob("*.json")):
-        described.append(json.loads(f.read_text())["config"]["intervention"])
+        described.append((json.loads(f.read_text())["config"]["intervention"], f.parent))
     assert len(described) > 10
-    for d in described:
+    for d, beside in described:
         if d.get("identity"):
             continue
-        assert d["scores_sha256"]
-        assert from_description(d, beside=out).describe() == d
+        assert d["scores_sha256"] and d["scores"] in ("scores.json", "../scores.json")  # relative, beside the result
+        rebuilt = from_description(d, beside=beside).describe()
+        assert {**rebuilt, "scores": d["scores"]} == d and Path(rebuilt["scores"]).resolve() == out / "scores.json"
     entries, _ = lb.collect([out])
     benchmarks = {e.benchmark for e in entries}
     assert {"halueval_truthprobe_seed0 rows 12-15", "halueval_truthprobe_seed0 rows 16-21",

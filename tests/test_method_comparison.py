@@ -3,6 +3,7 @@ reads: TruthfulQA question subsets, paired tests of per-item scores, the leaderb
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,9 +114,14 @@ def test_compare_methods_end_to_end(shared_dir, tmp_path, capsys, monkeypatch):
     # every run's recorded intervention rebuilds from its description (files checked by their hash)
     from truthprobe_eval.interventions import from_description
 
+    from truthprobe_eval.interventions import method_class
+
     for run in result["runs"]:
         for d in run["interventions"]:
-            assert from_description(d, beside=out).describe() == d
+            key = method_class(d["method"]).artifact
+            rebuilt = from_description(d, beside=out).describe()
+            assert {**rebuilt, **({key: d[key]} if key else {})} == d  # the same, the file found beside the result
+            assert not key or not d[key] or not Path(d[key]).is_absolute()  # written relative to the result
 
 
 def test_the_runs_and_their_controls(tmp_path):

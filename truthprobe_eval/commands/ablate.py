@@ -142,7 +142,9 @@ def _write(out, headers, rows, payload: dict, plot, title: str, log: Any = None)
     table = reports.markdown_table(headers, rows)
     reports.write_text(out / "ablation.md", f"# {title}\n\n{table}\n")
     reports.write_csv(out / "ablation.csv", headers, rows)
-    atomic_write_text(out / "ablation.json", json.dumps(payload, indent=2, default=str) + "\n")
+    from ..interventions import relative_descriptions
+
+    atomic_write_text(out / "ablation.json", json.dumps(relative_descriptions(payload, out), indent=2, default=str) + "\n")
     png = plot(out / "ablation.png")
     say = getattr(log, "say", print)
     say(f"\n{title}\n\n{table}\n\nwrote {out}/ablation.md, ablation.csv, ablation.json, {png.name} and lm_eval/")

@@ -95,9 +95,12 @@ def write_lm_eval_outputs(folder: Path, name: str, results: dict) -> tuple[Path,
     """lm-eval's result dict as ``<name>.json`` and its logged samples as ``<name>.samples.jsonl``."""
     from lm_eval.utils import handle_non_serializable
 
+    from ..interventions import relative_descriptions
+
     samples = results.pop("samples", {})
     result_file = atomic_write_text(folder / f"{name}.json",
-                                    json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
+                                    json.dumps(relative_descriptions(results, folder), indent=2,
+                                               default=handle_non_serializable, ensure_ascii=False))
     lines = [json.dumps(s, default=handle_non_serializable, ensure_ascii=False)
              for task_samples in samples.values() for s in task_samples]
     samples_file = atomic_write_text(folder / f"{name}.samples.jsonl", "\n".join(lines) + ("\n" if lines else ""))

@@ -543,7 +543,9 @@ def run_main_job(cfg: MainJobConfig, log: Callable[[str], None] = print) -> Main
     stages["total"] = clock.total()
     result.config["seconds"] = stages["total"]
     atomic_write_text(out / "results.md", format_table(result))
-    atomic_write_text(out / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    from ..interventions import relative_descriptions
+
+    atomic_write_text(out / "results.json", json.dumps(relative_descriptions(result.to_dict(), out), indent=2) + "\n")
     plot_result(result, out / "results.png")
     return result
 

@@ -34,7 +34,7 @@ import numpy as np
 from .._io import atomic_write_text
 from .._timing import StageClock
 from ..errors import TruthProbeError
-from ..interventions import Baseline, FitData, Intervention, build, methods
+from ..interventions import Baseline, FitData, Intervention, build, methods, relative_descriptions
 
 BENCHMARKS = ("halueval", "truthfulqa", "neutral")
 BASELINE = "baseline"
@@ -283,7 +283,8 @@ def run_comparison(cfg: ComparisonConfig, log: Callable[[str], None] = print) ->
             say(f"[run {number}/{len(all_runs)}] {run.label}: {'; '.join(parts_said)} "
                 f"({time.perf_counter() - started:.0f} s)")
     stages["total"] = clock.total()
-    atomic_write_text(out / "comparison.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    atomic_write_text(out / "comparison.json",
+                      json.dumps(relative_descriptions(result.to_dict(), out), indent=2, default=str) + "\n")
     atomic_write_text(out / "comparison.md", format_comparison(result))
     plot_comparison(result, out / "comparison.png")
     return result
@@ -302,7 +303,8 @@ def _write_leaderboard_files(cfg: ComparisonConfig, run: RunResult, folder: Path
         payload = {"format": "truthprobe-results", "model": cfg.model, "intervention": run.interventions[0],
                    "benchmark": bench, "metrics": metrics,
                    **({"lower_is_better": ["ce", "kl"]} if bench == "neutral_text" else {})}
-        atomic_write_text(folder / f"{run.name}_{bench}.json", json.dumps(payload, indent=2, default=str) + "\n")
+        atomic_write_text(folder / f"{run.name}_{bench}.json",
+                          json.dumps(relative_descriptions(payload, folder), indent=2, default=str) + "\n")
 
 
 # ---- report -----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from .base import (
     method_class,
     methods,
     register,
+    relative_descriptions,
     split_kwargs,
 )
 
@@ -58,4 +59,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["APPLY_MODES", "Baseline", "DEFAULT_METHOD", "ENTRY_POINT_GROUP", "discover", "FitData", "Intervention", "Param",
-           "REGISTRY", "build", "from_description", "method_class", "methods", "register", "split_kwargs"]
+           "REGISTRY", "build", "from_description", "method_class", "methods", "register", "relative_descriptions",
+           "split_kwargs"]

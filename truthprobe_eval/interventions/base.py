@@ -159,8 +159,8 @@ class Intervention:
     uses_prefix_cache: ClassVar[bool] = True
 
     def __init__(self, **settings: Any) -> None:
-        self.settings = settings
-        self.apply = settings.get("apply", "hook")
+        self.settings = {"apply": "hook", **settings}  # the same description however it was made
+        self.apply = self.settings["apply"]
         self._positions: Any = None  # None: every position; see edit_positions
 
     # ---- construction ------------------------------------------------------------------------------
@@ -492,6 +492,30 @@ def from_description(description: dict[str, Any], beside: "str | os.PathLike | N
     return cls.from_kwargs(**kwargs)
 
 
+def relative_descriptions(payload: Any, folder: "str | os.PathLike") -> Any:
+    """``payload`` (a result about to be written into ``folder``) with every recorded description's artifact path
+    made relative to ``folder`` where the file lives beside the result (under ``folder`` or its parent: a run's
+    ``lm_eval/`` files name the run's score file as ``../scores.json``). ``from_description(d, beside=folder)``
+    reads it back; the content hash beside it still pins the file."""
+    base = Path(folder).resolve()
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        out = {k: walk(v) for k, v in value.items()}
+        cls = REGISTRY.get(out["method"]) if isinstance(out.get("method"), str) else None
+        path = out.get(cls.artifact) if cls is not None and cls.artifact and "label" in out else None
+        if isinstance(path, str) and path and Path(path).is_absolute():
+            resolved = Path(path).resolve()
+            if resolved.is_relative_to(base.parent):
+                out[cls.artifact] = os.path.relpath(resolved, base)
+        return out
+
+    return walk(payload)
+
+
 def methods() -> dict[str, type[Intervention]]:
     """Every registered method but the baseline, by ``rank`` then name (the drivers loop over this)."""
     found = sorted((cls.rank, name) for name, cls in REGISTRY.items() if name != "none")
@@ -499,4 +523,4 @@ def methods() -> dict[str, type[Intervention]]:
 
 
 __all__ = ["APPLY_MODES", "Baseline", "FitData", "Intervention", "Param", "REGISTRY", "build", "from_description",
-           "method_class", "methods", "register", "split_kwargs"]
+           "method_class", "methods", "register", "relative_descriptions", "split_kwargs"]

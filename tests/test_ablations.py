@@ -102,6 +102,15 @@ def test_random_ablation_collects_lm_eval_results(regime, tmp_path):
     for name in ["baseline", "truthprobe_centered_4.5", *names]:
         samples = [json.loads(line) for line in (out / "lm_eval" / f"{name}.samples.jsonl").read_text().splitlines()]
         assert sorted(s["doc"]["row"] for s in samples) == [10, 11]
+    # every intervention the ablation recorded rebuilds from its description, beside the file that recorded it
+    from truthprobe_eval.interventions import from_description
+
+    recorded = [(payload["intervention"], out), *((r["intervention"], out) for r in payload["random"])]
+    recorded += [(json.loads(f.read_text())["config"]["intervention"], f.parent) for f in (out / "lm_eval").glob("*.json")]
+    for d, beside in recorded:
+        rebuilt = from_description(d, beside=beside).describe()
+        assert {**rebuilt, "scores": d.get("scores")} == {**d, "scores": d.get("scores")}
+        assert d.get("scores") is None or Path(beside, d["scores"]).resolve() == Path(scores).resolve()
 
 
 @pytest.mark.slow

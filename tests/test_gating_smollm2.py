@@ -109,6 +109,9 @@ def test_bake_cli_writes_a_plain_checkpoint_that_reloads(tmp_path, smollm2, scor
     record = config["truthprobe_interventions"][-1]
     assert (record["method"], record["alpha"], record["norm"], record["apply"]) == ("truthprobe", 2.5, "centered", "bake")
     assert len(record["gates"]) == 30 and "truthprobe_gating" not in config  # one record, not two
+    from truthprobe_eval.interventions import from_description
+
+    assert {**from_description(record).describe(), "gates": record["gates"]} == record  # the checkpoint says how
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()  # plain transformers, no code of ours
     with gate(model, scores, alpha=2.5, norm="centered"):
         hooked = _logits(model, batch)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from truthprobe_eval.models import file_sha256
+
 from truthprobe_eval import TruthScores
 
 pytestmark = pytest.mark.slow
@@ -64,7 +66,8 @@ def test_cli_finds_the_model_and_the_task_and_keeps_samples(one_process, scores_
     assert results["config"]["intervention"] == {
         "method": "truthprobe", "gate": "truthprobe", "alpha": 2.5, "norm": "centered", "site": "o_proj_output",
         "seed": 0, "apply": "hook", "scores": str(scores_file), "scores_model": "synthetic-smollm2",
-        "label": "TruthProbe (centered, alpha 2.5)", "identity": False, "negative_gates": 0}
+        "label": "TruthProbe (centered, alpha 2.5)", "identity": False, "negative_gates": 0,
+        "scores_sha256": file_sha256(scores_file)}  # the file pinned by its content
     assert [s["doc_id"] for s in samples] == list(range(LIMIT))
     for s in samples:
         assert s["doc"]["row"] == 292 + s["doc_id"]  # probing rows 0..291 are not evaluated

@@ -1,5 +1,5 @@
-"""Ships two one-line ``.pth`` start-up hooks into site-packages, so that the released ``lm_eval`` (0.4.13, no
-plugin discovery) and VLMEvalKit's runner find our models, tasks and data sets without being patched.
+"""Ships three one-line ``.pth`` start-up hooks into site-packages, so that the released ``lm_eval`` (0.4.13, no
+plugin discovery), VLMEvalKit's runner and lmms-eval (tasks) find our models, tasks and data sets without being patched.
 Everything else is in pyproject.toml. The hooks' sources live in model_adapters/*_registration.py."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 HERE = Path(__file__).resolve().parent
-HOOK_MODULES = ("lm_eval_registration", "vlmeval_registration")
+HOOK_MODULES = ("lm_eval_registration", "vlmeval_registration", "lmms_eval_registration")
 
 
 def _adapters_package():

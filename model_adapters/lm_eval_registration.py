@@ -8,7 +8,8 @@ import this module and call ``on_import``, which
 - registers ``truthgated`` lazily in lm-eval's model registry (a ``module:Class`` placeholder, the same way
   lm-eval registers its own models), unless an entry point already did;
 - wraps ``TaskManager.__init__`` so that every task manager that includes lm-eval's default tasks also indexes
-  ``truthprobe_eval/tasks`` (so ``--tasks halueval_qa`` works without ``--include_path``).
+  our lm-eval task folders (``truthprobe_eval/tasks/halueval`` and ``truthfulqa``, so ``--tasks halueval_qa``
+  works without ``--include_path``).
 
 Nothing in lm-eval's files is changed. ``TRUTHPROBE_LM_EVAL_AUTOREGISTER=0`` switches the hook off. In-process
 users who did not install the ``.pth`` call ``register()`` once instead.
@@ -59,10 +60,18 @@ def pth_line() -> str:
 
 
 def tasks_dir() -> Path:
-    """The folder of our lm-eval task YAMLs (``truthprobe_eval/tasks``)."""
+    """The folder of our task folders (``truthprobe_eval/tasks``)."""
     from importlib import resources
 
     return Path(str(resources.files("truthprobe_eval.tasks")))
+
+
+def task_folders() -> list[Path]:
+    """The folders of our lm-eval task YAMLs (``truthprobe_eval.tasks.LM_EVAL_TASK_DIRS``; lmms-eval's YAMLs sit
+    beside them and must not be indexed by lm-eval)."""
+    from truthprobe_eval.tasks import LM_EVAL_TASK_DIRS
+
+    return list(LM_EVAL_TASK_DIRS)
 
 
 def register_model(registry=None) -> None:
@@ -86,12 +95,10 @@ def add_tasks_to_task_manager(manager_cls=None) -> None:
     @functools.wraps(original)
     def __init__(self, *args, include_path=None, include_defaults: bool = True, **kwargs):
         if include_defaults:
-            ours = str(tasks_dir())
             paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
-            if not any(os.path.abspath(str(p)) == os.path.abspath(ours) for p in paths):
-                # first, so that a user's include_path (scanned later) can still override our task names
-                paths.insert(0, ours)
-            include_path = paths
+            given = {os.path.abspath(str(p)) for p in paths}
+            # first, so that a user's include_path (scanned later) can still override our task names
+            include_path = [str(p) for p in task_folders() if os.path.abspath(str(p)) not in given] + paths
         original(self, *args, include_path=include_path, include_defaults=include_defaults, **kwargs)
 
     setattr(__init__, _MARK, True)
@@ -118,4 +125,4 @@ def hook_installed() -> bool:
 
 
 __all__ = ["HOOK_SOURCE", "MODEL_NAME", "MODEL_NAMES", "MODEL_TARGET", "PTH_NAME", "add_tasks_to_task_manager",
-           "hook_installed", "on_import", "pth_line", "register", "register_model", "tasks_dir"]
+           "hook_installed", "on_import", "pth_line", "register", "register_model", "task_folders", "tasks_dir"]

@@ -30,8 +30,10 @@ with keep_grad_mode():  # importing vlmeval.vlm turns autograd off process-wide
     from vlmeval.vlm.base import BaseModel
 
 from truthprobe_eval.errors import TruthProbeError
-from truthprobe_eval.interventions import Intervention, method_class
+from truthprobe_eval.interventions import method_class
 from truthprobe_eval.interventions.base import Param
+
+from .method_settings import check_fits_config, check_method_keys, resolve_intervention
 
 DEFAULTS = {"method": "truthprobe", "dtype": "auto", "device": "auto", "max_new_tokens": 512}
 
@@ -69,35 +71,6 @@ def _given(value: Any, name: str) -> Any:
     return DEFAULTS.get(name) if value is None or value == "" else value
 
 
-def resolve_intervention(given: dict[str, Any]) -> Intervention:
-    """The intervention from constructor values (``method`` and any of its settings), else the method's defaults.
-
-    The same parser as lm-eval's ``model_args`` (``interventions.build``); an error names the config key.
-    """
-    cls = method_class(_given(given.get("method"), "method"))
-    settings = {name: given[name] for name in cls.param_names() if given.get(name) not in (None, "")}
-    try:
-        return cls.from_kwargs(**settings)
-    except TruthProbeError as exc:
-        name, sep, rest = str(exc).partition(":")
-        if sep and name in cls.param_names():
-            raise type(exc)(f"{name} (config key '{name}'):{rest}") from None
-        raise
-
-
-def check_method_keys(settings: dict[str, Any], where: str = "TruthGatedVLM") -> None:
-    """A gated model may be given only its own method's settings: another method's (``scores`` for ITI) would go
-    to ``generate`` as an unknown keyword and fail mid-run."""
-    from truthprobe_eval.interventions import REGISTRY
-
-    cls = method_class(_given(settings.get("method"), "method"))
-    known = {name for method in REGISTRY.values() for name in method.param_names()}
-    wrong = sorted(k for k in settings if k in known and k not in cls.param_names())
-    if wrong:
-        raise TruthProbeError(f"{where}: method {cls.name!r} takes no {', '.join(wrong)}; its settings: "
-                              f"{', '.join(cls.param_names())}")
-
-
 @functools.lru_cache(maxsize=None)  # asked once per generation; the registered classes do not change
 def dataset_max_new_tokens_default(dataset: str | None) -> int | None:
     """The generation limit a registered local data set declares (``MAX_NEW_TOKENS``, e.g. CHAIR's 64), or None."""
@@ -107,27 +80,6 @@ def dataset_max_new_tokens_default(dataset: str | None) -> int | None:
         if dataset in cls.supported_datasets():
             return getattr(cls, "MAX_NEW_TOKENS", None)
     return None
-
-
-def check_fits_config(model_path: str, intervention: Intervention) -> None:
-    """Compare the intervention's shape with the model's language model config (no weights).
-
-    Raises ``ShapeMismatchError`` naming the scores' (directions') model and this model.
-    """
-    if intervention.identity:
-        return
-    from transformers import AutoConfig
-
-    from truthprobe_eval.architectures import text_config
-    from truthprobe_eval.models import resolve_model_path
-
-    try:
-        config = AutoConfig.from_pretrained(resolve_model_path(model_path))
-    except OSError as exc:
-        raise TruthProbeError(f"could not load a model config from {model_path!r}: {exc}") from None
-    tcfg = text_config(config)
-    intervention.check_shape(int(tcfg.num_hidden_layers), int(tcfg.num_attention_heads),
-                             f"the language model of {model_path}")
 
 
 def _limit(value: Any, what: str) -> int:

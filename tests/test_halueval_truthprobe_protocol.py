@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from lm_eval.tasks import TaskManager
-from truthprobe_eval.tasks import TASKS_DIR, TRUTHPROBE_GROUP, TRUTHPROBE_TASKS
+from truthprobe_eval.tasks import LM_EVAL_INCLUDE_PATH, TRUTHPROBE_GROUP, TRUTHPROBE_TASKS
 from truthprobe_eval.tasks.halueval import truthprobe_protocol as tp
 
 
 @pytest.fixture(scope="module")
 def manager() -> TaskManager:
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
+    return TaskManager(include_path=LM_EVAL_INCLUDE_PATH, include_defaults=False,
                        metadata={"halueval_offset": 292, "halueval_n": 40})
 
 

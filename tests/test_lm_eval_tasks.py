@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lm_eval.tasks import TaskManager
-from truthprobe_eval.tasks import HALUEVAL_GROUP, HALUEVAL_TASKS, TASKS_DIR, TRUTHFULQA_TASKS
+from truthprobe_eval.tasks import HALUEVAL_GROUP, HALUEVAL_TASKS, LM_EVAL_INCLUDE_PATH, TRUTHFULQA_TASKS
 from truthprobe_eval.tasks.halueval import utils as halu
 from truthprobe_eval.tasks.truthfulqa import utils as tqa
 
@@ -20,7 +20,7 @@ from truthprobe_eval.datasets import load_halueval
 @pytest.fixture(scope="module")
 def manager() -> TaskManager:
     """Only our folder: indexing lm-eval's own thousands of YAMLs is not needed here."""
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    return TaskManager(include_path=LM_EVAL_INCLUDE_PATH, include_defaults=False)
 
 
 def _rows(n: int, tag: str = "r") -> list[dict]:
@@ -119,7 +119,7 @@ def test_local_copy_from_the_environment(tmp_path, monkeypatch, manager):
 
 def test_local_copy_through_lm_eval_metadata(tmp_path):
     path = _jsonl(tmp_path / "meta.jsonl", _rows(5, "meta"))
-    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
+    tm = TaskManager(include_path=LM_EVAL_INCLUDE_PATH, include_defaults=False,
                      metadata={"halueval_path": str(path), "halueval_offset": 2, "halueval_knowledge": False})
     task = tm.load(["halueval_qa_seed2"])["tasks"]["halueval_qa_seed2"]
     doc = task.eval_docs[0]

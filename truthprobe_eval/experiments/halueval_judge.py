@@ -128,7 +128,7 @@ class HaluEvalJudge:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
-        from ..tasks import TASKS_DIR
+        from ..tasks import LM_EVAL_INCLUDE_PATH
 
         s = self.settings
         task = s.task(draw_seed)
@@ -141,7 +141,7 @@ class HaluEvalJudge:
                     "halueval_parse": s.parse}
         if s.data is not None:
             metadata["halueval_path"] = str(s.data)
-        manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
+        manager = TaskManager(include_path=LM_EVAL_INCLUDE_PATH, include_defaults=False, metadata=metadata)
         start = time.perf_counter()
         results = simple_evaluate(model=self.lm, tasks=[task], task_manager=manager, log_samples=True,
                                   apply_chat_template=s.chat, bootstrap_iters=0)

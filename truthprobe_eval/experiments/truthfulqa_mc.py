@@ -59,11 +59,11 @@ class TruthfulQAEvaluator:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
-        from ..tasks import TASKS_DIR
+        from ..tasks import LM_EVAL_INCLUDE_PATH
         from .halueval_judge import write_lm_eval_outputs
 
         self.lm.set_intervention(intervention)
-        manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
+        manager = TaskManager(include_path=LM_EVAL_INCLUDE_PATH, include_defaults=False,
                               metadata={"truthfulqa_csv": self.csv, "truthfulqa_rows": [int(r) for r in rows]})
         start = time.perf_counter()
         results = simple_evaluate(model=self.lm, tasks=list(TASKS), task_manager=manager, log_samples=True,

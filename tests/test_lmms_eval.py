@@ -1,0 +1,182 @@
+"""lmms-eval's real CLI (``python -m lmms_eval``, a fresh process with our .pth hook and entry point) with the
+``truthgated`` model and the offline ``pope_local`` tasks, on tiny config-built LLaVA and Qwen2-VL: the ungated
+model answers as lmms-eval's own class does, a gate changes answers, every method runs and is recorded in the
+results, samples are written, and bad input fails before any model call with a message that names the cause."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_models import save_tiny_mllm, write_pope_questions, write_synthetic_coco
+
+from truthprobe_eval.scores import TruthScores
+
+POPE_IMAGES = ["COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, shared_dir):
+    root = tmp_path_factory.mktemp("lmms")
+    rows = {}
+    for split in ("random", "popular", "adversarial"):
+        with open(shared_dir / "data/pope/coco" / f"coco_pope_{split}.json") as fh:
+            rows[split] = [json.loads(line) for line in fh if any(img in line for img in POPE_IMAGES)]
+    ids = [int(name[-16:-4]) for name in POPE_IMAGES]
+    image_dir, ann_dir = write_synthetic_coco(root / "coco", {ids[0]: ["person", "dog"], ids[1]: ["cat", "couch"]})
+    return {"root": root, "pope_dir": str(write_pope_questions(root / "pope", rows)), "images": str(image_dir),
+            "llava": save_tiny_mllm("llava", root / "llava"), "qwen": save_tiny_mllm("qwen2_vl", root / "qwen2_vl")}
+
+
+def _files(setup) -> dict[str, str]:
+    """An artifact file of every method, shaped for the tiny models (2 layers, 4 heads of 8, hidden 32)."""
+    from truthprobe_eval.directions import ITIDirections
+    from truthprobe_eval.interventions.diffmean import DiffMeanVectors
+    from truthprobe_eval.neuron_scores import select_neurons
+
+    root, rng = setup["root"], np.random.default_rng(3)
+    unit = rng.standard_normal((2, 4, 8))
+    unit /= np.linalg.norm(unit, axis=-1, keepdims=True)
+    return {
+        "scores": str(TruthScores(rng.uniform(0.45, 0.95, (2, 4)), meta={"model": "tiny"}).save(root / "scores.json")),
+        "ars": str(TruthScores(rng.uniform(0, 1, (2, 4)), meta={"model": "tiny", "kind": "ars"}).save(root / "ars.json")),
+        "directions": str(ITIDirections(unit, np.full((2, 4), 3.0), rng.uniform(0.5, 1, (2, 4)), unit,
+                                        np.full((2, 4), 3.0), meta={"model": "tiny"}).save(root / "iti.json")),
+        "neurons": str(select_neurons(rng.normal(0.2, 1, (8, 2, 16)), p_threshold=0.2,
+                                      meta={"model": "tiny"}).save(root / "neurons.json")),
+        "vectors": str(DiffMeanVectors(rng.standard_normal((2, 32)), np.ones(2), meta={"model": "tiny"})
+                       .save(root / "diffmean.json")),
+    }
+
+
+def _lmms_eval(setup, model: str, model_args: str, out: Path, *, tasks: str = "pope_local_random", limit: int = 4,
+               batch_size: int = 1, extra: tuple = ()) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "TRUTHPROBE_POPE_DIR": setup["pope_dir"], "TRUTHPROBE_COCO_IMAGES": setup["images"],
+                   "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", tasks,
+         "--limit", str(limit), "--batch_size", str(batch_size), "--gen_kwargs", "max_new_tokens=4",
+         "--output_path", str(out), "--log_samples", *extra],
+        capture_output=True, text=True, timeout=600, env=environment)
+
+
+def _written(run: subprocess.CompletedProcess, out: Path) -> tuple[dict, list[dict]]:
+    """The results file and the samples (by doc id) of one run; the run's output when there are none."""
+    found = sorted(out.glob("*/*_results.json"))
+    assert found, f"lmms-eval wrote no results:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    samples = [json.loads(line) for f in sorted(out.glob("*/*_samples_*.jsonl")) for line in open(f)]
+    return json.loads(found[-1].read_text()), sorted(samples, key=lambda s: s["doc_id"])
+
+
+def _replies(samples: list[dict]) -> list[str]:
+    return [s["filtered_resps"] if isinstance(s["filtered_resps"], str) else s["filtered_resps"][0] for s in samples]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "own"), [("llava", "llava_hf"), ("qwen", "qwen2_vl")])
+def test_ungated_answers_as_lmms_evals_own_class(setup, tmp_path, family, own):
+    args = f"pretrained={setup[family]},device=cpu,device_map=cpu"
+    # --force_simple: lmms-eval's llava_hf resolves to its chat class, which our (simple) tasks do not feed
+    theirs = _written(_lmms_eval(setup, own, args, tmp_path / "own", extra=("--force_simple",)), tmp_path / "own")
+    ours_run = _lmms_eval(setup, "truthgated", f"{args},method=none", tmp_path / "ours")
+    results, samples = _written(ours_run, tmp_path / "ours")
+    assert len(samples) == 4 and _replies(samples) == _replies(theirs[1])
+    assert results["config"]["intervention"]["identity"] is True
+    inner = {"llava": "llava_hf.LlavaHf", "qwen": "qwen2_vl.Qwen2_VL"}[family]
+    assert results["config"]["truthgated"]["lmms_eval_class"].endswith(inner)
+    metrics = results["results"]["pope_local_random"]
+    assert {"pope_accuracy,none", "pope_f1_score,none", "pope_yes_ratio,none", "pope_parsed_accuracy,none"} <= set(metrics)
+    assert metrics["pope_yes_ratio,none"] == pytest.approx(np.mean([s["target"] == "yes" for s in samples]))
+
+
+@pytest.mark.slow
+def test_every_method_runs_and_is_recorded_and_a_gate_changes_answers(setup, tmp_path):
+    from truthprobe_eval.interventions import from_description
+
+    files = _files(setup)
+    base = f"pretrained={setup['llava']},device=cpu"
+    plain = _replies(_written(_lmms_eval(setup, "truthgated", f"{base},method=none", tmp_path / "plain"),
+                              tmp_path / "plain")[1])
+    runs = {
+        "truthprobe-centered": f"scores={files['scores']},alpha=6,norm=centered",
+        "truthprobe-minmax": f"scores={files['scores']},alpha=6,norm=minmax",
+        "truthprobe-random": "gate=random,alpha=6,seed=1",
+        "iti": f"method=iti,directions={files['directions']},k=4,alpha=15",
+        "neurons": f"method=neurons,neurons={files['neurons']}",
+        "rve": f"method=rve,ars={files['ars']},layers=0-1,k=2,alpha=0.5,beta=2",
+        "diffmean": f"method=diffmean,vectors={files['vectors']},layers=0-1,alpha=8",
+    }
+    changed = {}
+    for name, settings in runs.items():
+        out = tmp_path / name
+        results, samples = _written(_lmms_eval(setup, "truthgated", f"{base},{settings}", out), out)
+        recorded = results["config"]["intervention"]
+        assert recorded["method"] == name.split("-")[0] and recorded["identity"] is False
+        # the description rebuilds the intervention that ran (its file by path and content hash)
+        assert from_description(recorded).describe() == recorded
+        changed[name] = _replies(samples) != plain
+    assert changed["truthprobe-random"] and changed["truthprobe-centered"], changed
+
+
+@pytest.mark.slow
+def test_qwen2_vl_batched_and_gated(setup, tmp_path):
+    files = _files(setup)
+    args = f"pretrained={setup['qwen']},device=cpu"
+    _, one = _written(_lmms_eval(setup, "truthgated", f"{args},scores={files['scores']},alpha=6", tmp_path / "one"),
+                      tmp_path / "one")
+    _, two = _written(_lmms_eval(setup, "truthgated", f"{args},scores={files['scores']},alpha=6", tmp_path / "two",
+                                 batch_size=2), tmp_path / "two")
+    assert len(two) == 4 and all(isinstance(r, str) for r in _replies(two))
+    assert [s["doc_id"] for s in two] == [s["doc_id"] for s in one]
+
+
+@pytest.mark.slow
+def test_a_wrong_score_shape_fails_before_evaluation(setup, tmp_path):
+    wrong = TruthScores(np.full((3, 4), 0.6), meta={"model": "another-model"}).save(tmp_path / "wrong.json")
+    run = _lmms_eval(setup, "truthgated", f"pretrained={setup['llava']},device=cpu,scores={wrong}", tmp_path / "out")
+    said = run.stdout + run.stderr
+    assert "Truth Scores of another-model have shape (3, 4)" in said and "(2, 4)" in said
+    assert "Model Responding" not in said and not list((tmp_path / "out").glob("*/*_results.json"))
+
+
+def test_missing_folders_and_images_fail_naming_the_variable(setup, tmp_path, monkeypatch):
+    from truthprobe_eval.tasks.pope.lmms_eval_task import pope_rows
+    from truthprobe_eval.tasks.vlmeval_local import LocalDatasetError
+
+    monkeypatch.setenv("TRUTHPROBE_POPE_DIR", setup["pope_dir"])
+    monkeypatch.delenv("TRUTHPROBE_COCO_IMAGES", raising=False)
+    with pytest.raises(LocalDatasetError, match="TRUTHPROBE_COCO_IMAGES, found it unset"):
+        pope_rows("random")
+    monkeypatch.setenv("TRUTHPROBE_COCO_IMAGES", str(tmp_path))  # a folder without the images
+    with pytest.raises(LocalDatasetError, match=r"\(TRUTHPROBE_COCO_IMAGES\): expected 2 image files, found 2 missing"):
+        pope_rows("random")
+    monkeypatch.setenv("TRUTHPROBE_POPE_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(LocalDatasetError, match=r"nowhere \(TRUTHPROBE_POPE_DIR\), found none"):
+        pope_rows("random")
+    monkeypatch.setenv("TRUTHPROBE_POPE_DIR", setup["pope_dir"])
+    monkeypatch.setenv("TRUTHPROBE_COCO_IMAGES", setup["images"])
+    rows = pope_rows("adversarial")
+    assert len(rows) == 12 and {r["category"] for r in rows} == {"adversarial"}
+    assert all(Path(r["image_path"]).is_file() and r["answer"] in ("yes", "no") for r in rows)
+
+
+def test_lmms_eval_finds_the_model_and_only_its_own_tasks():
+    """The entry point puts truthgated (and its alias) into lmms-eval's registry; lmms-eval's task manager indexes
+    our lmms-eval folders and lm-eval's does not (and the other way round)."""
+    from lm_eval.tasks import TaskManager as LmEvalTasks
+    from lmms_eval.models import MODEL_REGISTRY_V2
+    from lmms_eval.tasks import TaskManager as LmmsEvalTasks
+
+    from truthprobe_eval.model_adapters.lmms_eval_truthgated import TruthGatedLMM
+
+    assert MODEL_REGISTRY_V2.get_model_class("truthgated") is TruthGatedLMM
+    assert MODEL_REGISTRY_V2.resolve("intervened").model_id == "truthgated"
+    lmms_tasks = set(LmmsEvalTasks().all_tasks)
+    assert {"pope_local", "pope_local_random", "pope_local_popular", "pope_local_adversarial"} <= lmms_tasks
+    assert "halueval_qa" not in lmms_tasks
+    lm_tasks = set(LmEvalTasks().all_tasks)
+    assert "halueval_qa" in lm_tasks and "pope_local_random" not in lm_tasks

@@ -120,6 +120,18 @@ def test_every_method_runs_and_is_recorded_and_a_gate_changes_answers(setup, tmp
         assert from_description(recorded).describe() == recorded
         changed[name] = _replies(samples) != plain
     assert changed["truthprobe-random"] and changed["truthprobe-centered"], changed
+    # the leaderboard and the paired tests read lmms-eval's folders as they read lm-eval's and VLMEvalKit's
+    from truthprobe_eval.analysis import leaderboard as lb
+    from truthprobe_eval.analysis.significance import compare_runs
+
+    entries, _ = lb.collect([tmp_path / "plain", tmp_path / "truthprobe-random", tmp_path / "iti"])
+    assert {e.harness for e in entries} == {"lmms-eval"} and {e.benchmark for e in entries} == {"pope_local_random"}
+    assert {e.method for e in entries} >= {lb.VANILLA, lb.ITI} and all(e.samples for e in entries)
+    assert all(e.sample_metric == "pope_accuracy" for e in entries)
+    board = lb.build(entries)
+    assert len(board.rows) == 3
+    (paired,), _ = compare_runs(tmp_path / "plain", tmp_path / "truthprobe-random", metric="pope_parsed_accuracy")
+    assert paired.n == 4 and paired.task == "pope_local_random"
 
 
 @pytest.mark.slow
@@ -170,7 +182,6 @@ def test_lmms_eval_finds_the_model_and_only_its_own_tasks():
     from lm_eval.tasks import TaskManager as LmEvalTasks
     from lmms_eval.models import MODEL_REGISTRY_V2
     from lmms_eval.tasks import TaskManager as LmmsEvalTasks
-
     from truthprobe_eval.model_adapters.lmms_eval_truthgated import TruthGatedLMM
 
     assert MODEL_REGISTRY_V2.get_model_class("truthgated") is TruthGatedLMM

@@ -96,8 +96,9 @@ doc_to_text = lmms_pope.pope_doc_to_text
 def process_results(doc: dict, results: list) -> dict:
     """lmms-eval's per-question record for its five metrics, and ours (the parsed reply) beside it."""
     out = lmms_pope.pope_process_results(doc, results)
-    parsed = {"question_id": doc["question_id"], "reply": str(results[0]), "parsed": str(extract_answers([results[0]])[0]),
-              "ground_truth": doc["answer"]}
+    answer = str(extract_answers([results[0]])[0])
+    parsed = {"question_id": doc["question_id"], "reply": str(results[0]), "parsed": answer, "ground_truth": doc["answer"],
+              "score": float(answer.lower() == doc["answer"])}  # the per-question value paired tests read
     out.update({name: parsed for name in ("pope_parsed_accuracy", "pope_parsed_f1", "pope_reply_yes_ratio")})
     return out
 

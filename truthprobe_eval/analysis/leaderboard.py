@@ -27,11 +27,11 @@ from ..interventions.truthprobe import OWN_SCORES as TP_OWN  # noqa: F401
 from . import reports
 from . import significance as sig
 from .results_files import (  # noqa: F401  (read from here too)
+    _FAMILY_OF_ROW,
     INTERVENTION_FILE,
     ITI,
     NEURONS,
     VANILLA,
-    _FAMILY_OF_ROW,
     LeaderboardError,
     ResultEntry,
     collect,
@@ -42,6 +42,7 @@ from .results_files import (  # noqa: F401  (read from here too)
     parse_model_args,
     vlmeval_model_and_method,
 )
+
 
 # ---- the table -----------------------------------------------------------------------------------------
 @dataclass
@@ -171,10 +172,7 @@ def build(entries: Sequence[ResultEntry], significance: bool = True, seeds: bool
 
 def _p_value(base: ResultEntry, entry: ResultEntry, notes: list[str]) -> float | None:
     try:
-        def load(path: str) -> sig.SampleRun:
-            return sig.load_lm_eval_samples(path) if path.endswith(".jsonl") else sig.load_vlmeval_predictions(path)
-
-        ra, rb = load(base.samples), load(entry.samples)
+        ra, rb = sig.load_sample_file(base.samples), sig.load_sample_file(entry.samples)
         _, va, vb = sig.align(ra, rb)
         return sig.paired_test(va, vb, n_boot=1).p_for_marks
     except sig.SignificanceError as exc:

@@ -8,6 +8,9 @@ this module.
   so validation and test slices of one task stay apart);
 - VLMEvalKit: prediction files ``<model>_<dataset>.xlsx`` / ``.tsv`` / ``.csv`` / ``.json``, its rating tables
   ``<model>_<dataset>_score.csv`` / ``_acc.csv``, and the ``intervention.json`` ``truthprobe vlmeval`` writes;
+- lmms-eval: ``<model>/<YYYYMMDD_HHMMSS>_results.json`` (lm-eval's result layout, ``config.intervention``
+  from our ``truthgated``) with ``<YYYYMMDD_HHMMSS>_samples_<task>.jsonl``, whose per-sample metrics are records
+  with a ``score`` (POPE's ``pope_accuracy``, ...);
 - ours: ``truthprobe-results`` JSON files (``compare-methods``' ``leaderboard/``) and CHAIR score JSON.
 """
 from __future__ import annotations
@@ -26,6 +29,8 @@ from .._io import read_jsonl
 from ..errors import TruthProbeError
 from ..paired_stats import PairedStatsError
 
+LMMS_EVAL_SAMPLES = re.compile(r"^(?P<ts>\d{8}_\d{6})_samples_(?P<task>.+)\.jsonl$")
+LMMS_EVAL_RESULTS = re.compile(r"^(?P<ts>\d{8}_\d{6})_results\.json$")
 LM_EVAL_SAMPLES = re.compile(r"^samples_(?P<task>.+)_(?P<ts>\d{4}-\d{2}-\d{2}T[\d\-.:]+)\.jsonl$")
 VLMEVAL_SUFFIXES = (".xlsx", ".tsv", ".csv", ".json")
 # VLMEvalKit intermediate/evaluation outputs that are not prediction files
@@ -47,7 +52,7 @@ class SampleRun:
     """Per-sample values of one metric for one task of one run, keyed by sample id."""
 
     source: str
-    harness: str  # "lm-eval" or "vlmevalkit"
+    harness: str  # "lm-eval", "lmms-eval" or "vlmevalkit"
     task: str
     metric: str
     keys: list[str]
@@ -126,6 +131,57 @@ def find_lm_eval_samples(folder: "str | os.PathLike") -> dict[str, list[Path]]:
     found: dict[str, list[tuple[str, Path]]] = {}
     for p in Path(folder).rglob("samples_*.jsonl"):
         m = LM_EVAL_SAMPLES.match(p.name)
+        if m:
+            found.setdefault(m.group("task"), []).append((m.group("ts"), p))
+    return {task: [p for _, p in sorted(items, reverse=True)] for task, items in found.items()}
+
+
+# ---- lmms-eval -----------------------------------------------------------------------------------------
+def _sample_score(value: Any) -> float | None:
+    """An lmms-eval per-sample metric: a number, or a record with a numeric ``score`` (POPE's, ours)."""
+    if isinstance(value, dict):
+        value = value.get("score")
+    return float(value) if _is_number(value) else None
+
+
+def load_lmms_eval_samples(path: "str | os.PathLike", metric: str | None = None) -> SampleRun:
+    """One lmms-eval ``<time>_samples_<task>.jsonl`` file as a ``SampleRun`` (default metric: the first one logged
+    with a per-sample score)."""
+    path = Path(path)
+    m = LMMS_EVAL_SAMPLES.match(path.name)
+    task = m.group("task") if m else path.stem
+    records = []
+    for line_no, rec in read_jsonl(path, SignificanceError):
+        if not isinstance(rec, dict) or "doc_id" not in rec:
+            raise SignificanceError(f"{path}, line {line_no}: expected an lmms-eval sample with a doc_id, found {str(rec)[:80]}")
+        records.append(rec)
+    if not records:
+        raise SignificanceError(f"{path}: expected lmms-eval samples (one JSON object a line), found none")
+    if metric is None:
+        names = [k for k, v in records[0].items() if k not in ("doc_id", "target") and _sample_score(v) is not None]
+        if not names:
+            raise SignificanceError(f"{path}: expected a per-sample metric with a numeric score, found keys {sorted(records[0])}")
+        metric = names[0]
+    keys, values, prints = [], [], {}
+    for rec in records:
+        value = _sample_score(rec.get(metric))
+        if value is None:
+            raise SignificanceError(f"{path}: doc_id {rec['doc_id']}: expected a numeric score for metric {metric!r}, "
+                                    f"found {rec.get(metric)!r}")
+        key = str(rec["doc_id"])
+        if key in prints:
+            raise SignificanceError(f"{path}: doc_id {key} appears twice (repeats are not supported)")
+        keys.append(key)
+        values.append(value)
+        prints[key] = str(rec.get("doc_hash") or rec.get("input") or "")
+    return SampleRun(str(path), "lmms-eval", task, f"{metric},none", keys, np.array(values), prints)
+
+
+def find_lmms_eval_samples(folder: "str | os.PathLike") -> dict[str, list[Path]]:
+    """task -> its lmms-eval sample files under ``folder`` (recursively), newest first."""
+    found: dict[str, list[tuple[str, Path]]] = {}
+    for p in Path(folder).rglob("*_samples_*.jsonl"):
+        m = LMMS_EVAL_SAMPLES.match(p.name)
         if m:
             found.setdefault(m.group("task"), []).append((m.group("ts"), p))
     return {task: [p for _, p in sorted(items, reverse=True)] for task, items in found.items()}
@@ -244,6 +300,18 @@ def find_vlmeval_predictions(folder: "str | os.PathLike") -> dict[str, Path]:
 
 
 # ---- runs ----------------------------------------------------------------------------------------------
+def load_sample_file(path: "str | os.PathLike", metric: str | None = None, filter_name: str | None = None) -> SampleRun:
+    """One per-sample file of any harness, told apart by its name: lmms-eval's ``<time>_samples_<task>.jsonl``,
+    other ``.jsonl`` (lm-eval's ``samples_<task>_<time>.jsonl``, our judges' ``<name>.samples.jsonl``), else a
+    VLMEvalKit prediction table."""
+    path = Path(path)
+    if LMMS_EVAL_SAMPLES.match(path.name):
+        return load_lmms_eval_samples(path, metric)
+    if LM_EVAL_SAMPLES.match(path.name) or path.suffix == ".jsonl":
+        return load_lm_eval_samples(path, metric, filter_name)
+    return load_vlmeval_predictions(path, metric)
+
+
 def load_runs(path: "str | os.PathLike", task: str | None = None, metric: str | None = None,
               filter_name: str | None = None) -> dict[str, SampleRun]:
     """task -> SampleRun for a file or a result folder (lm-eval samples, else VLMEvalKit predictions)."""
@@ -252,10 +320,7 @@ def load_runs(path: "str | os.PathLike", task: str | None = None, metric: str | 
         raise SignificanceError(f"run not found: expected an lm-eval output folder, a samples_*.jsonl file or a "
                                 f"VLMEvalKit prediction file at {path}")
     if path.is_file():
-        if LM_EVAL_SAMPLES.match(path.name) or path.suffix == ".jsonl":
-            run = load_lm_eval_samples(path, metric, filter_name)
-        else:
-            run = load_vlmeval_predictions(path, metric)
+        run = load_sample_file(path, metric, filter_name)
         return {run.task: run}
     runs: dict[str, SampleRun] = {}
     lm = find_lm_eval_samples(path)
@@ -264,14 +329,20 @@ def load_runs(path: "str | os.PathLike", task: str | None = None, metric: str | 
             runs[name] = load_lm_eval_samples(files[0], metric, filter_name)
             if len(files) > 1:
                 runs[name].notes.append(f"{name}: {len(files)} sample files in {path}; using the newest, {files[0].name}")
-    if not lm:
+    lmms = {} if lm else find_lmms_eval_samples(path)
+    for name, files in lmms.items():
+        if task is None or name == task:
+            runs[name] = load_lmms_eval_samples(files[0], metric)
+            if len(files) > 1:
+                runs[name].notes.append(f"{name}: {len(files)} sample files in {path}; using the newest, {files[0].name}")
+    if not lm and not lmms:
         for name, file in find_vlmeval_predictions(path).items():
             if task is None or name == task:
                 runs[name] = load_vlmeval_predictions(file, metric, task=name)
     if not runs:
         what = f"task {task!r}" if task else "any task"
-        raise SignificanceError(f"{path}: expected per-sample logs for {what} (lm-eval samples_<task>_<time>.jsonl from "
-                                f"--log_samples, or VLMEvalKit <model>_<dataset>.xlsx/.tsv/.csv), found none")
+        raise SignificanceError(f"{path}: expected per-sample logs for {what} (lm-eval samples_<task>_<time>.jsonl or "
+                                f"lmms-eval <time>_samples_<task>.jsonl from --log_samples, or VLMEvalKit <model>_<dataset>.xlsx/.tsv/.csv), found none")
     return runs
 
 
@@ -279,7 +350,7 @@ def align(a: SampleRun, b: SampleRun) -> tuple[list[str], np.ndarray, np.ndarray
     """The two runs' values in one sample order; refuse if the sample sets differ."""
     in_b = set(b.keys)
     in_a = set(a.keys)
-    ident = "doc_id" if a.harness == "lm-eval" else "index"
+    ident = "doc_id" if a.harness in ("lm-eval", "lmms-eval") else "index"
     for k in a.keys:
         if k not in in_b:
             raise SampleMismatchError(
@@ -314,7 +385,7 @@ def recorded_intervention(run: "str | os.PathLike") -> dict | None:
     candidates = [folder / "intervention.json"]
     if path.is_file() and path.name.endswith(".samples.jsonl"):
         candidates.insert(0, path.with_name(path.name[: -len(".samples.jsonl")] + ".json"))
-    candidates += sorted(folder.glob("results_*.json"))
+    candidates += sorted(folder.glob("results_*.json")) + sorted(folder.glob("*_results.json"), reverse=True)
     for candidate in candidates:
         if not candidate.is_file():
             continue
@@ -422,6 +493,8 @@ def benchmark_name(task: str, data: dict) -> str:
     metadata: our judges' slices, or ``lm_eval --metadata``), so that a validation and a test slice of one task
     are different columns."""
     meta = ((data.get("configs") or {}).get(task) or {}).get("metadata") or {}
+    if not isinstance(meta, dict):  # lmms-eval task YAMLs write a list (``- version: 0.0``)
+        return task
     offset, n = meta.get("halueval_offset"), meta.get("halueval_n")
     if isinstance(offset, int) and isinstance(n, int) and n > 0:
         return f"{task} rows {offset}-{offset + n - 1}"
@@ -432,7 +505,8 @@ def is_lm_eval_results(data: Any) -> bool:
     return isinstance(data, dict) and "results" in data and "config" in data and "configs" in data
 
 
-def collect_lm_eval(path: Path) -> list[ResultEntry]:
+def collect_lm_eval(path: Path, harness: str = "lm-eval") -> list[ResultEntry]:
+    """lm-eval's results (or lmms-eval's, the same layout; ``harness="lmms-eval"``) as leaderboard entries."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -449,7 +523,8 @@ def collect_lm_eval(path: Path) -> list[ResultEntry]:
         raise LeaderboardError(f"{path}: a {harness_model} run without config.intervention (written by "
                                "truthprobe-eval 0.3 and later); rerun it to record what it ran")
     method, settings = method_from_description(described, model)
-    ts = RESULTS_JSON.match(path.name).group("ts") if RESULTS_JSON.match(path.name) else None
+    named = (LMMS_EVAL_RESULTS if harness == "lmms-eval" else RESULTS_JSON).match(path.name)
+    ts = named.group("ts") if named else None
     higher = data.get("higher_is_better") or {}
     entries = []
     for task, values in data["results"].items():
@@ -460,11 +535,14 @@ def collect_lm_eval(path: Path) -> list[ResultEntry]:
                 metrics[name] = float(value)
         if not metrics:
             continue
-        samples = path.parent / f"samples_{task}_{ts}.jsonl" if ts else _judge_samples(path)
+        if harness == "lmms-eval":
+            samples = path.parent / f"{ts}_samples_{task}.jsonl"
+        else:
+            samples = path.parent / f"samples_{task}_{ts}.jsonl" if ts else _judge_samples(path)
         sample_metric = None
         if samples is not None and samples.is_file():
             try:
-                run = load_lm_eval_samples(samples)
+                run = load_lmms_eval_samples(samples) if harness == "lmms-eval" else load_lm_eval_samples(samples)
                 metric, filt = run.metric.split(",", 1)
                 sample_metric = metric if filt == "none" else f"{metric} ({filt})"
             except SignificanceError:
@@ -472,7 +550,7 @@ def collect_lm_eval(path: Path) -> list[ResultEntry]:
         else:
             samples = None
         lower = {name for name in metrics if (higher.get(task) or {}).get(name.split(" (")[0]) is False}
-        entries.append(ResultEntry(model, method, benchmark_name(task, data), metrics, str(path), "lm-eval", settings,
+        entries.append(ResultEntry(model, method, benchmark_name(task, data), metrics, str(path), harness, settings,
                                    str(samples) if samples else None, sample_metric, lower))
     return entries
 
@@ -591,8 +669,8 @@ def collect(folders: Sequence["str | os.PathLike"]) -> tuple[list[ResultEntry], 
             raise LeaderboardError(f"result folder not found: {folder}")
         files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
         for p in files:
-            if RESULTS_JSON.match(p.name):
-                found = collect_lm_eval(p)
+            if RESULTS_JSON.match(p.name) or LMMS_EVAL_RESULTS.match(p.name):
+                found = collect_lm_eval(p, "lmms-eval" if LMMS_EVAL_RESULTS.match(p.name) else "lm-eval")
                 entries += found
                 if not found:
                     notes.append(f"{p}: no numeric metrics")
@@ -610,7 +688,8 @@ def collect(folders: Sequence["str | os.PathLike"]) -> tuple[list[ResultEntry], 
                 if e is not None:
                     entries.append(e)
     if not entries:
-        raise LeaderboardError(f"no results found under {', '.join(map(str, folders))}: expected lm-eval results_*.json "
+        raise LeaderboardError(f"no results found under {', '.join(map(str, folders))}: expected lm-eval results_*.json, "
+                               "lmms-eval <time>_results.json "
                                "(or our judges' lm_eval/<name>.json with <name>.samples.jsonl), VLMEvalKit <model>/<model>_<dataset>_score.csv or _acc.csv, or truthprobe-results JSON")
     return entries, notes
 

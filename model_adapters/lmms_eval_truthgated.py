@@ -141,6 +141,17 @@ class TruthGatedLMM(lmms):
     def tokenizer(self):
         return self.inner.tokenizer
 
+    @property
+    def device(self):
+        return self.inner.device
+
+    def __getattr__(self, name: str):
+        # anything else the evaluator or a task asks of the model (config, eot_token_id, ...): the wrapped class's
+        inner = self.__dict__.get("inner")
+        if inner is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(inner, name)
+
     def _sync_rank(self) -> None:
         # the evaluator may set _rank/_world_size on this object (torchrun path); the inner class logs by its own
         self.inner._rank, self.inner._world_size = self._rank, self._world_size

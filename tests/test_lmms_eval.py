@@ -54,11 +54,16 @@ def _files(setup) -> dict[str, str]:
 
 
 def _lmms_eval(setup, model: str, model_args: str, out: Path, *, tasks: str = "pope_local_random", limit: int = 4,
-               batch_size: int = 1, extra: tuple = ()) -> subprocess.CompletedProcess:
+               batch_size: int = 1, extra: tuple = (), processes: int = 1) -> subprocess.CompletedProcess:
     environment = {**os.environ, "TRUTHPROBE_POPE_DIR": setup["pope_dir"], "TRUTHPROBE_COCO_IMAGES": setup["images"],
                    "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable]
+    if processes > 1:  # lmms-eval's data parallelism: accelerate's launcher, CPU processes over gloo
+        environment["ACCELERATE_USE_CPU"] = "1"
+        launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+                  str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     return subprocess.run(
-        [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", tasks,
+        [*launch, "-m", "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", tasks,
          "--limit", str(limit), "--batch_size", str(batch_size), "--gen_kwargs", "max_new_tokens=4",
          "--output_path", str(out), "--log_samples", *extra],
         capture_output=True, text=True, timeout=600, env=environment)
@@ -144,6 +149,19 @@ def test_qwen2_vl_batched_and_gated(setup, tmp_path):
                                  batch_size=2), tmp_path / "two")
     assert len(two) == 4 and all(isinstance(r, str) for r in _replies(two))
     assert [s["doc_id"] for s in two] == [s["doc_id"] for s in one]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_equal_one(setup, tmp_path):
+    """``accelerate launch`` with two processes: each takes every second question, rank 0 gathers and scores."""
+    args = f"pretrained={setup['llava']},device=cpu,gate=random,alpha=6,seed=1"
+    one, one_samples = _written(_lmms_eval(setup, "truthgated", args, tmp_path / "one", limit=6), tmp_path / "one")
+    run = _lmms_eval(setup, "truthgated", args, tmp_path / "two", limit=6, processes=2)
+    assert "Building contexts for pope_local_random on rank 1" in run.stdout + run.stderr  # the work was split
+    two, two_samples = _written(run, tmp_path / "two")
+    assert two["results"]["pope_local_random"] == one["results"]["pope_local_random"]
+    assert [s["doc_id"] for s in two_samples] == list(range(6)) and _replies(two_samples) == _replies(one_samples)
+    assert two["config"]["intervention"] == one["config"]["intervention"]
 
 
 @pytest.mark.slow

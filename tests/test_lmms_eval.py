@@ -27,9 +27,11 @@ def setup(tmp_path_factory, shared_dir):
         with open(shared_dir / "data/pope/coco" / f"coco_pope_{split}.json") as fh:
             rows[split] = [json.loads(line) for line in fh if any(img in line for img in POPE_IMAGES)]
     ids = [int(name[-16:-4]) for name in POPE_IMAGES]
-    image_dir, ann_dir = write_synthetic_coco(root / "coco", {ids[0]: ["person", "dog"], ids[1]: ["cat", "couch"]})
+    image_dir, ann_dir = write_synthetic_coco(root / "coco", {ids[0]: ["person", "dog"], ids[1]: ["cat", "couch"], 7: ["car"]},
+                                              {ids[0]: ["A man with a dog."], ids[1]: ["A cat on a sofa."], 7: ["A car."]})
     return {"root": root, "pope_dir": str(write_pope_questions(root / "pope", rows)), "images": str(image_dir),
-            "llava": save_tiny_mllm("llava", root / "llava"), "qwen": save_tiny_mllm("qwen2_vl", root / "qwen2_vl")}
+            "annotations": str(ann_dir), "llava": save_tiny_mllm("llava", root / "llava"),
+            "qwen": save_tiny_mllm("qwen2_vl", root / "qwen2_vl")}
 
 
 def _files(setup) -> dict[str, str]:
@@ -56,6 +58,7 @@ def _files(setup) -> dict[str, str]:
 def _lmms_eval(setup, model: str, model_args: str, out: Path, *, tasks: str = "pope_local_random", limit: int = 4,
                batch_size: int = 1, extra: tuple = (), processes: int = 1) -> subprocess.CompletedProcess:
     environment = {**os.environ, "TRUTHPROBE_POPE_DIR": setup["pope_dir"], "TRUTHPROBE_COCO_IMAGES": setup["images"],
+                   "TRUTHPROBE_COCO_ANNOTATIONS": setup["annotations"], "TRUTHPROBE_CACHE": str(setup["root"] / "cache"),
                    "OMP_NUM_THREADS": "1"}
     launch = [sys.executable]
     if processes > 1:  # lmms-eval's data parallelism: accelerate's launcher, CPU processes over gloo
@@ -149,6 +152,57 @@ def test_qwen2_vl_batched_and_gated(setup, tmp_path):
                                  batch_size=2), tmp_path / "two")
     assert len(two) == 4 and all(isinstance(r, str) for r in _replies(two))
     assert [s["doc_id"] for s in two] == [s["doc_id"] for s in one]
+
+
+@pytest.mark.slow
+def test_chair_local_scores_every_caption_with_our_scorer(setup, tmp_path):
+    from truthprobe_eval.analysis.significance import compare_runs
+    from truthprobe_eval.tasks.chair import CHAIREvaluator
+
+    base = f"pretrained={setup['llava']},device=cpu"
+    runs = {}
+    for name, settings in {"plain": "method=none", "gated": "gate=random,alpha=6,seed=1"}.items():
+        out = tmp_path / name
+        runs[name] = _written(_lmms_eval(setup, "truthgated", f"{base},{settings}", out, tasks="chair_local", limit=3), out)
+    results, samples = runs["plain"]
+    assert len(samples) == 3 and {s["chair_s"]["image_id"] for s in samples} == {7, 210789, 310196}
+    # the reported numbers are our scorer's on the logged captions
+    scored = CHAIREvaluator.from_coco(setup["annotations"], tmp_path / "cache").score(
+        [{"image_id": s["chair_s"]["image_id"], "caption": s["chair_s"]["caption"]} for s in samples])
+    metrics = results["results"]["chair_local"]
+    assert metrics["chair_s,none"] == pytest.approx(scored["CHAIRs"]) and metrics["chair_i,none"] == pytest.approx(scored["CHAIRi"])
+    assert metrics["chair_len,none"] == pytest.approx(scored["len"])
+    assert [s["chair_s"]["score"] for s in samples] == [float(bool(c["hallucinated"])) for c in scored["per_caption"]]
+    assert results["higher_is_better"]["chair_local"]["chair_s"] is False
+    (paired,), _ = compare_runs(tmp_path / "plain", tmp_path / "gated", alternative="less")
+    assert paired.n == 3 and paired.metric == "chair_s,none"
+
+
+@pytest.mark.slow
+def test_vlmevalkit_and_lmms_eval_give_the_same_answers(setup, tmp_path, monkeypatch):
+    """The same intervention on the same tiny LLaVA and the same POPE questions through both harnesses. Their
+    prompts meet here: lmms-eval's llava_hf sends the string "<image>\\n<question>" to the tokenizer's chat template,
+    VLMEvalKit's runner (our TruthGatedVLM) sends [image, text] to the processor's; the tiny LLaVA's template (like
+    llava-hf's own) renders both as "USER: <image>\\n<question> ASSISTANT:". Both append the same POPE suffix."""
+    from truthprobe_eval.analysis.results_files import _read_table
+    from truthprobe_eval.cli import main
+
+    monkeypatch.setenv("LMUData", str(tmp_path))
+    scores = _files(setup)["scores"]
+    config = {"model": {"tiny": {"class": "TruthGatedVLM", "model_path": setup["llava"], "max_new_tokens": 4,
+                                 "scores": scores, "alpha": 6.0}},
+              "data": {"POPE_local": {"class": "POPELocal", "dataset": "POPE_local", "question_dir": setup["pope_dir"],
+                                      "image_dir": setup["images"], "splits": "random"}}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["vlmeval", "--config", str(tmp_path / "config.json"), "--work-dir", str(tmp_path / "vlm")]) == 0
+    (predictions,) = [p for p in (tmp_path / "vlm" / "tiny").glob("tiny_POPE_local.*") if p.suffix in (".xlsx", ".tsv")]
+    table = _read_table(predictions)
+    vlmevalkit = {int(str(src).split(":")[1]): str(pred).strip() for src, pred in zip(table["source"], table["prediction"])}
+    out = tmp_path / "lmms"
+    _, samples = _written(_lmms_eval(setup, "truthgated", f"pretrained={setup['llava']},device=cpu,scores={scores},alpha=6",
+                                     out, limit=12), out)
+    lmms = {s["pope_accuracy"]["question_id"]: r.strip() for s, r in zip(samples, _replies(samples))}
+    assert len(lmms) == 12 and all(lmms.values()) and lmms == vlmevalkit
 
 
 @pytest.mark.slow

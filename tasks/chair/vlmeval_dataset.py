@@ -15,48 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from vlmeval.dataset.image_base import ImageBaseDataset
 from vlmeval.smp import get_intermediate_file_path, load
 
-from ..vlmeval_local import LocalDatasetError, as_bool, as_int, check_images, local_path, setting
-
-PROMPT = "Please describe this image in detail."
-_ID_IN_NAME = re.compile(r"(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
-
-
-def drop_unfinished_sentence(caption: str) -> str:
-    """Cut a trailing sentence that has no end mark, when an earlier sentence ended (``"A. B"`` -> ``"A."``)."""
-    text = caption.strip()
-    if not text or _SENTENCE_END.search(text):
-        return text
-    ends = [m.end() for m in re.finditer(r"[.!?][\"')\]]*(?=\s)", text)]
-    return text[: ends[-1]].strip() if ends else text
-
-
-def image_id_of(entry: str) -> int:
-    """A COCO image id from ``"42"`` or ``"COCO_val2014_000000000042.jpg"``."""
-    entry = entry.strip()
-    if entry.isdigit():
-        return int(entry)
-    match = _ID_IN_NAME.search(entry)
-    if not match:
-        raise LocalDatasetError(f"image list: expected a COCO image id or file name, found {entry!r}")
-    return int(match.group(1))
-
-
-def _annotation_images(annotations_dir: Path, split: str) -> dict[int, str]:
-    path = annotations_dir / f"instances_{split}.json"
-    if not path.is_file():
-        raise LocalDatasetError(f"CHAIR: expected COCO annotations {path.name} in {annotations_dir}, found none")
-    with open(path, encoding="utf-8") as fh:
-        images = json.load(fh).get("images", [])
-    return {int(im["id"]): str(im["file_name"]) for im in images}
+from ..vlmeval_local import as_bool, as_int, local_path, setting
+from .coco_images import PROMPT, drop_unfinished_sentence, image_id_of, select_images  # noqa: F401 (importable here)
 
 
 class CHAIRLocal(ImageBaseDataset):
@@ -97,26 +62,8 @@ class CHAIRLocal(ImageBaseDataset):
         return ["CHAIR_local"]
 
     def load_data(self, dataset: str) -> pd.DataFrame:
-        names = _annotation_images(self.annotations_dir, self.split)
-        if self.image_list is not None:
-            lines = [ln for ln in self.image_list.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            ids = [image_id_of(ln) for ln in lines]
-            unknown = [i for i in ids if i not in names]
-            if unknown:
-                raise LocalDatasetError(f"{self.image_list}: expected image ids from instances_{self.split}.json, found {len(unknown)} not there (e.g. {unknown[:3]})")
-            if len(set(ids)) != len(ids):
-                raise LocalDatasetError(f"{self.image_list}: expected each image once, found duplicates")
-        else:
-            present = sorted(i for i, name in names.items() if (self.image_dir / name).is_file())
-            if not present:
-                raise LocalDatasetError(f"CHAIR: expected images of instances_{self.split}.json in {self.image_dir}, found none")
-            n = min(self.n_images or len(present), len(present))
-            if n < (self.n_images or 0):
-                print(f"CHAIR: {len(present)} annotated images in {self.image_dir}, fewer than n_images={self.n_images}; using all")
-            rng = np.random.default_rng(self.seed)
-            ids = sorted(int(i) for i in rng.choice(present, size=n, replace=False))
-        paths = [str(self.image_dir / names[i]) for i in ids]
-        check_images(paths, f"CHAIR images in {self.image_dir}")
+        ids, paths = select_images(self.annotations_dir, self.image_dir, self.split, self.n_images, self.seed,
+                                   self.image_list)
         return pd.DataFrame({"index": range(1, len(ids) + 1), "image_id": ids, "question": self.prompt, "image_path": paths})
 
     def build_prompt(self, line) -> list[dict]:

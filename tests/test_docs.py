@@ -51,7 +51,7 @@ def test_every_environment_variable_is_in_the_one_table():
     listed = set(re.findall(r"`(TRUTHPROBE_[A-Z0-9_]+)`", section))
     assert read and read <= listed, f"read but not listed: {sorted(read - listed)}"
     assert listed <= read, f"listed but read nowhere: {sorted(listed - read)}"
-    assert len(read) <= 8
+    assert len(read) <= 12  # 8 until lmms-eval (its CLI has no --metadata for the data folders)
 
 
 def _slug(heading: str) -> str:

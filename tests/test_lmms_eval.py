@@ -31,6 +31,7 @@ def setup(tmp_path_factory, shared_dir):
                                               {ids[0]: ["A man with a dog."], ids[1]: ["A cat on a sofa."], 7: ["A car."]})
     return {"root": root, "pope_dir": str(write_pope_questions(root / "pope", rows)), "images": str(image_dir),
             "annotations": str(ann_dir), "llava": save_tiny_mllm("llava", root / "llava"),
+            "llava_next": save_tiny_mllm("llava_next", root / "llava_next"),
             "qwen": save_tiny_mllm("qwen2_vl", root / "qwen2_vl")}
 
 
@@ -85,7 +86,7 @@ def _replies(samples: list[dict]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "own"), [("llava", "llava_hf"), ("qwen", "qwen2_vl")])
+@pytest.mark.parametrize(("family", "own"), [("llava", "llava_hf"), ("llava_next", "llava_hf"), ("qwen", "qwen2_vl")])
 def test_ungated_answers_as_lmms_evals_own_class(setup, tmp_path, family, own):
     args = f"pretrained={setup[family]},device=cpu,device_map=cpu"
     # --force_simple: lmms-eval's llava_hf resolves to its chat class, which our (simple) tasks do not feed
@@ -94,7 +95,7 @@ def test_ungated_answers_as_lmms_evals_own_class(setup, tmp_path, family, own):
     results, samples = _written(ours_run, tmp_path / "ours")
     assert len(samples) == 4 and _replies(samples) == _replies(theirs[1])
     assert results["config"]["intervention"]["identity"] is True
-    inner = {"llava": "llava_hf.LlavaHf", "qwen": "qwen2_vl.Qwen2_VL"}[family]
+    inner = {"llava": "llava_hf.LlavaHf", "llava_next": "llava_hf.LlavaHf", "qwen": "qwen2_vl.Qwen2_VL"}[family]
     assert results["config"]["truthgated"]["lmms_eval_class"].endswith(inner)
     metrics = results["results"]["pope_local_random"]
     assert {"pope_accuracy,none", "pope_f1_score,none", "pope_yes_ratio,none", "pope_parsed_accuracy,none"} <= set(metrics)
@@ -263,3 +264,22 @@ def test_lmms_eval_finds_the_model_and_only_its_own_tasks():
     assert "halueval_qa" not in lmms_tasks
     lm_tasks = set(LmEvalTasks().all_tasks)
     assert "halueval_qa" in lm_tasks and "pope_local_random" not in lm_tasks
+
+
+def test_installed_pth_hook_is_light_and_can_be_switched_off():
+    """The .pth sits in site-packages after install; start-up installs the hook and imports nothing heavy;
+    TRUTHPROBE_LMMS_EVAL_AUTOREGISTER=0 disables it (lmms-eval then runs without our tasks or the record)."""
+    import sysconfig
+
+    from truthprobe_eval.model_adapters import lmms_eval_registration as registration
+
+    pth = Path(sysconfig.get_paths()["purelib"]) / registration.PTH_NAME
+    assert pth.is_file(), f"{pth} missing: reinstall the package (pip install -e .)"
+    assert pth.read_text(encoding="utf-8") == registration.pth_line()
+    code = ("import sys; print(any(type(f).__name__ == '_TruthprobeLmmsEvalHook' for f in sys.meta_path), "
+            "'torch' in sys.modules, 'lmms_eval' in sys.modules, 'truthprobe_eval' in sys.modules)")
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert on == ["True", "False", "False", "False"]
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, registration.DISABLE_ENV: "0"}).stdout.split()
+    assert off[0] == "False"

@@ -7,8 +7,9 @@ import argparse
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "leaderboard",
-        help="collect lm-eval / VLMEvalKit results into one table (Markdown, CSV, sortable HTML)",
-        description="Collects lm-eval results_*.json (method read from the truthgated model_args: gate=, scores=), "
+        help="collect lm-eval / lmms-eval / VLMEvalKit results into one table (Markdown, CSV, sortable HTML)",
+        description="Collects lm-eval results_*.json and lmms-eval <time>_results.json (method read from the recorded "
+        "config.intervention), "
         "VLMEvalKit <model>/<model>_<dataset>_score.csv / _acc.csv and truthprobe-results JSON files into one "
         "table: rows model x method (vanilla, TruthProbe with base-LLM or own scores, random gate), columns per "
         "benchmark metric, deltas against the model's vanilla run, significance marks where per-sample logs exist.",

@@ -7,10 +7,11 @@ import argparse
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "significance",
-        help="paired significance of two runs (lm-eval --log_samples or VLMEvalKit predictions)",
+        help="paired significance of two runs (lm-eval / lmms-eval --log_samples or VLMEvalKit predictions)",
         description="Paired comparison of per-sample correctness between run A (e.g. the baseline) and run B (e.g. "
         "the gated model): mean difference, paired t-test (one-sided, B better, by default), bootstrap confidence "
         "interval and, for 0/1 outcomes, McNemar's test. RUN is an lm-eval output folder or samples_*.jsonl file, "
+        "an lmms-eval output folder or <time>_samples_<task>.jsonl file, "
         "or a VLMEvalKit work folder or <model>_<dataset>.xlsx/.tsv/.csv file. Every task the runs share is "
         "compared; runs whose sample sets differ are refused.",
     )

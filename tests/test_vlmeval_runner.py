@@ -237,3 +237,30 @@ def test_neurons_through_the_runner(setup, tmp_path):
         assert record["method"] == "neurons" and record["control"] == control and record["n_neurons"] > 0
     entries, _ = lb.collect([tmp_path / "none", tmp_path / "random"])
     assert {e.method for e in entries} == {lb.NEURONS, "truth neurons, random"}
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_equal_one(setup, tmp_path):
+    """VLMEvalKit's data parallelism (``torchrun``: each process infers its share, rank 0 merges and scores) with
+    our gated model: two CPU processes give the single process's predictions and POPE table. VLMEvalKit asks for
+    NCCL, which needs GPUs; ``truthprobe vlmeval`` hands it gloo when none is visible (and says so)."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model": {"tiny": {"class": "TruthGatedVLM", "model_path": setup["llava"], "max_new_tokens": 3,
+                           "scores": setup["scores"], "alpha": 3.5}},
+        "data": {"POPE_local": {"class": "POPELocal", "dataset": "POPE_local", "question_dir": setup["pope_dir"],
+                                "image_dir": setup["images"], "splits": "random,adversarial"}}}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", LMUData=str(tmp_path), CUDA_VISIBLE_DEVICES="")
+    outputs = {}
+    for name, launch in {"one": [sys.executable, "-m"],
+                         "two": [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2", "-m"]}.items():
+        work = tmp_path / name
+        proc = subprocess.run([*launch, "truthprobe_eval", "vlmeval", "--config", str(config), "--work-dir", str(work)],
+                              env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs[name] = (pd.read_excel(work / "tiny" / "tiny_POPE_local.xlsx").sort_values("index"),
+                         (work / "tiny" / "tiny_POPE_local_pope.csv").read_text(), proc.stderr)
+    assert "Rank 1/2" in outputs["two"][2] and "runs over gloo" in outputs["two"][2]  # the work really was split
+    assert len(outputs["one"][0]) > 12  # 24 questions, the ones both splits ask merged
+    assert outputs["two"][0]["prediction"].tolist() == outputs["one"][0]["prediction"].tolist()
+    assert outputs["two"][1] == outputs["one"][1]

@@ -13,8 +13,9 @@ import inspect
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 # option -> (TruthGatedVLM constructor key, help): the model's and the intervention's settings
 MODEL_OPTIONS = {
@@ -294,6 +295,32 @@ def _failures(work_dir: str, model_names: list[str]) -> list[str]:
     return out
 
 
+@contextmanager
+def _process_group_without_gpus() -> Iterator[None]:
+    """Under ``torchrun`` on a machine without GPUs, VLMEvalKit's runner (0.0.20) still asks for an NCCL process
+    group, which needs GPUs; give it gloo, the CPU backend, so its data-parallel inference runs there too (each
+    process takes its share of the questions, rank 0 merges and scores, as on GPUs)."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+        yield
+        return
+    original = dist.init_process_group
+
+    def init_process_group(backend=None, *args, **kwargs):
+        if backend == "nccl":
+            print("truthprobe vlmeval: no GPU visible; VLMEvalKit's process group runs over gloo, not nccl", file=sys.stderr)
+            backend = "gloo"
+        return original(backend, *args, **kwargs)
+
+    dist.init_process_group = init_process_group
+    try:
+        yield
+    finally:
+        dist.init_process_group = original
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import TruthProbeError
 
@@ -324,7 +351,8 @@ def run(args: argparse.Namespace) -> int:
     argv = sys.argv
     sys.argv = ["vlmeval/run.py", *runner_args]
     try:
-        with keep_grad_mode():  # the runner runs as VLMEvalKit sets it up (no autograd); the caller's mode comes back
+        # the runner runs as VLMEvalKit sets it up (no autograd); the caller's mode comes back
+        with keep_grad_mode(), _process_group_without_gpus():
             import vlmeval.run
 
             vlmeval.run.main()

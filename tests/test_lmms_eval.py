@@ -32,7 +32,7 @@ def setup(tmp_path_factory, shared_dir):
     return {"root": root, "pope_dir": str(write_pope_questions(root / "pope", rows)), "images": str(image_dir),
             "annotations": str(ann_dir), "llava": save_tiny_mllm("llava", root / "llava"),
             "llava_next": save_tiny_mllm("llava_next", root / "llava_next"),
-            "qwen": save_tiny_mllm("qwen2_vl", root / "qwen2_vl")}
+            "qwen": save_tiny_mllm("qwen2_vl", root / "qwen2_vl"), "qwen25": save_tiny_mllm("qwen2_5_vl", root / "qwen2_5_vl")}
 
 
 def _files(setup) -> dict[str, str]:
@@ -86,7 +86,8 @@ def _replies(samples: list[dict]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "own"), [("llava", "llava_hf"), ("llava_next", "llava_hf"), ("qwen", "qwen2_vl")])
+@pytest.mark.parametrize(("family", "own"), [("llava", "llava_hf"), ("llava_next", "llava_hf"), ("qwen", "qwen2_vl"),
+                                                ("qwen25", "qwen2_5_vl")])
 def test_ungated_answers_as_lmms_evals_own_class(setup, tmp_path, family, own):
     args = f"pretrained={setup[family]},device=cpu,device_map=cpu"
     # --force_simple: lmms-eval's llava_hf resolves to its chat class, which our (simple) tasks do not feed
@@ -95,7 +96,8 @@ def test_ungated_answers_as_lmms_evals_own_class(setup, tmp_path, family, own):
     results, samples = _written(ours_run, tmp_path / "ours")
     assert len(samples) == 4 and _replies(samples) == _replies(theirs[1])
     assert results["config"]["intervention"]["identity"] is True
-    inner = {"llava": "llava_hf.LlavaHf", "llava_next": "llava_hf.LlavaHf", "qwen": "qwen2_vl.Qwen2_VL"}[family]
+    inner = {"llava": "llava_hf.LlavaHf", "llava_next": "llava_hf.LlavaHf", "qwen": "qwen2_vl.Qwen2_VL",
+             "qwen25": "qwen2_5_vl.Qwen2_5_VL"}[family]
     assert results["config"]["truthgated"]["lmms_eval_class"].endswith(inner)
     metrics = results["results"]["pope_local_random"]
     assert {"pope_accuracy,none", "pope_f1_score,none", "pope_yes_ratio,none", "pope_parsed_accuracy,none"} <= set(metrics)
@@ -144,15 +146,19 @@ def test_every_method_runs_and_is_recorded_and_a_gate_changes_answers(setup, tmp
 
 
 @pytest.mark.slow
-def test_qwen2_vl_batched_and_gated(setup, tmp_path):
+@pytest.mark.parametrize("family", ["qwen", "qwen25"])
+def test_qwen_vl_batched_and_gated(setup, tmp_path, family):
+    """lmms-eval's Qwen2-VL / Qwen2.5-VL classes batch (four questions, two a batch); the gate changes answers."""
     files = _files(setup)
-    args = f"pretrained={setup['qwen']},device=cpu"
-    _, one = _written(_lmms_eval(setup, "truthgated", f"{args},scores={files['scores']},alpha=6", tmp_path / "one"),
-                      tmp_path / "one")
-    _, two = _written(_lmms_eval(setup, "truthgated", f"{args},scores={files['scores']},alpha=6", tmp_path / "two",
-                                 batch_size=2), tmp_path / "two")
-    assert len(two) == 4 and all(isinstance(r, str) for r in _replies(two))
-    assert [s["doc_id"] for s in two] == [s["doc_id"] for s in one]
+    args = f"pretrained={setup[family]},device=cpu"
+    runs = {}
+    for name, settings in {"plain": "method=none", "gated": f"scores={files['scores']},alpha=6,norm=minmax"}.items():
+        out = tmp_path / name
+        runs[name] = _written(_lmms_eval(setup, "truthgated", f"{args},{settings}", out, batch_size=2), out)
+    (plain_results, plain), (gated_results, gated) = runs["plain"], runs["gated"]
+    assert [s["doc_id"] for s in gated] == list(range(4)) and _replies(gated) != _replies(plain)
+    assert gated_results["config"]["batch_size"] == "2" or gated_results["config"]["batch_size"] == 2
+    assert gated_results["config"]["intervention"]["norm"] == "minmax"
 
 
 @pytest.mark.slow

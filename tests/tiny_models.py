@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-TINY_MLLM_FAMILIES = ("llava", "llava_next", "qwen2_vl", "idefics3")
+TINY_MLLM_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3")
 INIT_RANGE = 0.2  # larger than the usual 0.02: a random model whose replies vary with the input and the gate
 
 _SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>",
@@ -158,8 +158,8 @@ def _build(family: str, layers: int, heads: int, kv_heads: int, hidden: int, hea
                                            vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                        chat_template=LLAVA_TEMPLATE)
         return config, processor
-    if family == "qwen2_vl":
-        from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor
 
         tok = tiny_tokenizer(QWEN_TEMPLATE)
         ids = tok.get_vocab()
@@ -169,15 +169,20 @@ def _build(family: str, layers: int, heads: int, kv_heads: int, hidden: int, hea
                             rope_scaling={"rope_type": "default", "mrope_section": section})
         vision = dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, in_chans=3,
                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-        config = AutoConfig.for_model("qwen2_vl", vision_config=vision, text_config=text,
+        if family == "qwen2_5_vl":  # windowed attention blocks, a gated MLP, a merger to the text width
+            vision = dict(depth=1, hidden_size=32, out_hidden_size=hidden, intermediate_size=64, num_heads=2,
+                          in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                          window_size=112, fullatt_block_indexes=[0])
+        config = AutoConfig.for_model(family, vision_config=vision, text_config=text,
                                       image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                                       vision_start_token_id=ids["<|vision_start|>"],
                                       vision_end_token_id=ids["<|vision_end|>"])
         image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56)
         from transformers import Qwen2VLVideoProcessor
 
-        processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
-                                     video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE)
+        processor_class = Qwen2_5_VLProcessor if family == "qwen2_5_vl" else Qwen2VLProcessor
+        processor = processor_class(image_processor=image_processor, tokenizer=tok,
+                                    video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE)
         return config, processor
     if family == "idefics3":
         from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor

@@ -73,6 +73,23 @@ def _lmms_eval(setup, model: str, model_args: str, out: Path, *, tasks: str = "p
         capture_output=True, text=True, timeout=600, env=environment)
 
 
+def _lmms_eval_runs(setup, folder: Path, runs: dict[str, dict]) -> dict[str, tuple[dict, list[dict]]]:
+    """Several evaluations in one lmms-eval process (its ``--config`` takes a list of runs: one start-up, not
+    one per run): name -> (results, samples). A run's keys are lmms-eval's CLI options."""
+    import yaml
+
+    configs = [{"model": "truthgated", "tasks": "pope_local_random", "limit": 4, "batch_size": 1,
+                "gen_kwargs": "max_new_tokens=4", "log_samples": True, "output_path": str(folder / name), **run}
+               for name, run in runs.items()]
+    (folder / "runs.yaml").write_text(yaml.safe_dump(configs))
+    environment = {**os.environ, "TRUTHPROBE_POPE_DIR": setup["pope_dir"], "TRUTHPROBE_COCO_IMAGES": setup["images"],
+                   "TRUTHPROBE_COCO_ANNOTATIONS": setup["annotations"], "TRUTHPROBE_CACHE": str(setup["root"] / "cache"),
+                   "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lmms_eval", "--config", str(folder / "runs.yaml")],
+                          capture_output=True, text=True, timeout=600, env=environment)
+    return {name: _written(proc, folder / name) for name in runs}
+
+
 def _written(run: subprocess.CompletedProcess, out: Path) -> tuple[dict, list[dict]]:
     """The results file and the samples (by doc id) of one run; the run's output when there are none."""
     found = sorted(out.glob("*/*_results.json"))
@@ -85,23 +102,30 @@ def _replies(samples: list[dict]) -> list[str]:
     return [s["filtered_resps"] if isinstance(s["filtered_resps"], str) else s["filtered_resps"][0] for s in samples]
 
 
+OWN_CLASS = {"llava": "llava_hf", "llava_next": "llava_hf", "qwen": "qwen2_vl", "qwen25": "qwen2_5_vl"}
+INNER = {"llava": "llava_hf.LlavaHf", "llava_next": "llava_hf.LlavaHf", "qwen": "qwen2_vl.Qwen2_VL",
+         "qwen25": "qwen2_5_vl.Qwen2_5_VL"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "own"), [("llava", "llava_hf"), ("llava_next", "llava_hf"), ("qwen", "qwen2_vl"),
-                                                ("qwen25", "qwen2_5_vl")])
-def test_ungated_answers_as_lmms_evals_own_class(setup, tmp_path, family, own):
-    args = f"pretrained={setup[family]},device=cpu,device_map=cpu"
-    # --force_simple: lmms-eval's llava_hf resolves to its chat class, which our (simple) tasks do not feed
-    theirs = _written(_lmms_eval(setup, own, args, tmp_path / "own", extra=("--force_simple",)), tmp_path / "own")
-    ours_run = _lmms_eval(setup, "truthgated", f"{args},method=none", tmp_path / "ours")
-    results, samples = _written(ours_run, tmp_path / "ours")
-    assert len(samples) == 4 and _replies(samples) == _replies(theirs[1])
-    assert results["config"]["intervention"]["identity"] is True
-    inner = {"llava": "llava_hf.LlavaHf", "llava_next": "llava_hf.LlavaHf", "qwen": "qwen2_vl.Qwen2_VL",
-             "qwen25": "qwen2_5_vl.Qwen2_5_VL"}[family]
-    assert results["config"]["truthgated"]["lmms_eval_class"].endswith(inner)
-    metrics = results["results"]["pope_local_random"]
-    assert {"pope_accuracy,none", "pope_f1_score,none", "pope_yes_ratio,none", "pope_parsed_accuracy,none"} <= set(metrics)
-    assert metrics["pope_yes_ratio,none"] == pytest.approx(np.mean([s["target"] == "yes" for s in samples]))
+def test_ungated_answers_as_lmms_evals_own_class(setup, tmp_path):
+    """Per family (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL): truthgated with method=none answers every question
+    as lmms-eval's own class does (``force_simple``: lmms-eval's llava_hf name resolves to its chat class, which
+    our simple tasks do not feed; truthgated wraps the simple one)."""
+    runs = {}
+    for family, own in OWN_CLASS.items():
+        args = f"pretrained={setup[family]},device=cpu,device_map=cpu"
+        runs[f"{family}-own"] = {"model": own, "model_args": args, "force_simple": True}
+        runs[f"{family}-ours"] = {"model_args": f"{args},method=none"}
+    written = _lmms_eval_runs(setup, tmp_path, runs)
+    for family in OWN_CLASS:
+        (_, theirs), (results, samples) = written[f"{family}-own"], written[f"{family}-ours"]
+        assert len(samples) == 4 and _replies(samples) == _replies(theirs), family
+        assert results["config"]["intervention"]["identity"] is True
+        assert results["config"]["truthgated"]["lmms_eval_class"].endswith(INNER[family])
+        metrics = results["results"]["pope_local_random"]
+        assert {"pope_accuracy,none", "pope_f1_score,none", "pope_yes_ratio,none", "pope_parsed_accuracy,none"} <= set(metrics)
+        assert metrics["pope_yes_ratio,none"] == pytest.approx(np.mean([s["target"] == "yes" for s in samples]))
 
 
 @pytest.mark.slow
@@ -110,21 +134,25 @@ def test_every_method_runs_and_is_recorded_and_a_gate_changes_answers(setup, tmp
 
     files = _files(setup)
     base = f"pretrained={setup['llava']},device=cpu"
-    plain = _replies(_written(_lmms_eval(setup, "truthgated", f"{base},method=none", tmp_path / "plain"),
-                              tmp_path / "plain")[1])
     runs = {
+        "plain": "method=none",
         "truthprobe-centered": f"scores={files['scores']},alpha=6,norm=centered",
         "truthprobe-minmax": f"scores={files['scores']},alpha=6,norm=minmax",
         "truthprobe-random": "gate=random,alpha=6,seed=1",
+        "truthprobe-inverse": f"scores={files['scores']},alpha=6,gate=inverse",
+        "truthprobe-shuffled": f"scores={files['scores']},alpha=6,gate=shuffled,seed=2",
+        "truthprobe-raw-baked": f"scores={files['scores']},alpha=2,norm=raw,apply=bake",
+        "truthprobe-paper-random": "gate=paper_random,seed=1",
+        "truthprobe-paper-inverse": f"scores={files['scores']},gate=paper_inverse",
         "iti": f"method=iti,directions={files['directions']},k=4,alpha=15",
         "neurons": f"method=neurons,neurons={files['neurons']}",
         "rve": f"method=rve,ars={files['ars']},layers=0-1,k=2,alpha=0.5,beta=2",
         "diffmean": f"method=diffmean,vectors={files['vectors']},layers=0-1,alpha=8",
     }
+    written = _lmms_eval_runs(setup, tmp_path, {name: {"model_args": f"{base},{settings}"} for name, settings in runs.items()})
+    plain = _replies(written.pop("plain")[1])
     changed = {}
-    for name, settings in runs.items():
-        out = tmp_path / name
-        results, samples = _written(_lmms_eval(setup, "truthgated", f"{base},{settings}", out), out)
+    for name, (results, samples) in written.items():
         recorded = results["config"]["intervention"]
         assert recorded["method"] == name.split("-")[0] and recorded["identity"] is False
         # the description rebuilds the intervention that ran (its file by path and content hash)
@@ -146,31 +174,30 @@ def test_every_method_runs_and_is_recorded_and_a_gate_changes_answers(setup, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["qwen", "qwen25"])
-def test_qwen_vl_batched_and_gated(setup, tmp_path, family):
+def test_qwen_vl_batched_and_gated(setup, tmp_path):
     """lmms-eval's Qwen2-VL / Qwen2.5-VL classes batch (four questions, two a batch); the gate changes answers."""
-    files = _files(setup)
-    args = f"pretrained={setup[family]},device=cpu"
-    runs = {}
-    for name, settings in {"plain": "method=none", "gated": f"scores={files['scores']},alpha=6,norm=minmax"}.items():
-        out = tmp_path / name
-        runs[name] = _written(_lmms_eval(setup, "truthgated", f"{args},{settings}", out, batch_size=2), out)
-    (plain_results, plain), (gated_results, gated) = runs["plain"], runs["gated"]
-    assert [s["doc_id"] for s in gated] == list(range(4)) and _replies(gated) != _replies(plain)
-    assert gated_results["config"]["batch_size"] == "2" or gated_results["config"]["batch_size"] == 2
-    assert gated_results["config"]["intervention"]["norm"] == "minmax"
+    scores = _files(setup)["scores"]
+    runs = {f"{family}-{name}": {"model_args": f"pretrained={setup[family]},device=cpu,{settings}", "batch_size": 2}
+            for family in ("qwen", "qwen25")
+            for name, settings in {"plain": "method=none", "gated": f"scores={scores},alpha=6,norm=minmax"}.items()}
+    written = _lmms_eval_runs(setup, tmp_path, runs)
+    for family in ("qwen", "qwen25"):
+        (_, plain), (gated_results, gated) = written[f"{family}-plain"], written[f"{family}-gated"]
+        assert [s["doc_id"] for s in gated] == list(range(4)) and _replies(gated) != _replies(plain), family
+        assert int(gated_results["config"]["batch_size"]) == 2
+        assert gated_results["config"]["intervention"]["norm"] == "minmax"
 
 
 @pytest.mark.slow
 def test_chair_local_scores_every_caption_with_our_scorer(setup, tmp_path):
-    from truthprobe_eval.analysis.significance import compare_runs
     from truthprobe_eval.tasks.chair import CHAIREvaluator
 
+    from truthprobe_eval.analysis.significance import compare_runs
+
     base = f"pretrained={setup['llava']},device=cpu"
-    runs = {}
-    for name, settings in {"plain": "method=none", "gated": "gate=random,alpha=6,seed=1"}.items():
-        out = tmp_path / name
-        runs[name] = _written(_lmms_eval(setup, "truthgated", f"{base},{settings}", out, tasks="chair_local", limit=3), out)
+    runs = _lmms_eval_runs(setup, tmp_path, {
+        name: {"model_args": f"{base},{settings}", "tasks": "chair_local", "limit": 3}
+        for name, settings in {"plain": "method=none", "gated": "gate=random,alpha=6,seed=1"}.items()})
     results, samples = runs["plain"]
     assert len(samples) == 3 and {s["chair_s"]["image_id"] for s in samples} == {7, 210789, 310196}
     # the reported numbers are our scorer's on the logged captions

@@ -74,11 +74,14 @@ class TruthGatedLMM(lmms):
         cls = inner_class(getattr(config, "model_type", None))
         check_fits_config(self.pretrained, self.intervention)  # before the weights load
         self.inner_name = f"{cls.__module__}.{cls.__name__}"
-        if self.inner_name in ONE_AT_A_TIME and int(rest.get("batch_size", 1) or 1) != 1:
+        if self.inner_name in ONE_AT_A_TIME and str(rest.get("batch_size", 1) or 1) != "1":
             raise TruthProbeError(f"truthgated (lmms-eval): lmms-eval's {cls.__name__} generates one request at a "
                                   f"time; expected batch_size=1, found {rest['batch_size']}")
         self.device_name = _auto_device(device)
-        rest.setdefault("device_map", self.device_name)  # qwen2_vl's default device_map is "cuda"
+        if not self.device_name.startswith("cuda"):
+            # the classes' device_map defaults ("cuda", "auto"; llava_hf's "" means cuda:<rank> under accelerate)
+            # would place the model on a GPU: keep it where the device says
+            rest.setdefault("device_map", self.device_name)
         self.inner = cls(pretrained=path, device=self.device_name, **rest)
         self.task_dict = self.inner.task_dict  # the evaluator fills this dict; the inner class reads it
         self._rank, self._world_size = self.inner.rank, self.inner.world_size

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import save_tiny_mllm, write_pope_questions, write_synthetic_coco
+from tiny_models import save_tiny, save_tiny_mllm, write_pope_questions, write_synthetic_coco
 
 from truthprobe_eval.scores import TruthScores
 
@@ -316,3 +316,14 @@ def test_installed_pth_hook_is_light_and_can_be_switched_off():
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, registration.DISABLE_ENV: "0"}).stdout.split()
     assert off[0] == "False"
+
+
+def test_llava_batches_and_other_families_are_refused_before_loading(setup, tmp_path):
+    """lmms-eval's llava_hf asserts batch_size 1 mid-run; the wrapper says so before the weights load."""
+    from truthprobe_eval.errors import TruthProbeError
+    from truthprobe_eval.model_adapters.lmms_eval_truthgated import TruthGatedLMM
+
+    with pytest.raises(TruthProbeError, match="LlavaHf generates one request at a time; expected batch_size=1, found 4"):
+        TruthGatedLMM(pretrained=setup["llava"], device="cpu", method="none", batch_size=4)
+    with pytest.raises(TruthProbeError, match="expected a checkpoint of llava, llava_next, qwen2_5_vl, qwen2_vl"):
+        TruthGatedLMM(pretrained=save_tiny("llama", tmp_path / "llama"), device="cpu", method="none")

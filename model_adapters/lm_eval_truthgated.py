@@ -44,8 +44,17 @@ from lm_eval.models.huggingface import HFLM
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from ..errors import InterventionError
-from ..generation import (MIN_PREFIX_TOKENS, DecidedReplyStop, FirstStepLogits, SharedPrefixGenerator,
-                          SharedPrefixScorer, answer_token_ids, common_prefix_length, padding_groups, yes_no_margin)
+from ..generation import (
+    MIN_PREFIX_TOKENS,
+    DecidedReplyStop,
+    FirstStepLogits,
+    SharedPrefixGenerator,
+    SharedPrefixScorer,
+    answer_token_ids,
+    common_prefix_length,
+    padding_groups,
+    yes_no_margin,
+)
 from ..interventions import DEFAULT_METHOD, Intervention, build, split_kwargs
 from ..interventions.base import Param
 from ..models import resolve_model_path

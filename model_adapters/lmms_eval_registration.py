@@ -17,7 +17,6 @@ in-process users without the ``.pth`` call ``register()`` once. Standard library
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -61,21 +60,7 @@ def add_tasks_to_task_manager(manager_cls=None) -> None:
     """Wrap ``TaskManager.__init__`` so that managers with lmms-eval's default tasks also index ours."""
     if manager_cls is None:
         from lmms_eval.tasks import TaskManager as manager_cls
-    if getattr(manager_cls.__init__, _MARK, False):
-        return
-    original = manager_cls.__init__
-
-    @functools.wraps(original)
-    def __init__(self, *args, include_path=None, include_defaults: bool = True, **kwargs):
-        if include_defaults:
-            paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
-            given = {os.path.abspath(str(p)) for p in paths}
-            # ours first: a user's include_path (merged later) can still override our task names
-            include_path = [str(p) for p in task_folders() if os.path.abspath(str(p)) not in given] + paths
-        original(self, *args, include_path=include_path, include_defaults=include_defaults, **kwargs)
-
-    setattr(__init__, _MARK, True)
-    manager_cls.__init__ = __init__
+    startup_hook.index_our_tasks_too(manager_cls, task_folders, _MARK)
 
 
 def record_intervention(evaluator: ModuleType | None = None) -> None:

@@ -72,6 +72,29 @@ def module_finished(name: str) -> None:
         callback(name)
 
 
+def index_our_tasks_too(manager_cls: type, folders: Callable[[], list], mark: str) -> None:
+    """Wrap a harness's ``TaskManager.__init__`` (lm-eval's and lmms-eval's take the same ``include_path`` and
+    ``include_defaults``) so that a manager that indexes the harness's default tasks also indexes ``folders()``,
+    first, so that a user's ``include_path`` (merged later) can still override our task names. Once per class."""
+    import functools
+    import os
+
+    if getattr(manager_cls.__init__, mark, False):
+        return
+    original = manager_cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, include_path=None, include_defaults: bool = True, **kwargs):
+        if include_defaults:
+            paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+            given = {os.path.abspath(str(p)) for p in paths}
+            include_path = [str(p) for p in folders() if os.path.abspath(str(p)) not in given] + paths
+        original(self, *args, include_path=include_path, include_defaults=include_defaults, **kwargs)
+
+    setattr(__init__, mark, True)
+    manager_cls.__init__ = __init__
+
+
 @contextmanager
 def keep_grad_mode() -> Iterator[None]:
     """Keep the caller's autograd mode across the block: importing ``vlmeval.vlm`` calls
@@ -87,4 +110,4 @@ def keep_grad_mode() -> Iterator[None]:
             torch.set_grad_enabled(mode)
 
 
-__all__ = ["hook_source", "keep_grad_mode", "module_finished", "pth_line", "wait_for_modules"]
+__all__ = ["hook_source", "index_our_tasks_too", "keep_grad_mode", "module_finished", "pth_line", "wait_for_modules"]

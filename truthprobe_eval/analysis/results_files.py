@@ -78,18 +78,23 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (bool, int, float)) and not (isinstance(x, float) and math.isnan(x))
 
 
-def load_lm_eval_samples(path: "str | os.PathLike", metric: str | None = None, filter_name: str | None = None) -> SampleRun:
-    """One lm-eval ``samples_<task>_<timestamp>.jsonl`` file as a ``SampleRun``."""
-    path = Path(path)
-    m = LM_EVAL_SAMPLES.match(path.name)
-    task = m.group("task") if m else path.stem
+def _sample_records(path: Path, name_pattern: re.Pattern, harness: str) -> tuple[str, list[dict]]:
+    """(task, records) of a harness's per-sample JSONL file: one object a line, each with a ``doc_id``."""
+    m = name_pattern.match(path.name)
     records = []
     for line_no, rec in read_jsonl(path, SignificanceError):
         if not isinstance(rec, dict) or "doc_id" not in rec:
-            raise SignificanceError(f"{path}, line {line_no}: expected an lm-eval sample with a doc_id, found {str(rec)[:80]}")
+            raise SignificanceError(f"{path}, line {line_no}: expected an {harness} sample with a doc_id, found {str(rec)[:80]}")
         records.append(rec)
     if not records:
-        raise SignificanceError(f"{path}: expected lm-eval samples (one JSON object a line), found none")
+        raise SignificanceError(f"{path}: expected {harness} samples (one JSON object a line), found none")
+    return (m.group("task") if m else path.stem), records
+
+
+def load_lm_eval_samples(path: "str | os.PathLike", metric: str | None = None, filter_name: str | None = None) -> SampleRun:
+    """One lm-eval ``samples_<task>_<timestamp>.jsonl`` file as a ``SampleRun``."""
+    path = Path(path)
+    task, records = _sample_records(path, LM_EVAL_SAMPLES, "lm-eval")
     filters = list(dict.fromkeys(str(r.get("filter", "none")) for r in records))
     notes = []
     if filter_name is None:
@@ -148,15 +153,7 @@ def load_lmms_eval_samples(path: "str | os.PathLike", metric: str | None = None)
     """One lmms-eval ``<time>_samples_<task>.jsonl`` file as a ``SampleRun`` (default metric: the first one logged
     with a per-sample score)."""
     path = Path(path)
-    m = LMMS_EVAL_SAMPLES.match(path.name)
-    task = m.group("task") if m else path.stem
-    records = []
-    for line_no, rec in read_jsonl(path, SignificanceError):
-        if not isinstance(rec, dict) or "doc_id" not in rec:
-            raise SignificanceError(f"{path}, line {line_no}: expected an lmms-eval sample with a doc_id, found {str(rec)[:80]}")
-        records.append(rec)
-    if not records:
-        raise SignificanceError(f"{path}: expected lmms-eval samples (one JSON object a line), found none")
+    task, records = _sample_records(path, LMMS_EVAL_SAMPLES, "lmms-eval")
     if metric is None:
         names = [k for k, v in records[0].items() if k not in ("doc_id", "target") and _sample_score(v) is not None]
         if not names:

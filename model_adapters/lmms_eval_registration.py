@@ -60,7 +60,7 @@ def add_tasks_to_task_manager(manager_cls=None) -> None:
     """Wrap ``TaskManager.__init__`` so that managers with lmms-eval's default tasks also index ours."""
     if manager_cls is None:
         from lmms_eval.tasks import TaskManager as manager_cls
-    startup_hook.index_our_tasks_too(manager_cls, task_folders, _MARK)
+    startup_hook.index_our_tasks_too(manager_cls, task_folders, _MARK, first_wins=True)  # lmms-eval keeps the first
 
 
 def record_intervention(evaluator: ModuleType | None = None) -> None:
@@ -75,12 +75,15 @@ def record_intervention(evaluator: ModuleType | None = None) -> None:
     def simple_evaluate(*args, **kwargs):
         from .lmms_eval_truthgated import TruthGatedLMM
 
-        before = len(TruthGatedLMM.created)
-        results = original(*args, **kwargs)
-        made = TruthGatedLMM.created[before:]
-        if made and isinstance(results, dict) and isinstance(results.get("config"), dict):
-            results["config"].update(made[-1].get_model_info())
-        return results
+        before = len(TruthGatedLMM.recorded)
+        try:
+            results = original(*args, **kwargs)
+            made = TruthGatedLMM.recorded[before:]
+            if made and isinstance(results, dict) and isinstance(results.get("config"), dict):
+                results["config"].update(made[-1])
+            return results
+        finally:
+            del TruthGatedLMM.recorded[before:]
 
     setattr(simple_evaluate, _MARK, True)
     evaluator.simple_evaluate = simple_evaluate

@@ -61,7 +61,9 @@ class TruthGatedLMM(lmms):
     """lmms-eval's Hugging Face class for the checkpoint's family with an intervention; see the module docstring."""
 
     is_simple = True
-    created: ClassVar[list["TruthGatedLMM"]] = []  # this process's instances, newest last (for the results' config)
+    # what each instance of this process recorded (get_model_info), newest last: read into the results' config, and
+    # kept apart from the instances so that lmms-eval's clean() can free each model between runs
+    recorded: ClassVar[list[dict]] = []
 
     def __init__(self, pretrained: str, method: str | None = None, device: str | None = None, **kwargs: Any) -> None:
         super().__init__()
@@ -89,7 +91,7 @@ class TruthGatedLMM(lmms):
             self.accelerator = self.inner.accelerator
         self._edits = ExitStack()
         self._attach()
-        TruthGatedLMM.created.append(self)
+        TruthGatedLMM.recorded.append(self.get_model_info())
 
     # ---- the intervention ---------------------------------------------------------------------------
     @property
@@ -113,6 +115,11 @@ class TruthGatedLMM(lmms):
     def close(self) -> None:
         """Remove the hooks (a baked model stays changed)."""
         self._edits.close()
+
+    def clean(self) -> None:
+        """What lmms-eval calls after a run: the hooks out, then the wrapped class frees its model."""
+        self.close()
+        self.inner.clean()
 
     def describe(self) -> dict:
         return {"pretrained": self.pretrained, "lmms_eval_class": self.inner_name, "device": self.device_name,

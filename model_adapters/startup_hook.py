@@ -72,10 +72,11 @@ def module_finished(name: str) -> None:
         callback(name)
 
 
-def index_our_tasks_too(manager_cls: type, folders: Callable[[], list], mark: str) -> None:
+def index_our_tasks_too(manager_cls: type, folders: Callable[[], list], mark: str, first_wins: bool = False) -> None:
     """Wrap a harness's ``TaskManager.__init__`` (lm-eval's and lmms-eval's take the same ``include_path`` and
     ``include_defaults``) so that a manager that indexes the harness's default tasks also indexes ``folders()``,
-    first, so that a user's ``include_path`` (merged later) can still override our task names. Once per class."""
+    placed so that a user's ``include_path`` can still override our task names: before the user's paths where a
+    later path wins (lm-eval), after them where the first one wins (``first_wins``: lmms-eval). Once per class."""
     import functools
     import os
 
@@ -88,7 +89,8 @@ def index_our_tasks_too(manager_cls: type, folders: Callable[[], list], mark: st
         if include_defaults:
             paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
             given = {os.path.abspath(str(p)) for p in paths}
-            include_path = [str(p) for p in folders() if os.path.abspath(str(p)) not in given] + paths
+            ours = [str(p) for p in folders() if os.path.abspath(str(p)) not in given]
+            include_path = paths + ours if first_wins else ours + paths
         original(self, *args, include_path=include_path, include_defaults=include_defaults, **kwargs)
 
     setattr(__init__, mark, True)

@@ -321,10 +321,21 @@ def test_installed_pth_hook_is_light_and_can_be_switched_off():
 
 def test_llava_batches_and_other_families_are_refused_before_loading(setup, tmp_path):
     """lmms-eval's llava_hf asserts batch_size 1 mid-run; the wrapper says so before the weights load."""
-    from truthprobe_eval.errors import TruthProbeError
     from truthprobe_eval.model_adapters.lmms_eval_truthgated import TruthGatedLMM
+
+    from truthprobe_eval.errors import TruthProbeError
 
     with pytest.raises(TruthProbeError, match="LlavaHf generates one request at a time; expected batch_size=1, found 4"):
         TruthGatedLMM(pretrained=setup["llava"], device="cpu", method="none", batch_size=4)
     with pytest.raises(TruthProbeError, match="expected a checkpoint of llava, llava_next, qwen2_5_vl, qwen2_vl"):
         TruthGatedLMM(pretrained=save_tiny("llama", tmp_path / "llama"), device="cpu", method="none")
+
+
+def test_a_users_include_path_wins_over_our_task_names(tmp_path):
+    """lmms-eval keeps the first folder that names a task: ours go after the user's include_path."""
+    from lmms_eval.tasks import TaskManager
+
+    (tmp_path / "mine.yaml").write_text("task: pope_local_random\ndataset_path: mine\noutput_type: generate_until\n")
+    manager = TaskManager(include_path=str(tmp_path))
+    assert manager.task_index["pope_local_random"]["yaml_path"] == str(tmp_path / "mine.yaml")
+    assert "pope_local_adversarial" in manager.task_index

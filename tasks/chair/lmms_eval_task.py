@@ -20,6 +20,7 @@ caption scores 0 there and is counted as skipped by the corpus scores).
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 
 from lmms_eval.api.task import ConfigurableTask
@@ -44,11 +45,19 @@ def chair_rows() -> list[dict]:
     return [{"image_id": i, "image_path": p, "question": PROMPT} for i, p in zip(ids, paths)]
 
 
+_BUILDING = threading.Lock()  # lmms-eval scores samples in several threads: build the scorer once
+
+
 @functools.lru_cache(maxsize=4)
-def _evaluator(annotations: str):
+def _evaluator_of(annotations: str):
     from .evaluator import CHAIREvaluator
 
     return CHAIREvaluator.from_coco(annotations, progress=False)
+
+
+def _evaluator(annotations: str):
+    with _BUILDING:
+        return _evaluator_of(annotations)
 
 
 def evaluator():
@@ -66,7 +75,9 @@ class CHAIRLocalTask(ConfigurableTask):
     def download(self, dataset_kwargs=None) -> None:
         import datasets
 
-        self.dataset = datasets.DatasetDict({self.config.test_split: datasets.Dataset.from_list(chair_rows())})
+        rows = chair_rows()
+        evaluator()  # the scorer now (annotations, NLTK data), so that nothing missing shows only after generation
+        self.dataset = datasets.DatasetDict({self.config.test_split: datasets.Dataset.from_list(rows)})
         self.dataset_no_image = self.dataset
 
 

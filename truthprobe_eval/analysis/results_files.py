@@ -382,6 +382,9 @@ def recorded_intervention(run: "str | os.PathLike") -> dict | None:
     candidates = [folder / "intervention.json"]
     if path.is_file() and path.name.endswith(".samples.jsonl"):
         candidates.insert(0, path.with_name(path.name[: -len(".samples.jsonl")] + ".json"))
+    lmms = LMMS_EVAL_SAMPLES.match(path.name) if path.is_file() else None
+    if lmms:  # an lmms-eval samples file: the results file of the same run first
+        candidates.append(folder / f"{lmms.group('ts')}_results.json")
     candidates += sorted(folder.glob("results_*.json")) + sorted(folder.glob("*_results.json"), reverse=True)
     for candidate in candidates:
         if not candidate.is_file():

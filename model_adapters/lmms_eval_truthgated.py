@@ -28,7 +28,7 @@ from lmms_eval.api.model import lmms
 
 from truthprobe_eval.errors import TruthProbeError
 
-from .method_settings import check_fits_config, model_config, split_method_settings
+from .method_settings import auto_device, check_fits_config, model_config, split_method_settings
 
 # config.model_type -> lmms-eval's Hugging Face class for that family
 INNER = {
@@ -47,14 +47,6 @@ def inner_class(model_type: str) -> type:
                               f"found model_type {model_type!r}")
     module, name = INNER[model_type].rsplit(".", 1)
     return getattr(importlib.import_module(module), name)
-
-
-def _auto_device(device: Any) -> str:
-    if device in (None, "", "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 class TruthGatedLMM(lmms):
@@ -79,7 +71,7 @@ class TruthGatedLMM(lmms):
         if self.inner_name in ONE_AT_A_TIME and str(rest.get("batch_size", 1) or 1) != "1":
             raise TruthProbeError(f"truthgated (lmms-eval): lmms-eval's {cls.__name__} generates one request at a "
                                   f"time; expected batch_size=1, found {rest['batch_size']}")
-        self.device_name = _auto_device(device)
+        self.device_name = auto_device(device)
         if not self.device_name.startswith("cuda"):
             # the classes' device_map defaults ("cuda", "auto"; llava_hf's "" means cuda:<rank> under accelerate)
             # would place the model on a GPU: keep it where the device says

@@ -54,6 +54,15 @@ def split_method_settings(given: dict[str, Any], where: str) -> tuple[Interventi
     return made, {k: v for k, v in given.items() if k != "method" and k not in names}
 
 
+def auto_device(device: Any) -> str:
+    """``auto`` (or nothing given): ``cuda`` where a GPU is visible, else ``cpu``; any other value as given."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
 def model_config(model_path: str):
     """The checkpoint's ``AutoConfig`` (no weights); a clear error when there is none."""
     from transformers import AutoConfig
@@ -80,4 +89,4 @@ def check_fits_config(model_path: str, intervention: Intervention) -> None:
                              f"the language model of {model_path}")
 
 
-__all__ = ["check_fits_config", "check_method_keys", "model_config", "resolve_intervention", "split_method_settings"]
+__all__ = ["auto_device", "check_fits_config", "check_method_keys", "model_config", "resolve_intervention", "split_method_settings"]

@@ -33,7 +33,7 @@ from truthprobe_eval.errors import TruthProbeError
 from truthprobe_eval.interventions import method_class
 from truthprobe_eval.interventions.base import Param
 
-from .method_settings import check_fits_config, check_method_keys, resolve_intervention
+from .method_settings import auto_device, check_fits_config, check_method_keys, resolve_intervention
 
 DEFAULTS = {"method": "truthprobe", "dtype": "auto", "device": "auto", "max_new_tokens": 512}
 
@@ -88,12 +88,6 @@ def _limit(value: Any, what: str) -> int:
     if out is None or out < 1:
         raise TruthProbeError(f"{what}: expected a positive integer, found {value!r}")
     return out
-
-
-def _auto_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _auto_dtype(dtype: str, device: str) -> str:
@@ -152,7 +146,7 @@ class TruthGatedVLM(BaseModel):
 
         from truthprobe_eval.models import load_model
 
-        self.device = _auto_device(str(_given(device, "device")))
+        self.device = auto_device(_given(device, "device"))
         self.dtype = _auto_dtype(str(_given(dtype, "dtype")), self.device)
         self.max_new_tokens = _limit(_given(max_new_tokens, "max_new_tokens"), "max_new_tokens")
         if not isinstance(dataset_max_new_tokens, (dict, type(None))):

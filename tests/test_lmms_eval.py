@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import save_tiny, save_tiny_mllm, write_pope_questions, write_synthetic_coco
+from tiny_models import save_tiny, save_tiny_mllm, shared_pope_rows, write_pope_questions, write_synthetic_coco
 
 from truthprobe_eval.scores import TruthScores
 
@@ -22,10 +22,7 @@ POPE_IMAGES = ["COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg"]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, shared_dir):
     root = tmp_path_factory.mktemp("lmms")
-    rows = {}
-    for split in ("random", "popular", "adversarial"):
-        with open(shared_dir / "data/pope/coco" / f"coco_pope_{split}.json") as fh:
-            rows[split] = [json.loads(line) for line in fh if any(img in line for img in POPE_IMAGES)]
+    rows = shared_pope_rows(shared_dir, POPE_IMAGES)
     ids = [int(name[-16:-4]) for name in POPE_IMAGES]
     image_dir, ann_dir = write_synthetic_coco(root / "coco", {ids[0]: ["person", "dog"], ids[1]: ["cat", "couch"], 7: ["car"]},
                                               {ids[0]: ["A man with a dog."], ids[1]: ["A cat on a sofa."], 7: ["A car."]})

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny_models import save_tiny_mllm, write_pope_questions, write_synthetic_coco
+from tiny_models import save_tiny_mllm, shared_pope_rows, write_pope_questions, write_synthetic_coco
 
 from truthprobe_eval.cli import main
 from truthprobe_eval.scores import TruthScores
@@ -31,10 +31,7 @@ def _env(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, shared_dir):
     root = tmp_path_factory.mktemp("vlm_runner")
-    rows = {}
-    for split in ("random", "popular", "adversarial"):
-        with open(shared_dir / "data/pope/coco" / f"coco_pope_{split}.json") as fh:
-            rows[split] = [json.loads(line) for line in fh if any(img in line for img in POPE_IMAGES)]
+    rows = shared_pope_rows(shared_dir, POPE_IMAGES)
     assert all(len(r) == 12 for r in rows.values())
     pope_dir = write_pope_questions(root / "pope", rows)
     ids = [int(name[-16:-4]) for name in POPE_IMAGES]

@@ -291,6 +291,15 @@ def write_synthetic_coco(
     return image_dir, ann_dir
 
 
+def shared_pope_rows(shared_dir: "str | os.PathLike", images: Iterable[str]) -> dict[str, list[dict]]:
+    """The published COCO POPE questions about ``images`` (file names), per split, from the shared data folder."""
+    rows = {}
+    for split in ("random", "popular", "adversarial"):
+        with open(Path(shared_dir) / "data/pope/coco" / f"coco_pope_{split}.json", encoding="utf-8") as fh:
+            rows[split] = [json.loads(line) for line in fh if any(img in line for img in images)]
+    return rows
+
+
 def write_pope_questions(folder: str | os.PathLike, rows: dict[str, list[dict]], prefix: str = "coco") -> Path:
     """Write POPE question files ``<prefix>_pope_<split>.json`` (one JSON object a line), as published."""
     folder = Path(folder)

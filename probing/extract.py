@@ -27,6 +27,7 @@ from torch import nn
 
 from ..architectures import HeadSites, locate_heads
 from ..errors import TruthProbeError
+from .packed import packing_support
 
 
 class _StopForward(Exception):
@@ -69,6 +70,7 @@ class HeadCapture:
         self.stop_early = stop_early
         self._handles: list[Any] = []
         self._rows: torch.Tensor | None = None
+        self._width = 0  # the batch's rows
         self._last: torch.Tensor | None = None
         self._buffer: torch.Tensor | None = None
         self._prefilling = False
@@ -91,9 +93,9 @@ class HeadCapture:
                     raise _StopForward
                 return
             x = args[0]
-            if x.ndim != 3 or x.shape[0] != self._buffer.shape[0]:
+            if x.ndim != 3 or x.shape[0] != self._width:
                 raise TruthProbeError(
-                    f"layer {layer}: expected the output projection's input as (batch={self._buffer.shape[0]}, "
+                    f"layer {layer}: expected the output projection's input as (batch={self._width}, "
                     f"tokens, {self._buffer.shape[2]}), found {tuple(x.shape)}"
                 )
             self._buffer[:, layer] = x[self._rows, self._last]  # one token per row: no full-sequence copy
@@ -123,9 +125,11 @@ class HeadCapture:
         return cache
 
     @torch.no_grad()
-    def run(self, batch: dict[str, torch.Tensor], last: torch.Tensor, cache: Any = None) -> torch.Tensor:
+    def run(self, batch: dict[str, torch.Tensor], last: torch.Tensor, cache: Any = None,
+            rows: torch.Tensor | None = None) -> torch.Tensor:
         """Forward ``batch`` (on top of the KV ``cache`` of its prefix when given; ``batch["attention_mask"]`` then
-        spans prefix and batch); return the (B, L, H, D) projection inputs at positions ``last`` (B,) of the batch."""
+        spans prefix and batch); return the (B, L, H, D) projection inputs at positions ``last`` (B,) of the batch's
+        rows ``rows`` (default: row i for ``last[i]``; a packed batch reads several positions of one row)."""
         if not self._handles:
             raise TruthProbeError("HeadCapture.run: use it inside `with HeadCapture(model) as capture:`")
         device = next(self.model.parameters()).device
@@ -135,7 +139,8 @@ class HeadCapture:
         s = self.sites
         dtype = next(p for p in s.out_projs[0].parameters()).dtype
         self._buffer = torch.empty((size, s.num_layers, s.in_features), dtype=dtype, device=device)
-        self._rows = torch.arange(size, device=device)
+        self._rows = (torch.arange(size) if rows is None else rows).to(device)
+        self._width = int(batch["input_ids"].shape[0])
         self._last = last.to(device)
         try:
             self.model(**batch, **cache_args)
@@ -292,6 +297,40 @@ def _run_plain(capture: HeadCapture, encoder: Any, examples: Sequence, batches: 
         bar.update(len(idx))
 
 
+def _run_packs(capture: HeadCapture, encoder: Any, examples: Sequence, order: Sequence[int], out: np.ndarray, *,
+               eos: Any, drop_eos: bool, dtype: torch.dtype, float16: bool, bar: Any, stats: dict | None) -> None:
+    """One prompt at a time, packed (``packed.py``): bitwise the activations of ``_run_plain`` at batch size 1; the
+    first pack of a model in this process is checked against it, prompt by prompt, and on a difference the rest runs
+    one prompt at a time."""
+    from . import packed
+
+    ids = {int(i): encoder.token_ids(examples[i]) for i in order}
+    packs = [[int(order[j]) for j in pack] for pack in packed.plan_packs([len(ids[int(i)]) for i in order])]
+    store = torch.float16 if float16 else torch.float32
+
+    def alone(i: int) -> torch.Tensor:
+        batch = encoder.encode([examples[i]])
+        batch = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+        last = last_token_index(batch["attention_mask"], batch["input_ids"], eos, drop_eos)
+        _count(stats, forward_passes=1, tokens=batch["attention_mask"].sum(), padded_tokens=batch["input_ids"].numel(),
+               plain_examples=1)
+        return capture.run(batch, last)[0]
+
+    for pack in packs:
+        if packed.packing_support(capture.model, encoder) is not None:
+            acts = torch.stack([alone(i) for i in pack])
+        else:
+            seqs = [ids[i] for i in pack]
+            acts = packed.run_packed(capture, seqs, [read_position(x, eos, drop_eos) for x in seqs])
+            n_tokens = sum(len(x) for x in seqs)
+            _count(stats, forward_passes=1, tokens=n_tokens, padded_tokens=n_tokens, packed_examples=len(pack))
+            if packed.packing_state(capture.model) == "unchecked" and not packed.check_packing(
+                    capture.model, acts, lambda k: alone(pack[k])):
+                acts = torch.stack([alone(i) for i in pack])
+        out[pack] = acts.to(store).numpy()
+        bar.update(len(pack))
+
+
 def _run_shared(capture: HeadCapture, encoder: Any, ids: Sequence[Sequence[int]], batches: list[list[PrefixGroup]],
                 out: np.ndarray, *, eos: Any, drop_eos: bool, float16: bool, bar: Any, stats: dict | None) -> None:
     from .prompts import pad_token_ids
@@ -323,7 +362,7 @@ def _run_shared(capture: HeadCapture, encoder: Any, ids: Sequence[Sequence[int]]
 def extract_activations(model: nn.Module, encoder: Any, examples: Sequence, *, batch_size: int = 8,
                         drop_eos: bool = True, float16: bool = False, sort_by_length: bool = True,
                         progress: "bool | Any" = True, desc: str = "extracting", shared_prefix: bool = False,
-                        min_group: int = 2, stats: dict | None = None) -> np.ndarray:
+                        min_group: int = 2, stats: dict | None = None, packing: bool = True) -> np.ndarray:
     """(N, L, H, D) head activations at each example's final answer token.
 
     ``encoder`` is a ``prompts.PromptEncoder``. Examples are batched in order of prompt length (less padding)
@@ -334,7 +373,11 @@ def extract_activations(model: nn.Module, encoder: Any, examples: Sequence, *, b
     ``shared_prefix_support`` allows, else the plain path; ``min_group``: the smallest group run that way (smaller
     ones, and examples whose tokens merge across the prefix's end, take the plain path). ``stats``, a dict, gets
     counts added: ``tokens`` (real tokens run), ``padded_tokens`` (batch x width, summed), ``forward_passes``,
-    ``plain_examples``, ``shared_examples`` and ``prefixes``.
+    ``plain_examples``, ``packed_examples``, ``shared_examples`` and ``prefixes``.
+
+    ``packing`` (batch size 1 only): run several prompts per forward pass with the same activations, bit for bit, as
+    one at a time (``packed.py``, checked on the model's first pack in the process); off, or where it does not
+    apply, one forward pass per prompt.
     """
     from tqdm.auto import tqdm
 
@@ -367,8 +410,12 @@ def extract_activations(model: nn.Module, encoder: Any, examples: Sequence, *, b
             if shared:
                 _run_shared(capture, encoder, ids, shared, out, eos=eos, drop_eos=drop_eos, float16=float16, bar=bar,
                             stats=stats)
-            _run_plain(capture, encoder, examples, plain, out, eos=eos, drop_eos=drop_eos,
-                       keep_positions=keep_positions, dtype=dtype, float16=float16, bar=bar, stats=stats)
+            if packing and batch_size == 1 and keep_positions and packing_support(model, encoder) is None:
+                _run_packs(capture, encoder, examples, order, out, eos=eos, drop_eos=drop_eos, dtype=dtype,
+                           float16=float16, bar=bar, stats=stats)
+            else:
+                _run_plain(capture, encoder, examples, plain, out, eos=eos, drop_eos=drop_eos,
+                           keep_positions=keep_positions, dtype=dtype, float16=float16, bar=bar, stats=stats)
     finally:
         if own_bar:
             bar.close()

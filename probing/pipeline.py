@@ -129,7 +129,7 @@ def probe_model(model: nn.Module, processor_or_tokenizer: Any, examples: Sequenc
                 drop_eos: bool = True, float16: bool = False, cache_dir: "str | os.PathLike | None" = None,
                 shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True, meta: dict | None = None,
                 on_shard: Callable[[int, int], None] | None = None, fold_rule: str = "grouped",
-                shared_prefix: bool | None = None) -> TruthScores:
+                shared_prefix: bool | None = None, n_jobs: int | None = None) -> TruthScores:
     """Truth Scores of a loaded model on ``examples``: one k-fold validated probe per (layer, head).
 
     MLLMs (a processor) take ``condition`` ``image`` (default), ``black`` or ``text`` and ``images_dir``.
@@ -137,7 +137,7 @@ def probe_model(model: nn.Module, processor_or_tokenizer: Any, examples: Sequenc
     records every setting and the examples in order (``examples``: [row, "right" | "hallucinated"]); ``meta``
     adds to it (data name, offset, preset, ...). ``shared_prefix``: run each question's shared context once
     (``extract.py``; recorded in the metadata as taken or not); None (default): ``SHARED_PREFIX_DEFAULT``, on where
-    it applies.
+    it applies. ``n_jobs``: the probe trainer's CPU threads (``train_probes``; default 1).
     """
     from .trainers import train_probes
 
@@ -157,7 +157,7 @@ def probe_model(model: nn.Module, processor_or_tokenizer: Any, examples: Sequenc
                                    progress=progress, on_shard=on_shard, shared_prefix=shared_prefix)
     y, groups = labels_and_groups(examples)
     result = train_probes(X, y, groups, n_folds=n_folds, seed=seed, trainer=trainer, epochs=epochs,
-                          fold_rule=fold_rule, progress=progress)
+                          fold_rule=fold_rule, progress=progress, n_jobs=n_jobs)
     info.update(
         metric=f"cv{n_folds}_val_accuracy", n_samples=len(examples), n_groups=int(len(np.unique(groups))),
         folds=n_folds, seed=seed, epochs=epochs, trainer=trainer, fold_rule=fold_rule, batch_size=batch_size,

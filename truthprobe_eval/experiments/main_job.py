@@ -404,6 +404,8 @@ def plot_result(result: MainJobResult, path: "str | Path") -> Path:
 # ---- the job ------------------------------------------------------------------------------------------------
 
 def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, Path, Path | None]:
+    import torch
+
     from ..probing.cache import DEFAULT_SHARD_SIZE, default_cache_root
     from ..probing.data import halueval_examples
     from ..probing.pipeline import format_summary, plot_heatmap, probe_model
@@ -426,6 +428,7 @@ def _probe(cfg: MainJobConfig, model, tokenizer, out: Path, log) -> tuple[Any, P
                                  batch_size=cfg.probe_batch_size or p.batch_size, cache_dir=default_cache_root(),
                                  progress=cfg.progress and bar is None and not hasattr(log, "bar"),
                                  on_shard=None if bar is None else lambda _i, _n: bar.update(1),
+                                 n_jobs=torch.get_num_threads() if cfg.device == "cpu" else None,
                                  meta={"model_source": cfg.model, "data": cfg.data or "halueval", "offset": 0,
                                        "n_rows": cfg.probe_rows, **p.meta()})
         scores.save(scores_file)

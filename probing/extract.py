@@ -317,7 +317,8 @@ def _run_packs(capture: HeadCapture, encoder: Any, examples: Sequence, order: Se
         return capture.run(batch, last)[0]
 
     for pack in packs:
-        if packed.packing_support(capture.model, encoder) is not None:
+        # a pack of one is a prompt alone: it runs as one (and the check waits for a pack of several)
+        if len(pack) == 1 or packed.packing_support(capture.model, encoder) is not None:
             acts = torch.stack([alone(i) for i in pack])
         else:
             seqs = [ids[i] for i in pack]

@@ -73,9 +73,10 @@ def packing_state(model: nn.Module) -> str:
     return _state.get(model, "unchecked")
 
 
-def plan_packs(lengths: Sequence[int], budget: int = PACK_TOKENS) -> list[list[int]]:
-    """Indices into ``lengths``, in order, grouped into packs of at most ``budget`` tokens (a longer prompt, or one
-    shorter than ``MIN_PROMPT_TOKENS``, is a pack of its own)."""
+def plan_packs(lengths: Sequence[int], budget: int | None = None) -> list[list[int]]:
+    """Indices into ``lengths``, in order, grouped into packs of at most ``budget`` tokens (default ``PACK_TOKENS``;
+    a longer prompt, or one shorter than ``MIN_PROMPT_TOKENS``, is a pack of its own)."""
+    budget = PACK_TOKENS if budget is None else budget
     packs: list[list[int]] = []
     total, open_pack = 0, False
     for i, n in enumerate(lengths):

@@ -114,3 +114,25 @@ def test_packing_does_not_apply_to_eager_attention_or_multimodal_prompts(smollm2
         assert "eager" in packed.packing_support(model, _encoder(tokenizer))
     finally:
         model.set_attn_implementation("sdpa")
+
+
+def test_the_check_waits_for_a_pack_of_several_prompts(smollm2, paper_rows, one_at_a_time, monkeypatch):
+    """A prompt alone in its pack (longer than the budget) runs as one and proves nothing about packing: the model
+    stays unchecked until a pack of two or more prompts has been compared prompt by prompt."""
+    import copy
+
+    model, tokenizer = smollm2
+    other = copy.deepcopy(model)
+    enc = _encoder(tokenizer)
+    rows = paper_rows[:8]
+    lengths = [len(enc.token_ids(e)) for e in rows]
+    longest = int(np.argmax(lengths))
+    monkeypatch.setattr(packed, "PACK_TOKENS", lengths[longest] - 1)  # the longest prompt alone, the rest in packs
+    stats = {}
+    alone = extract_activations(other, enc, [rows[longest]], batch_size=1, progress=False, stats=stats)
+    assert packed.packing_state(other) == "unchecked" and stats.get("packed_examples", 0) == 0
+    assert np.array_equal(alone[0], one_at_a_time[0][longest])
+    stats = {}
+    X = extract_activations(other, enc, rows, batch_size=1, progress=False, stats=stats)
+    assert packed.packing_state(other) == "on" and 0 < stats["packed_examples"] < len(rows)
+    assert np.array_equal(X, one_at_a_time[0][:8])

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..architectures import HeadSites, locate_heads
 from ..errors import TruthProbeError
-from .packed import packing_support
+from . import packed
 
 
 class _StopForward(Exception):
@@ -302,8 +302,6 @@ def _run_packs(capture: HeadCapture, encoder: Any, examples: Sequence, order: Se
     """One prompt at a time, packed (``packed.py``): bitwise the activations of ``_run_plain`` at batch size 1; the
     first pack of a model in this process is checked against it, prompt by prompt, and on a difference the rest runs
     one prompt at a time."""
-    from . import packed
-
     ids = {int(i): encoder.token_ids(examples[i]) for i in order}
     packs = [[int(order[j]) for j in pack] for pack in packed.plan_packs([len(ids[int(i)]) for i in order])]
     store = torch.float16 if float16 else torch.float32
@@ -325,9 +323,10 @@ def _run_packs(capture: HeadCapture, encoder: Any, examples: Sequence, order: Se
             acts = packed.run_packed(capture, seqs, [read_position(x, eos, drop_eos) for x in seqs])
             n_tokens = sum(len(x) for x in seqs)
             _count(stats, forward_passes=1, tokens=n_tokens, padded_tokens=n_tokens, packed_examples=len(pack))
-            if packed.packing_state(capture.model) == "unchecked" and not packed.check_packing(
-                    capture.model, acts, lambda k: alone(pack[k])):
-                acts = torch.stack([alone(i) for i in pack])
+            if packed.packing_state(capture.model) == "unchecked":  # the model's first pack: also one at a time
+                singles = torch.stack([alone(i) for i in pack])
+                if not packed.check_packing(capture.model, acts, singles):
+                    acts = singles
         out[pack] = acts.to(store).numpy()
         bar.update(len(pack))
 
@@ -411,7 +410,7 @@ def extract_activations(model: nn.Module, encoder: Any, examples: Sequence, *, b
             if shared:
                 _run_shared(capture, encoder, ids, shared, out, eos=eos, drop_eos=drop_eos, float16=float16, bar=bar,
                             stats=stats)
-            if packing and batch_size == 1 and keep_positions and packing_support(model, encoder) is None:
+            if packing and batch_size == 1 and keep_positions and packed.packing_support(model, encoder) is None:
                 _run_packs(capture, encoder, examples, order, out, eos=eos, drop_eos=drop_eos, dtype=dtype,
                            float16=float16, bar=bar, stats=stats)
             else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import weakref
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -62,7 +62,7 @@ def packing_support(model: nn.Module, encoder: Any) -> str | None:
         return "a multimodal model (image features enter the prompt)"
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return f"attention {getattr(config, '_attn_implementation', None)!r} (packing reproduces 'sdpa' only)"
-    if not hasattr(model, "set_attn_implementation") or not model._can_set_attn_implementation():
+    if not getattr(model, "_can_set_attn_implementation", lambda: False)():
         return "a model whose attention cannot be swapped (it does not use transformers' AttentionInterface)"
     state = _state.get(model, "")
     return state if state.startswith("off") else None
@@ -120,18 +120,16 @@ def run_packed(capture: Any, ids: Sequence[Sequence[int]], reads: Sequence[int])
         _segments.reset(token)
 
 
-def check_packing(model: nn.Module, packed: torch.Tensor, alone: Callable[[int], torch.Tensor]) -> bool:
-    """Compare the first pack's activations with each prompt run alone (``alone(i)``: prompt i's (L, H, D)); record
-    and return whether packing may be used for ``model`` in this process."""
-    for i in range(packed.shape[0]):
-        single = alone(i)
-        if not torch.equal(packed[i], single):
-            diff = float((packed[i] - single).abs().max())
-            _state[model] = (f"off: a packed prompt's activations differ from the prompt run alone (max {diff:.2g}) "
-                             "on this machine's BLAS; one prompt at a time")
-            return False
-    _state[model] = "on"
-    return True
+def check_packing(model: nn.Module, packed: torch.Tensor, alone: torch.Tensor) -> bool:
+    """Compare a pack's activations with its prompts run one at a time (both (P, L, H, D)); record and return whether
+    packing may be used for ``model`` in this process."""
+    if torch.equal(packed, alone):
+        _state[model] = "on"
+        return True
+    diff = float((packed - alone).abs().max())
+    _state[model] = (f"off: a packed prompt's activations differ from the prompt run alone (max {diff:.2g}) on this "
+                     "machine's BLAS; one prompt at a time")
+    return False
 
 
 __all__ = ["MIN_PROMPT_TOKENS", "PACK_TOKENS", "check_packing", "packed_inputs", "packing_state", "packing_support",
